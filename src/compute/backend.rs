@@ -1,0 +1,153 @@
+//! Which engine runs the work, and how a run reports progress and hears "cancel".
+//!
+//! `Backend` holds the GPU context when one came up, or the reason it did not. When the GPU
+//! fails mid-run, the caller disables it here with the reason, finishes on the CPU and
+//! tells the user; later runs stay on the CPU.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::{Deserialize, Serialize};
+
+use super::GpuContext;
+use crate::{LabError, Result};
+
+/// What the user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// The GPU where it comes up, else the CPU.
+    #[default]
+    Auto,
+    /// The GPU or an error.
+    Gpu,
+    /// The CPU twins only.
+    Cpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "gpu" => Ok(BackendChoice::Gpu),
+            "cpu" => Ok(BackendChoice::Cpu),
+            _ => Err(LabError::invalid(format!(
+                "unknown backend '{s}': use auto, gpu or cpu"
+            ))),
+        }
+    }
+}
+
+/// What the page's backend line and the reports say.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// "gpu" or "cpu".
+    pub kind: String,
+    /// The adapter ("SwiftShader Device (Subzero) (WebGPU)") or "CPU (WebAssembly)".
+    pub name: String,
+    /// Why the CPU is used, when it is.
+    pub reason: Option<String>,
+}
+
+pub struct Backend {
+    gpu: RefCell<Option<GpuContext>>,
+    cpu_reason: RefCell<Option<String>>,
+}
+
+pub fn cpu_name() -> &'static str {
+    if cfg!(target_arch = "wasm32") {
+        "CPU (WebAssembly)"
+    } else {
+        "CPU (native)"
+    }
+}
+
+impl Backend {
+    /// Brings up the engine the user chose. `Auto` never fails: without a GPU it keeps the
+    /// reason and runs on the CPU.
+    pub async fn new(choice: BackendChoice) -> Result<Backend> {
+        match choice {
+            BackendChoice::Cpu => Ok(Backend::cpu("the CPU was chosen")),
+            BackendChoice::Gpu => Ok(Backend::with_gpu(GpuContext::new().await?)),
+            BackendChoice::Auto => match GpuContext::new().await {
+                Ok(gpu) => Ok(Backend::with_gpu(gpu)),
+                Err(e) => Ok(Backend::cpu(e.to_string())),
+            },
+        }
+    }
+
+    pub fn with_gpu(gpu: GpuContext) -> Backend {
+        Backend {
+            gpu: RefCell::new(Some(gpu)),
+            cpu_reason: RefCell::new(None),
+        }
+    }
+
+    pub fn cpu(reason: impl Into<String>) -> Backend {
+        Backend {
+            gpu: RefCell::new(None),
+            cpu_reason: RefCell::new(Some(reason.into())),
+        }
+    }
+
+    /// The GPU context, if the GPU is (still) in use.
+    pub fn gpu(&self) -> Option<GpuContext> {
+        self.gpu.borrow().clone()
+    }
+
+    /// Stops using the GPU after a failure; `reason` is shown on the backend line.
+    pub fn disable_gpu(&self, reason: impl Into<String>) {
+        self.gpu.borrow_mut().take();
+        *self.cpu_reason.borrow_mut() = Some(reason.into());
+    }
+
+    pub fn info(&self) -> BackendInfo {
+        match &*self.gpu.borrow() {
+            Some(gpu) => BackendInfo {
+                kind: "gpu".into(),
+                name: gpu.describe(),
+                reason: None,
+            },
+            None => BackendInfo {
+                kind: "cpu".into(),
+                name: cpu_name().into(),
+                reason: self.cpu_reason.borrow().clone(),
+            },
+        }
+    }
+}
+
+/// How a long run talks to whoever started it: progress out, cancellation in.
+pub trait RunControl {
+    /// `done` of `total` steps of `stage` are finished.
+    fn progress(&self, stage: &str, done: u64, total: u64);
+    /// True once the user has asked to stop.
+    fn cancelled(&self) -> bool;
+    /// Lets the host handle pending events (in the browser: the worker's message queue, so
+    /// that a "cancel" can arrive) before the next step.
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// Between two steps of a run: yield to the host, then stop if cancelled.
+pub async fn checkpoint(ctl: &dyn RunControl) -> Result<()> {
+    ctl.yield_now().await;
+    if ctl.cancelled() {
+        Err(LabError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// A run nobody watches (tests, benchmarks).
+pub struct Silent;
+
+impl RunControl for Silent {
+    fn progress(&self, _: &str, _: u64, _: u64) {}
+    fn cancelled(&self) -> bool {
+        false
+    }
+}

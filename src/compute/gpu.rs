@@ -1,0 +1,619 @@
+//! The wgpu context and the GPU side of every kernel.
+//!
+//! One `GpuContext` per page or process: it owns the device and queue, compiles each WGSL
+//! entry point once (pipeline cache), and offers upload and readback helpers. The same code
+//! runs on WebGPU in the browser and on Vulkan natively (Mesa's lavapipe in CI).
+//!
+//! Failure is data, not a panic: uncaptured errors and device loss are recorded in `Health`
+//! and every call reports them as `LabError::GpuFailed`, so `Backend` can finish the run on
+//! the CPU.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
+
+use super::{Bins, Central, Matrix, Moments};
+use crate::{LabError, Result};
+
+/// A WGSL file from `shaders/`, compiled into the binary.
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+pub const MOMENTS: Shader = Shader {
+    name: "moments.wgsl",
+    source: include_str!("../../shaders/moments.wgsl"),
+};
+pub const CENTRAL: Shader = Shader {
+    name: "central.wgsl",
+    source: include_str!("../../shaders/central.wgsl"),
+};
+pub const HISTOGRAM: Shader = Shader {
+    name: "histogram.wgsl",
+    source: include_str!("../../shaders/histogram.wgsl"),
+};
+
+/// Invocations per workgroup of the per-tensor kernels (`WG` in the shaders).
+const WG: u32 = 256;
+/// Invocations per workgroup of the per-column kernels (one column each).
+const COL_WG: u32 = 64;
+/// Upper bound on workgroups for the grid-stride kernels: enough to fill any GPU, few
+/// enough that the partials are a small readback.
+const MAX_GROUPS: u32 = 1024;
+/// Rows one per-column invocation folds; ~256 keeps f32 partials accurate.
+const ROWS_PER_GROUP: u32 = 256;
+
+#[derive(Default)]
+struct Health {
+    lost: Mutex<Option<String>>,
+    errors: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Device, queue and compiled pipelines. Cloning is cheap (handles are reference-counted).
+#[derive(Clone)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    max_binding_bytes: u64,
+    modules: Arc<Mutex<HashMap<&'static str, wgpu::ShaderModule>>>,
+    pipelines: Arc<Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>>,
+    health: Arc<Health>,
+}
+
+/// Shader-side parameter block shared by all reduction kernels (see the WGSL `Params`).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    len: u32,
+    rows: u32,
+    cols: u32,
+    rows_per_group: u32,
+    a: f32, // central: mean; histogram: lo
+    b: f32, // central: threshold; histogram: scale
+    c: u32, // histogram: bins
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct MomentsPartial {
+    sum: f32,
+    sum_sq: f32,
+    sum_abs: f32,
+    min: f32,
+    max: f32,
+    _pad: [f32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct CentralPartial {
+    m2: f32,
+    m4: f32,
+    above: u32,
+    _pad: u32,
+}
+
+/// A chunk of a tensor resident in a GPU storage buffer, viewed as `[rows, cols]`.
+pub struct GpuMatrix {
+    buffer: wgpu::Buffer,
+    rows: usize,
+    cols: usize,
+}
+
+impl GpuMatrix {
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl GpuContext {
+    /// Brings up an adapter and device: Vulkan natively, WebGPU in the browser.
+    pub async fn new() -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = if cfg!(target_arch = "wasm32") {
+            wgpu::Backends::BROWSER_WEBGPU
+        } else {
+            wgpu::Backends::VULKAN
+        };
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                let hint = if cfg!(target_arch = "wasm32") {
+                    "the browser refused a WebGPU adapter"
+                } else {
+                    "no Vulkan driver answered; on Debian install mesa-vulkan-drivers (lavapipe)"
+                };
+                LabError::GpuUnavailable(format!("no GPU adapter was found: {hint} ({e})"))
+            })?;
+        let info = adapter.get_info();
+        let have = adapter.limits();
+        // WebGPU's defaults, plus bigger storage bindings where the adapter has them, so a
+        // whole weight matrix fits one binding; if refused, the plain defaults.
+        let mut raised = wgpu::Limits::default();
+        raised.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size.min(1 << 30);
+        raised.max_buffer_size = have.max_buffer_size.min(1 << 30);
+        let mut last_err = String::new();
+        let mut got = None;
+        for limits in [
+            raised,
+            wgpu::Limits::default(),
+            wgpu::Limits::downlevel_defaults(),
+        ] {
+            let d = wgpu::DeviceDescriptor {
+                label: Some("layerlab"),
+                required_limits: limits,
+                ..Default::default()
+            };
+            match adapter.request_device(&d).await {
+                Ok(pair) => {
+                    got = Some(pair);
+                    break;
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        let (device, queue) = got.ok_or_else(|| {
+            LabError::GpuUnavailable(format!(
+                "the GPU adapter {} refused a device: {last_err}",
+                info.name
+            ))
+        })?;
+        let health = Arc::new(Health::default());
+        let h = health.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lock(&h.lost) = Some(format!("{msg} ({reason:?})"));
+        });
+        let h = health.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&h.errors).push(e.to_string());
+        }));
+        let max_binding_bytes = device.limits().max_storage_buffer_binding_size;
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            max_binding_bytes,
+            modules: Default::default(),
+            pipelines: Default::default(),
+            health,
+        })
+    }
+
+    /// "SwiftShader Device (Subzero) (WebGPU)", "llvmpipe (LLVM 15.0.7, 256 bits) (Vulkan)".
+    pub fn describe(&self) -> String {
+        let api = match self.info.backend {
+            wgpu::Backend::BrowserWebGpu => "WebGPU".to_string(),
+            other => other.to_string(),
+        };
+        let name = if self.info.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &self.info.name
+        };
+        format!("{name} ({api})")
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Largest number of f32 values one storage binding may hold on this device.
+    pub fn max_binding_elements(&self) -> usize {
+        (self.max_binding_bytes / 4) as usize
+    }
+
+    /// Destroys the device, as a driver reset would; later calls fail with `GpuFailed`.
+    /// The page uses it to show that a run survives losing the GPU.
+    pub fn destroy(&self) {
+        self.device.destroy();
+    }
+
+    /// Reports device loss or any error the device raised since the last check.
+    pub fn check(&self) -> Result<()> {
+        if let Some(msg) = lock(&self.health.lost).clone() {
+            return Err(LabError::GpuFailed(format!(
+                "the GPU device was lost: {msg}"
+            )));
+        }
+        let errors = std::mem::take(&mut *lock(&self.health.errors));
+        if !errors.is_empty() {
+            return Err(LabError::GpuFailed(errors.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// The compiled pipeline for one entry point of a shader, compiled on first use.
+    fn pipeline(&self, shader: &Shader, entry: &'static str) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(&self.pipelines).get(&(shader.name, entry)) {
+            return Ok(p.clone());
+        }
+        let module = lock(&self.modules)
+            .entry(shader.name)
+            .or_insert_with(|| {
+                self.device
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader.source)),
+                    })
+            })
+            .clone();
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        self.check()?;
+        lock(&self.pipelines).insert((shader.name, entry), pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Copies a chunk of a tensor into a storage buffer.
+    pub fn upload(&self, m: Matrix) -> Result<GpuMatrix> {
+        let bytes = std::mem::size_of_val(m.data) as u64;
+        if bytes > self.max_binding_bytes {
+            return Err(LabError::invalid(format!(
+                "a chunk of {bytes} bytes exceeds this GPU's storage binding limit of {} bytes",
+                self.max_binding_bytes
+            )));
+        }
+        // A zero-sized binding is invalid; an empty matrix gets one unused value.
+        let contents: &[f32] = if m.data.is_empty() { &[0.0] } else { m.data };
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("tensor chunk"),
+                contents: bytemuck::cast_slice(contents),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+        Ok(GpuMatrix {
+            buffer,
+            rows: m.rows,
+            cols: m.cols,
+        })
+    }
+
+    fn uniform<T: Pod>(&self, value: &T) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::bytes_of(value),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    fn storage_init<T: Pod>(&self, values: &[T]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("storage"),
+                contents: bytemuck::cast_slice(values),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// A zero-filled read-write storage buffer for `count` records of `T`.
+    fn output<T: Pod>(&self, count: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("partials"),
+            size: (count.max(1) * std::mem::size_of::<T>()) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Runs one dispatch with `bindings` at @binding(0..) and reads `count` records of `T`
+    /// back from `out`. Errors raised on the way (validation, out of memory, device lost)
+    /// come back as `GpuFailed`.
+    async fn dispatch_read<T: Pod>(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+        bindings: &[&wgpu::Buffer],
+        groups: (u32, u32),
+        out: &wgpu::Buffer,
+        count: usize,
+    ) -> Result<Vec<T>> {
+        self.check()?;
+        let pipeline = self.pipeline(shader, entry)?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &layout,
+            entries: &entries,
+        });
+        let bytes = (count.max(1) * std::mem::size_of::<T>()) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        }
+        encoder.copy_buffer_to_buffer(out, 0, &staging, 0, bytes);
+        self.queue.submit([encoder.finish()]);
+        if let Some(e) = validation.pop().await {
+            return Err(LabError::GpuFailed(e.to_string()));
+        }
+        if let Some(e) = oom.pop().await {
+            return Err(LabError::GpuFailed(format!("out of GPU memory: {e}")));
+        }
+        let mut values: Vec<T> = self.read_mapped(&staging).await?;
+        values.truncate(count);
+        Ok(values)
+    }
+
+    async fn read_mapped<T: Pod>(&self, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        // Natively the map completes inside poll; in the browser the event loop does it.
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| LabError::GpuFailed(format!("waiting for the GPU failed: {e}")))?;
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                self.check()?;
+                return Err(LabError::GpuFailed(format!(
+                    "reading results back failed: {e}"
+                )));
+            }
+            Err(_) => {
+                self.check()?;
+                return Err(LabError::GpuFailed("the GPU dropped a readback".into()));
+            }
+        }
+        let values = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| LabError::GpuFailed(format!("reading results back failed: {e}")))?;
+            bytemuck::pod_collect_to_vec::<u8, T>(&view)
+        };
+        staging.unmap();
+        self.check()?;
+        Ok(values)
+    }
+
+    fn grid_groups(len: usize) -> u32 {
+        (len.div_ceil(WG as usize) as u32).clamp(1, MAX_GROUPS)
+    }
+
+    fn column_grid(m: &GpuMatrix) -> Result<(u32, u32)> {
+        let x = m.cols.div_ceil(COL_WG as usize);
+        let y = m.rows.div_ceil(ROWS_PER_GROUP as usize);
+        if x > 65535 || y > 65535 {
+            return Err(LabError::invalid(format!(
+                "a [{}, {}] chunk is too large for one per-column dispatch",
+                m.rows, m.cols
+            )));
+        }
+        Ok((x.max(1) as u32, y.max(1) as u32))
+    }
+
+    fn params(m: &GpuMatrix, a: f32, b: f32, c: u32) -> Params {
+        Params {
+            len: m.len() as u32,
+            rows: m.rows as u32,
+            cols: m.cols as u32,
+            rows_per_group: ROWS_PER_GROUP,
+            a,
+            b,
+            c,
+            _pad: 0,
+        }
+    }
+
+    /// GPU twin of `cpu::tensor_moments`.
+    pub async fn tensor_moments(&self, m: &GpuMatrix) -> Result<Moments> {
+        let groups = Self::grid_groups(m.len());
+        let params = self.uniform(&Self::params(m, 0.0, 0.0, 0));
+        let out = self.output::<MomentsPartial>(groups as usize);
+        let parts: Vec<MomentsPartial> = self
+            .dispatch_read(
+                &MOMENTS,
+                "tensor_moments",
+                &[&m.buffer, &out, &params],
+                (groups, 1),
+                &out,
+                groups as usize,
+            )
+            .await?;
+        let mut acc = Moments::EMPTY;
+        for p in &parts {
+            acc.merge(&moments_of(p, 0));
+        }
+        acc.count = m.len() as u64;
+        Ok(acc)
+    }
+
+    /// GPU twin of `cpu::column_moments`.
+    pub async fn column_moments(&self, m: &GpuMatrix) -> Result<Vec<Moments>> {
+        let (gx, gy) = Self::column_grid(m)?;
+        let params = self.uniform(&Self::params(m, 0.0, 0.0, 0));
+        let count = gy as usize * m.cols;
+        let out = self.output::<MomentsPartial>(count);
+        let parts: Vec<MomentsPartial> = self
+            .dispatch_read(
+                &MOMENTS,
+                "column_moments",
+                &[&m.buffer, &out, &params],
+                (gx, gy),
+                &out,
+                count,
+            )
+            .await?;
+        let mut cols = vec![Moments::EMPTY; m.cols];
+        for (i, p) in parts.iter().enumerate() {
+            cols[i % m.cols.max(1)].merge(&moments_of(p, 0));
+        }
+        for c in &mut cols {
+            c.count = m.rows as u64;
+        }
+        Ok(cols)
+    }
+
+    /// GPU twin of `cpu::tensor_central`.
+    pub async fn tensor_central(
+        &self,
+        m: &GpuMatrix,
+        mean: f32,
+        threshold: f32,
+    ) -> Result<Central> {
+        let groups = Self::grid_groups(m.len());
+        let params = self.uniform(&Self::params(m, mean, threshold, 0));
+        let out = self.output::<CentralPartial>(groups as usize);
+        let parts: Vec<CentralPartial> = self
+            .dispatch_read(
+                &CENTRAL,
+                "tensor_central",
+                &[&m.buffer, &out, &params],
+                (groups, 1),
+                &out,
+                groups as usize,
+            )
+            .await?;
+        let mut acc = Central::default();
+        for p in &parts {
+            acc.merge(&central_of(p));
+        }
+        Ok(acc)
+    }
+
+    /// GPU twin of `cpu::column_central`; `centre[c] = (mean, threshold)`.
+    pub async fn column_central(&self, m: &GpuMatrix, centre: &[[f32; 2]]) -> Result<Vec<Central>> {
+        if centre.len() != m.cols {
+            return Err(LabError::invalid(format!(
+                "column_central needs {} centres, found {}",
+                m.cols,
+                centre.len()
+            )));
+        }
+        let (gx, gy) = Self::column_grid(m)?;
+        let params = self.uniform(&Self::params(m, 0.0, 0.0, 0));
+        let centres = self.storage_init(if centre.is_empty() {
+            &[[0.0f32; 2]]
+        } else {
+            centre
+        });
+        let count = gy as usize * m.cols;
+        let out = self.output::<CentralPartial>(count);
+        let parts: Vec<CentralPartial> = self
+            .dispatch_read(
+                &CENTRAL,
+                "column_central",
+                &[&m.buffer, &out, &params, &centres],
+                (gx, gy),
+                &out,
+                count,
+            )
+            .await?;
+        let mut cols = vec![Central::default(); m.cols];
+        for (i, p) in parts.iter().enumerate() {
+            cols[i % m.cols.max(1)].merge(&central_of(p));
+        }
+        Ok(cols)
+    }
+
+    /// GPU twin of `cpu::tensor_histogram`.
+    pub async fn tensor_histogram(&self, m: &GpuMatrix, bins: &Bins) -> Result<Vec<u64>> {
+        let groups = Self::grid_groups(m.len());
+        let params = self.uniform(&Self::params(m, bins.lo, bins.scale, bins.bins));
+        let n = bins.bins as usize;
+        let out = self.output::<u32>(n);
+        let counts: Vec<u32> = self
+            .dispatch_read(
+                &HISTOGRAM,
+                "tensor_histogram",
+                &[&m.buffer, &out, &params],
+                (groups, 1),
+                &out,
+                n,
+            )
+            .await?;
+        Ok(counts.into_iter().map(u64::from).collect())
+    }
+
+    /// GPU twin of `cpu::column_histogram`: `counts[col * bins + bin]`.
+    pub async fn column_histogram(&self, m: &GpuMatrix, bins: &Bins) -> Result<Vec<u64>> {
+        let (gx, gy) = Self::column_grid(m)?;
+        let params = self.uniform(&Self::params(m, bins.lo, bins.scale, bins.bins));
+        let n = m.cols * bins.bins as usize;
+        let out = self.output::<u32>(n);
+        let counts: Vec<u32> = self
+            .dispatch_read(
+                &HISTOGRAM,
+                "column_histogram",
+                &[&m.buffer, &out, &params],
+                (gx, gy),
+                &out,
+                n,
+            )
+            .await?;
+        Ok(counts.into_iter().map(u64::from).collect())
+    }
+}
+
+fn moments_of(p: &MomentsPartial, count: u64) -> Moments {
+    Moments {
+        count,
+        sum: p.sum as f64,
+        sum_sq: p.sum_sq as f64,
+        sum_abs: p.sum_abs as f64,
+        min: p.min,
+        max: p.max,
+    }
+}
+
+fn central_of(p: &CentralPartial) -> Central {
+    Central {
+        m2: p.m2 as f64,
+        m4: p.m4 as f64,
+        above: p.above as u64,
+    }
+}

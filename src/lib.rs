@@ -1,0 +1,23 @@
+//! LayerLab: look inside transformers layer by layer.
+//!
+//! One Rust core with three faces: the page (this crate compiled to wasm32 and run in a Web
+//! Worker, see `web`), the `layerlab` CLI (`src/bin/layerlab.rs`) and the tests. Everything
+//! outside `web` is plain Rust that compiles for both targets.
+//!
+//! Module map:
+//! - `compute`: the wgpu context (WebGPU in the browser, Vulkan natively), the WGSL kernels
+//!   and their CPU twins, and the backend that falls back to the CPU when the GPU fails.
+//! - `stats`: tensor statistics (moments, kurtosis, outlier counts, histograms) built on the
+//!   reduction kernels.
+//! - `synth`: seeded synthetic tensors, identical on every target.
+//! - `error`: the one error type; every message is a sentence a user can act on.
+
+pub mod compute;
+pub mod error;
+pub mod stats;
+pub mod synth;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{LabError, Result};
