@@ -5,8 +5,9 @@
 // The CPU twin evaluates the same f32 expression.
 //   tensor_histogram: workgroup-local counters (bins <= 256), then one atomicAdd per
 //                     non-empty bin into the global counts; grid stride as in moments.wgsl.
-//   column_histogram: counts[col * bins + bin], atomics in global memory; invocation x is a
-//                     column, workgroup y a block of rows.
+//   column_histogram: counts[(col - col0) * bins + bin] for the columns col0 .. col0 + ncols
+//                     (the host splits wide tensors so the counts fit one binding); atomics
+//                     in global memory; invocation x is a column, workgroup y a block of rows.
 
 struct Params {
     len: u32,
@@ -16,7 +17,11 @@ struct Params {
     lo: f32,
     scale: f32,
     bins: u32,
-    _pad: u32,
+    col0: u32,   // column_histogram: first column of this slice
+    ncols: u32,  // column_histogram: columns in this slice
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 };
 
 @group(0) @binding(0) var<storage, read> data: array<f32>;
@@ -58,14 +63,15 @@ fn tensor_histogram(
 
 @compute @workgroup_size(64)
 fn column_histogram(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let col = gid.x;
+    let slot = gid.x;
+    let col = params.col0 + slot;
     let block = gid.y;
-    if (col >= params.cols) {
+    if (slot >= params.ncols || col >= params.cols) {
         return;
     }
     let r0 = block * params.rows_per_group;
     let r1 = min(r0 + params.rows_per_group, params.rows);
     for (var r = r0; r < r1; r++) {
-        atomicAdd(&counts[col * params.bins + bin_of(data[r * params.cols + col])], 1u);
+        atomicAdd(&counts[slot * params.bins + bin_of(data[r * params.cols + col])], 1u);
     }
 }

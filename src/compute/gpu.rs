@@ -77,10 +77,12 @@ struct Params {
     rows: u32,
     cols: u32,
     rows_per_group: u32,
-    a: f32, // central: mean; histogram: lo
-    b: f32, // central: threshold; histogram: scale
-    c: u32, // histogram: bins
-    _pad: u32,
+    a: f32,     // central: mean; histogram: lo
+    b: f32,     // central: threshold; histogram: scale
+    c: u32,     // histogram: bins
+    col0: u32,  // column_histogram: first column of the slice
+    ncols: u32, // column_histogram: columns in the slice
+    _pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -445,7 +447,9 @@ impl GpuContext {
             a,
             b,
             c,
-            _pad: 0,
+            col0: 0,
+            ncols: m.cols as u32,
+            _pad: [0; 3],
         }
     }
 
@@ -579,23 +583,35 @@ impl GpuContext {
         Ok(counts.into_iter().map(u64::from).collect())
     }
 
-    /// GPU twin of `cpu::column_histogram`: `counts[col * bins + bin]`.
+    /// GPU twin of `cpu::column_histogram`: `counts[col * bins + bin]`. Wide tensors are
+    /// done in slices of columns whose counts fit one storage binding.
     pub async fn column_histogram(&self, m: &GpuMatrix, bins: &Bins) -> Result<Vec<u64>> {
-        let (gx, gy) = Self::column_grid(m)?;
-        let params = self.uniform(&Self::params(m, bins.lo, bins.scale, bins.bins));
-        let n = m.cols * bins.bins as usize;
-        let out = self.output::<u32>(n);
-        let counts: Vec<u32> = self
-            .dispatch_read(
-                &HISTOGRAM,
-                "column_histogram",
-                &[&m.buffer, &out, &params],
-                (gx, gy),
-                &out,
-                n,
-            )
-            .await?;
-        Ok(counts.into_iter().map(u64::from).collect())
+        let (_, gy) = Self::column_grid(m)?;
+        let nb = bins.bins as usize;
+        let per_slice = ((self.max_binding_bytes / 4) as usize / nb).max(1);
+        let mut all = Vec::with_capacity(m.cols * nb);
+        for col0 in (0..m.cols.max(1)).step_by(per_slice) {
+            let ncols = per_slice.min(m.cols - col0);
+            let mut p = Self::params(m, bins.lo, bins.scale, bins.bins);
+            p.col0 = col0 as u32;
+            p.ncols = ncols as u32;
+            let params = self.uniform(&p);
+            let n = ncols * nb;
+            let out = self.output::<u32>(n);
+            let gx = ncols.div_ceil(COL_WG as usize).max(1) as u32;
+            let counts: Vec<u32> = self
+                .dispatch_read(
+                    &HISTOGRAM,
+                    "column_histogram",
+                    &[&m.buffer, &out, &params],
+                    (gx, gy),
+                    &out,
+                    n,
+                )
+                .await?;
+            all.extend(counts.into_iter().map(u64::from));
+        }
+        Ok(all)
     }
 }
 

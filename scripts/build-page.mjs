@@ -1,0 +1,46 @@
+// Bundles the page (www/src/*.ts) with esbuild and lays out a site folder:
+//   OUT/index.html, style.css, main.js, worker.js, pkg/ (wasm-bindgen output from www/pkg)
+// Usage: node scripts/build-page.mjs OUT [--minify]
+import { build } from 'esbuild';
+import { cpSync, mkdirSync, rmSync, existsSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const out = process.argv[2];
+if (!out) {
+  console.error('usage: node scripts/build-page.mjs OUT [--minify]');
+  process.exit(2);
+}
+const minify = process.argv.includes('--minify');
+const pkg = join(root, 'www', 'pkg');
+if (!existsSync(join(pkg, 'layerlab.js'))) {
+  console.error('www/pkg/layerlab.js is missing: build the wasm first (scripts/run.sh does).');
+  process.exit(1);
+}
+
+rmSync(out, { recursive: true, force: true });
+mkdirSync(out, { recursive: true });
+
+// The wasm-bindgen glue is not bundled: it loads layerlab_bg.wasm next to itself.
+const wasmGlueExternal = {
+  name: 'wasm-glue-external',
+  setup(b) {
+    b.onResolve({ filter: /pkg\/layerlab\.js$/ }, () => ({ path: './pkg/layerlab.js', external: true }));
+  },
+};
+
+await build({
+  entryPoints: [join(root, 'www/src/main.ts'), join(root, 'www/src/worker.ts')],
+  outdir: out,
+  bundle: true,
+  format: 'esm',
+  target: 'es2022',
+  sourcemap: true,
+  minify,
+  plugins: [wasmGlueExternal],
+  logLevel: 'warning',
+});
+for (const f of ['index.html', 'style.css']) cpSync(join(root, 'www', f), join(out, f));
+cpSync(pkg, join(out, 'pkg'), { recursive: true });
+console.log(`page built in ${out}`);

@@ -1,0 +1,74 @@
+# Setup steps shared by run.sh and test.sh. Each step checks first and does nothing when
+# its work is done, so a second run is quick. Source this file; do not run it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "error: '$*' needs root; run it as root or install sudo" >&2; return 1; fi
+}
+
+ensure_wasm_target() {
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    say "adding the Rust target wasm32-unknown-unknown"
+    rustup target add wasm32-unknown-unknown
+  fi
+}
+
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+ensure_wasm_bindgen() {
+  local want have
+  want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
+  if [ -z "$want" ]; then echo "error: Cargo.lock names no wasm-bindgen version" >&2; return 1; fi
+  have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" != "$want" ]; then
+    say "installing wasm-bindgen-cli $want (found '${have:-none}'; takes a few minutes once)"
+    # --locked fails for this crate; the exact version pin is what matters.
+    cargo install wasm-bindgen-cli --version "$want" --force
+  fi
+}
+
+ensure_npm() {
+  # Reinstall only when package-lock.json changed since the last install.
+  local stamp=node_modules/.layerlab-lock
+  if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
+    say "installing npm packages (npm ci)"
+    npm ci --no-audit --no-fund
+    cp package-lock.json "$stamp"
+  fi
+}
+
+# Debian's Chromium (the browser tests) and Mesa's Vulkan drivers (lavapipe, the GPU the
+# kernel tests run on).
+ensure_test_packages() {
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  fi
+}
+
+# Builds the wasm with cargo PROFILE into www/pkg (wasm-bindgen --target web), optionally
+# optimised with the npm package binaryen's wasm-opt (Debian's wasm-opt 108 breaks the output).
+build_wasm() {
+  local profile=$1 optimise=${2:-no}
+  say "building the wasm ($profile)"
+  cargo build --lib --target wasm32-unknown-unknown --profile "$profile"
+  local dir=$profile
+  [ "$profile" = dev ] && dir=debug
+  rm -rf www/pkg
+  wasm-bindgen --target web --out-dir www/pkg "target/wasm32-unknown-unknown/$dir/layerlab.wasm"
+  if [ "$optimise" = opt ]; then
+    say "optimising the wasm (wasm-opt -O2)"
+    node_modules/.bin/wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int \
+      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+      www/pkg/layerlab_bg.wasm -o www/pkg/layerlab_bg.wasm
+  fi
+}

@@ -1,0 +1,142 @@
+// Browser end-to-end tests of the foundation, in Debian's Chromium driven by playwright-core:
+// the page loads with no console errors, states its backend, and its compute check returns
+// the same numbers as the native CLI (which runs the kernels on Vulkan, or the CPU). Run
+// twice: with WebGPU (SwiftShader, --enable-unsafe-webgpu) and without (the CPU fallback).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer } from '../../scripts/serve.mjs';
+
+const SITE = process.env.LAYERLAB_SITE ?? 'target/site-test';
+const CLI = process.env.LAYERLAB_CLI ?? 'target/debug/layerlab';
+const BASE_FLAGS = [
+  '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync',
+];
+
+let server;
+let base;
+before(async () => {
+  server = await startServer(SITE, 0);
+  base = `http://127.0.0.1:${server.address().port}/`;
+});
+after(() => server?.close());
+
+async function openLab(flags, query) {
+  const profile = mkdtempSync(join(tmpdir(), 'layerlab-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: '/usr/bin/chromium',
+    headless: true,
+    args: [...BASE_FLAGS, ...flags],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems = [];
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  await page.goto(base + query);
+  await page.waitForFunction(() => document.getElementById('backend')?.dataset.kind !== '', null, { timeout: 60_000 });
+  const close = async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); };
+  return { page, problems, close };
+}
+
+async function runCheck(page) {
+  await page.click('#run');
+  await page.waitForFunction(() => {
+    const s = document.getElementById('status')?.textContent ?? '';
+    return s === 'Done.' || s === 'Failed.' || s === 'Cancelled.';
+  }, null, { timeout: 120_000 });
+  const status = await page.textContent('#status');
+  assert.equal(status, 'Done.', `the run ended with "${status}": ${await page.textContent('#error')}`);
+  return page.$$eval('#stats-table td[data-value]', (tds) =>
+    Object.fromEntries(tds.map((td) => [td.dataset.stat, Number(td.dataset.value)])));
+}
+
+function cli(args) {
+  return JSON.parse(execFileSync(CLI, ['reduce', ...args, '--json', '-'], { encoding: 'utf8' }));
+}
+
+// GPU partial sums are f32 and their order differs from the CPU's, so values agree to a
+// relative 1e-4 (counts within 0.01% of the values, since a bin or threshold edge can fall
+// either side in f32).
+function assertSameStats(page, ref, what) {
+  const rel = (a, b) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-12);
+  for (const key of ['mean_abs', 'std', 'max_abs', 'min', 'max', 'kurtosis', 'outlier_threshold', 'outlier_fraction']) {
+    assert.ok(rel(page[key], ref[key]) < 1e-4, `${what}: ${key} page ${page[key]} vs CLI ${ref[key]}`);
+  }
+  assert.equal(page.count, ref.count, `${what}: count`);
+  assert.ok(Math.abs(page.outlier_count - ref.outlier_count) <= Math.max(1, ref.count * 1e-4), `${what}: outlier_count`);
+  // The mean is near 0, so compare it on the scale of the values.
+  assert.ok(Math.abs(page.mean - ref.mean) < 1e-5 * ref.mean_abs, `${what}: mean ${page.mean} vs ${ref.mean}`);
+}
+
+const SHAPE = { seed: 11, rows: 517, cols: 301 };
+const query = `?seed=${SHAPE.seed}&rows=${SHAPE.rows}&cols=${SHAPE.cols}&k=5&bins=64`;
+const cliArgs = ['--seed', '11', '--rows', '517', '--cols', '301', '--k', '5', '--bins', '64'];
+
+test('with WebGPU: the page uses the GPU, matches the CLI, and survives losing the device', async () => {
+  const { page, problems, close } = await openLab(['--enable-unsafe-webgpu'], query);
+  try {
+    assert.equal(await page.getAttribute('#backend', 'data-kind'), 'gpu', await page.textContent('#backend'));
+    assert.match(await page.textContent('#backend'), /^Backend: WebGPU, .+/);
+    const ref = cli(cliArgs).stats;
+    assertSameStats(await runCheck(page), ref, 'WebGPU');
+    assert.equal(await page.isHidden('#notice'), true);
+
+    // Lose the device: the next run finishes on the CPU, and the page says so.
+    await page.click('.diagnostics summary');
+    await page.click('#lose-device');
+    await page.waitForFunction(() => /destroyed/.test(document.getElementById('status')?.textContent ?? ''));
+    const after = await runCheck(page);
+    assertSameStats(after, ref, 'after device loss');
+    assert.match(await page.textContent('#notice'), /finished on the CPU/);
+    assert.equal(await page.getAttribute('#backend', 'data-kind'), 'cpu');
+    assert.match(await page.textContent('#backend'), /CPU \(WebAssembly\), because the GPU failed/);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
+
+test('without WebGPU: the page says why, runs on the CPU and matches the CLI', async () => {
+  const { page, problems, close } = await openLab([], query);
+  try {
+    assert.equal(await page.getAttribute('#backend', 'data-kind'), 'cpu');
+    assert.match(await page.textContent('#backend'), /^Backend: CPU \(WebAssembly\), because .+/);
+    const ref = cli([...cliArgs, '--backend', 'cpu']).stats;
+    assertSameStats(await runCheck(page), ref, 'CPU');
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
+
+test('a bad request shows its error, a long run can be cancelled, and the page keeps working', async () => {
+  const { page, problems, close } = await openLab([], '?backend=cpu');
+  try {
+    assert.match(await page.textContent('#backend'), /switched off/);
+    await page.fill('#bins', '999');
+    await page.click('#run');
+    assert.match(await page.textContent('#error'), /bins must be a whole number from 1 to 256/);
+
+    await page.fill('#bins', '64');
+    await page.fill('#rows', '3000');
+    await page.fill('#cols', '4096');
+    await page.click('#run');
+    await page.click('#cancel');
+    await page.waitForFunction(() => document.getElementById('status')?.textContent === 'Cancelled.', null, { timeout: 60_000 });
+    assert.equal(await page.isHidden('#error'), true);
+
+    await page.fill('#rows', '100');
+    await page.fill('#cols', '7');
+    const small = await runCheck(page);
+    assert.equal(small.count, 700);
+    assert.match(page.url(), /rows=100&cols=7/);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
