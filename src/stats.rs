@@ -5,6 +5,7 @@
 //! Two passes over the tensor, each a stream of chunks (one storage binding at most):
 //!   1. moments (sum, sum of squares, sum |w|, min, max)  -> mean, mean |w|, range
 //!   2. central moments about the mean, outliers above the threshold, histogram
+//!
 //! Chunks stay resident on the GPU between the passes when the tensor is small enough.
 
 use serde::{Deserialize, Serialize};

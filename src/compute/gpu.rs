@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
 use super::{Bins, Central, Matrix, Moments};
 use crate::{LabError, Result};
@@ -140,20 +139,25 @@ impl GpuContext {
             })
             .await
             .map_err(|e| {
-                let hint = if cfg!(target_arch = "wasm32") {
-                    "the browser refused a WebGPU adapter"
+                LabError::GpuUnavailable(if cfg!(target_arch = "wasm32") {
+                    "the browser has WebGPU but offered no adapter (requestAdapter() gave null)"
+                        .into()
                 } else {
-                    "no Vulkan driver answered; on Debian install mesa-vulkan-drivers (lavapipe)"
-                };
-                LabError::GpuUnavailable(format!("no GPU adapter was found: {hint} ({e})"))
+                    format!(
+                        "no GPU adapter was found: no Vulkan driver answered; on Debian install \
+                         mesa-vulkan-drivers (lavapipe) ({e})"
+                    )
+                })
             })?;
         let info = adapter.get_info();
         let have = adapter.limits();
         // WebGPU's defaults, plus bigger storage bindings where the adapter has them, so a
         // whole weight matrix fits one binding; if refused, the plain defaults.
-        let mut raised = wgpu::Limits::default();
-        raised.max_storage_buffer_binding_size = have.max_storage_buffer_binding_size.min(1 << 30);
-        raised.max_buffer_size = have.max_buffer_size.min(1 << 30);
+        let raised = wgpu::Limits {
+            max_storage_buffer_binding_size: have.max_storage_buffer_binding_size.min(1 << 30),
+            max_buffer_size: have.max_buffer_size.min(1 << 30),
+            ..Default::default()
+        };
         let mut last_err = String::new();
         let mut got = None;
         for limits in [
@@ -213,6 +217,14 @@ impl GpuContext {
             &self.info.name
         };
         format!("{name} ({api})")
+    }
+
+    /// Names an adapter the API left unnamed (browsers hide WebGPU's description; the page
+    /// passes vendor and architecture instead).
+    pub fn name_if_unnamed(&mut self, name: &str) {
+        if self.info.name.is_empty() && !name.is_empty() {
+            self.info.name = name.to_string();
+        }
     }
 
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
@@ -284,14 +296,9 @@ impl GpuContext {
             )));
         }
         // A zero-sized binding is invalid; an empty matrix gets one unused value.
+        self.check()?;
         let contents: &[f32] = if m.data.is_empty() { &[0.0] } else { m.data };
-        let buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("tensor chunk"),
-                contents: bytemuck::cast_slice(contents),
-                usage: wgpu::BufferUsages::STORAGE,
-            });
+        let buffer = self.buffer_with("tensor chunk", contents, wgpu::BufferUsages::STORAGE);
         Ok(GpuMatrix {
             buffer,
             rows: m.rows,
@@ -299,22 +306,35 @@ impl GpuContext {
         })
     }
 
+    /// A buffer holding `values`, written through the queue. (wgpu's `create_buffer_init`
+    /// maps at creation and panics on a lost device; this reports through `check` instead.)
+    fn buffer_with<T: Pod>(
+        &self,
+        label: &str,
+        values: &[T],
+        usage: wgpu::BufferUsages,
+    ) -> wgpu::Buffer {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (bytes.len() as u64).next_multiple_of(4).max(4),
+            usage: usage | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, bytes);
+        buffer
+    }
+
     fn uniform<T: Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::bytes_of(value),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+        self.buffer_with(
+            "params",
+            std::slice::from_ref(value),
+            wgpu::BufferUsages::UNIFORM,
+        )
     }
 
     fn storage_init<T: Pod>(&self, values: &[T]) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("storage"),
-                contents: bytemuck::cast_slice(values),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
+        self.buffer_with("storage", values, wgpu::BufferUsages::STORAGE)
     }
 
     /// A zero-filled read-write storage buffer for `count` records of `T`.

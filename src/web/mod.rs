@@ -91,15 +91,19 @@ pub struct Lab {
 #[wasm_bindgen]
 impl Lab {
     /// Brings up the compute backend: WebGPU when allowed and present, else the CPU with the
-    /// reason (no navigator.gpu, adapter refused, device refused).
-    pub async fn create(allow_gpu: bool) -> Lab {
+    /// reason (no navigator.gpu, adapter refused, device refused). `adapter_name` names the
+    /// adapter when the browser hides its description (vendor and architecture).
+    pub async fn create(allow_gpu: bool, adapter_name: String) -> Lab {
         let backend = if !allow_gpu {
             Backend::cpu("WebGPU was switched off for this page (?backend=cpu)")
         } else if !has_navigator_gpu() {
             Backend::cpu("this browser has no WebGPU (navigator.gpu is missing)")
         } else {
             match GpuContext::new().await {
-                Ok(gpu) => Backend::with_gpu(gpu),
+                Ok(mut gpu) => {
+                    gpu.name_if_unnamed(&adapter_name);
+                    Backend::with_gpu(gpu)
+                }
                 Err(e) => Backend::cpu(e.to_string()),
             }
         };
@@ -124,11 +128,7 @@ impl Lab {
     ) -> Result<JsValue, JsValue> {
         let req: ReduceRequest = serde_wasm_bindgen::from_value(request)
             .map_err(|e| JsValue::from_str(&format!("bad compute-check request: {e}")))?;
-        let n = req
-            .synth
-            .rows
-            .checked_mul(req.synth.cols)
-            .unwrap_or(usize::MAX);
+        let n = req.synth.rows.saturating_mul(req.synth.cols);
         if n > MAX_SYNTH_VALUES {
             return Err(JsValue::from_str(&format!(
                 "a [{}, {}] matrix is too big for the page: at most {MAX_SYNTH_VALUES} values",

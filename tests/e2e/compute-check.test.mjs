@@ -81,7 +81,7 @@ test('with WebGPU: the page uses the GPU, matches the CLI, and survives losing t
   const { page, problems, close } = await openLab(['--enable-unsafe-webgpu'], query);
   try {
     assert.equal(await page.getAttribute('#backend', 'data-kind'), 'gpu', await page.textContent('#backend'));
-    assert.match(await page.textContent('#backend'), /^Backend: WebGPU, .+/);
+    assert.match(await page.textContent('#backend'), /^Backend: GPU, .+ \(WebGPU\)$/);
     const ref = cli(cliArgs).stats;
     assertSameStats(await runCheck(page), ref, 'WebGPU');
     assert.equal(await page.isHidden('#notice'), true);

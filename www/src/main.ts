@@ -89,7 +89,7 @@ let lastRun: StatsRun | null = null;
 function showBackend(b: BackendInfo): void {
   backendLine.dataset.kind = b.kind;
   backendLine.textContent =
-    b.kind === 'gpu' ? `Backend: WebGPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`;
+    b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`;
 }
 
 function showError(msg: string | null): void {

@@ -21,13 +21,25 @@ function messageOf(e: unknown): string {
   return String(e);
 }
 
+// Browsers hide WebGPU's adapter description; vendor and architecture still say which one.
+async function adapterName(): Promise<string> {
+  try {
+    const gpu = (navigator as unknown as { gpu?: { requestAdapter(): Promise<{ info?: Record<string, string> } | null> } }).gpu;
+    const info = (await gpu?.requestAdapter())?.info;
+    if (!info) return '';
+    return [info.vendor, info.architecture, info.description].filter((x) => x).join(' ');
+  } catch {
+    return '';
+  }
+}
+
 scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   switch (msg.type) {
     case 'init': {
       try {
         await init();
-        lab = await Lab.create(msg.allowGpu);
+        lab = await Lab.create(msg.allowGpu, msg.allowGpu ? await adapterName() : '');
         post({ type: 'ready', backend: backendOf(lab) });
       } catch (e) {
         post({ type: 'init-failed', message: messageOf(e) });
