@@ -19,6 +19,10 @@ pub enum LabError {
     Cancelled,
     #[error("{0}")]
     Io(String),
+    /// A file that is not what it claims: truncated, corrupt, hostile or unsupported. The
+    /// message starts with the file's name and says what was expected and found.
+    #[error("{0}")]
+    BadFile(String),
 }
 
 pub type Result<T> = std::result::Result<T, LabError>;

@@ -10,10 +10,12 @@
 //! - `stats`: tensor statistics (moments, kurtosis, outlier counts, histograms) built on the
 //!   reduction kernels.
 //! - `synth`: seeded synthetic tensors, identical on every target.
+//! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
 pub mod compute;
 pub mod error;
+pub mod io;
 pub mod stats;
 pub mod synth;
 
