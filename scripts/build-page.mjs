@@ -2,7 +2,7 @@
 //   OUT/index.html, style.css, main.js, worker.js, pkg/ (wasm-bindgen output from www/pkg)
 // Usage: node scripts/build-page.mjs OUT [--minify]
 import { build } from 'esbuild';
-import { cpSync, mkdirSync, rmSync, existsSync } from 'node:fs';
+import { cpSync, mkdirSync, rmSync, existsSync, linkSync, copyFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -43,4 +43,19 @@ await build({
 });
 for (const f of ['index.html', 'style.css']) cpSync(join(root, 'www', f), join(out, f));
 cpSync(pkg, join(out, 'pkg'), { recursive: true });
+
+// The built-in model, served beside the page (fetched into the git-ignored cache by
+// scripts/setup.sh's ensure_models). Hard-linked where possible: it is 98 MB.
+const builtin = join(root, '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf');
+if (existsSync(builtin)) {
+  mkdirSync(join(out, 'models'), { recursive: true });
+  const dest = join(out, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
+  try {
+    linkSync(builtin, dest);
+  } catch {
+    copyFileSync(builtin, dest);
+  }
+} else {
+  console.warn('the built-in model is missing (.cache/models); the page will say so when it opens');
+}
 console.log(`page built in ${out}`);

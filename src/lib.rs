@@ -8,14 +8,16 @@
 //! - `compute`: the wgpu context (WebGPU in the browser, Vulkan natively), the WGSL kernels
 //!   and their CPU twins, and the backend that falls back to the CPU when the GPU fails.
 //! - `stats`: tensor statistics (moments, kurtosis, outlier counts, histograms) built on the
-//!   reduction kernels.
+//!   reduction kernels; `stats::model`, the same for every tensor and block of a model.
 //! - `synth`: seeded synthetic tensors, identical on every target.
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
 //! - `model`: architectures: which tensors form which block, and the model's sizes.
+//! - `experiment`: the versioned Experiment that links, the CLI and reports share.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
 pub mod compute;
 pub mod error;
+pub mod experiment;
 pub mod io;
 pub mod model;
 pub mod stats;

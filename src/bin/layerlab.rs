@@ -2,11 +2,15 @@
 //! can open. Errors are printed as sentences and give exit status 1 (2 for bad usage).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use layerlab::compute::{Backend, BackendChoice, Matrix, Silent};
+use layerlab::experiment::{Experiment, ModelSource};
+use layerlab::io::{FileSource, ModelFile};
+use layerlab::model::describe;
+use layerlab::stats::model::{model_stats, ModelReport};
 use layerlab::stats::{tensor_stats, StatsOptions, StatsRun};
 use layerlab::synth::{weights, SynthSpec};
 use layerlab::{LabError, Result};
@@ -32,6 +36,26 @@ enum Command {
         /// auto (GPU if present, else CPU), gpu (fail without one) or cpu.
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
+    },
+    /// Statistics of every tensor and every block of a model (safetensors or GGUF): shape,
+    /// parameters, mean |w|, std, max |w|, kurtosis, outlier fraction, histogram.
+    Stats {
+        /// A .gguf or .safetensors file, or a folder holding one (with config.json).
+        model: PathBuf,
+        /// The model's Hugging Face config.json (default: the one beside the model).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Outliers are |w| > k x mean |w|.
+        #[arg(long, default_value_t = 5.0)]
+        k: f32,
+        /// Histogram bins (1..=256).
+        #[arg(long, default_value_t = 64)]
+        bins: u32,
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
+        /// Write the full report as JSON to this file ("-" for standard output).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Statistics of a seeded synthetic weight matrix: the reduction the page's compute
     /// check runs, so both can be compared number for number.
@@ -81,6 +105,43 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Stats {
+            model,
+            config,
+            k,
+            bins,
+            backend,
+            json,
+        } => {
+            let started = std::time::Instant::now();
+            let (path, config_path) = resolve_model(&model, config)?;
+            let config = match &config_path {
+                Some(p) => Some(read_config(p)?),
+                None => None,
+            };
+            let src = FileSource::open(&path)?;
+            let file = ModelFile::open(&src)?;
+            let desc = describe(&file, config.as_ref());
+            let opts = StatsOptions {
+                outlier_k: k,
+                bins,
+                per_column: false,
+            };
+            let b = Backend::new(backend).await?;
+            let mut report = model_stats(&b, &src, &file, &desc, &opts, &Silent).await?;
+            report.experiment = Some(Experiment::layers(
+                ModelSource::Path {
+                    path: path.display().to_string(),
+                },
+                opts,
+            ));
+            match json {
+                Some(out) => write_json(&out, &report)?,
+                None => print_model_summary(&report),
+            }
+            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
         Command::Reduce {
             seed,
             rows,
@@ -110,7 +171,7 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn write_json(path: &PathBuf, out: &StatsRun) -> Result<()> {
+fn write_json<T: serde::Serialize>(path: &PathBuf, out: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(out).map_err(|e| LabError::Io(e.to_string()))?;
     if path.as_os_str() == "-" {
         let mut stdout = std::io::stdout().lock();
@@ -145,4 +206,85 @@ fn print_summary(out: &StatsRun) {
         s.outlier_k,
         s.outlier_threshold
     );
+}
+
+/// A model path: a file, or a folder holding exactly one .gguf or .safetensors file. The
+/// config is the one given, else config.json beside the model when there is one.
+fn resolve_model(model: &Path, config: Option<PathBuf>) -> Result<(PathBuf, Option<PathBuf>)> {
+    let path = if model.is_dir() {
+        let entries = std::fs::read_dir(model)
+            .map_err(|e| LabError::Io(format!("cannot list {}: {e}", model.display())))?;
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|x| x.to_str()),
+                    Some("gguf" | "safetensors")
+                )
+            })
+            .collect();
+        found.sort();
+        match found.len() {
+            1 => found.remove(0),
+            0 => {
+                return Err(LabError::invalid(format!(
+                    "{} holds no .gguf or .safetensors file",
+                    model.display()
+                )))
+            }
+            _ => {
+                return Err(LabError::invalid(format!(
+                    "{} holds several model files ({}); name one (sharded checkpoints are not supported yet)",
+                    model.display(),
+                    found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+    } else {
+        model.to_path_buf()
+    };
+    let config = config.or_else(|| {
+        let beside = path.parent().map(|d| d.join("config.json"))?;
+        beside.is_file().then_some(beside)
+    });
+    Ok((path, config))
+}
+
+fn read_config(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| LabError::Io(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| LabError::BadFile(format!("{}: not valid JSON: {e}", path.display())))
+}
+
+fn print_model_summary(r: &ModelReport) {
+    let m = &r.model;
+    println!("model       {} ({:?}, {})", m.file, m.format, m.arch_name);
+    println!("backend     {}", r.backend.name);
+    println!(
+        "tensors     {}, {} parameters, {} blocks",
+        m.tensors, m.params, m.blocks
+    );
+    for n in m.notice.iter().chain(&r.notices) {
+        println!("notice      {n}");
+    }
+    println!();
+    println!(
+        "{:>5} {:>10} {:>11} {:>11} {:>11} {:>10} {:>9}",
+        "block", "params", "mean |w|", "std", "max |w|", "kurtosis", "outl. %"
+    );
+    for b in &r.blocks {
+        if let Some(s) = &b.stats {
+            println!(
+                "{:>5} {:>10} {:>11.4e} {:>11.4e} {:>11.4e} {:>10.3} {:>9.4}",
+                b.index,
+                s.params,
+                s.mean_abs,
+                s.std,
+                s.max_abs,
+                s.kurtosis.unwrap_or(f64::NAN),
+                100.0 * s.outlier_fraction
+            );
+        }
+    }
 }

@@ -72,9 +72,24 @@ impl Backend {
             BackendChoice::Cpu => Ok(Backend::cpu("the CPU was chosen")),
             BackendChoice::Gpu => Ok(Backend::with_gpu(GpuContext::new().await?)),
             BackendChoice::Auto => match GpuContext::new().await {
-                Ok(gpu) => Ok(Backend::with_gpu(gpu)),
+                Ok(gpu) => Ok(Backend::auto_from(gpu)),
                 Err(e) => Ok(Backend::cpu(e.to_string())),
             },
+        }
+    }
+
+    /// `Auto`'s rule for an adapter that came up: a software renderer (lavapipe, SwiftShader)
+    /// runs the kernels on this same CPU, slower than the CPU twins, so the CPU is used and
+    /// the reason says how to force the GPU path.
+    pub fn auto_from(gpu: GpuContext) -> Backend {
+        if gpu.is_software() {
+            Backend::cpu(format!(
+                "the only GPU adapter, {}, is a software renderer, slower than the CPU path \
+                 (to use it anyway: --backend gpu, or ?backend=gpu in the page)",
+                gpu.describe()
+            ))
+        } else {
+            Backend::with_gpu(gpu)
         }
     }
 

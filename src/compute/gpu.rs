@@ -227,6 +227,11 @@ impl GpuContext {
         }
     }
 
+    /// True for an adapter that emulates a GPU on the CPU (Mesa's lavapipe, SwiftShader).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }

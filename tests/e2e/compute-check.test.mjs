@@ -74,11 +74,11 @@ function assertSameStats(page, ref, what) {
 }
 
 const SHAPE = { seed: 11, rows: 517, cols: 301 };
-const query = `?seed=${SHAPE.seed}&rows=${SHAPE.rows}&cols=${SHAPE.cols}&k=5&bins=64`;
+const query = `?tab=compute&seed=${SHAPE.seed}&rows=${SHAPE.rows}&cols=${SHAPE.cols}&ck=5&cbins=64`;
 const cliArgs = ['--seed', '11', '--rows', '517', '--cols', '301', '--k', '5', '--bins', '64'];
 
 test('with WebGPU: the page uses the GPU, matches the CLI, and survives losing the device', async () => {
-  const { page, problems, close } = await openLab(['--enable-unsafe-webgpu'], query);
+  const { page, problems, close } = await openLab(['--enable-unsafe-webgpu'], `${query}&backend=gpu`);
   try {
     assert.equal(await page.getAttribute('#backend', 'data-kind'), 'gpu', await page.textContent('#backend'));
     assert.match(await page.textContent('#backend'), /^Backend: GPU, .+ \(WebGPU\)$/);
@@ -115,7 +115,7 @@ test('without WebGPU: the page says why, runs on the CPU and matches the CLI', a
 });
 
 test('a bad request shows its error, a long run can be cancelled, and the page keeps working', async () => {
-  const { page, problems, close } = await openLab([], '?backend=cpu');
+  const { page, problems, close } = await openLab([], '?backend=cpu&tab=compute');
   try {
     assert.match(await page.textContent('#backend'), /switched off/);
     await page.fill('#bins', '999');

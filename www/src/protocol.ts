@@ -62,9 +62,99 @@ export interface StatsRun {
   notice: string | null;
 }
 
+// ---- the layer view ----------------------------------------------------------------------
+
+export type ModelSource =
+  | { kind: 'url'; url: string }
+  | { kind: 'file'; name: string; size: number }
+  | { kind: 'path'; path: string };
+
+export interface StatsOptions {
+  outlier_k: number;
+  bins: number;
+  per_column: boolean;
+}
+
+/** The versioned experiment (src/experiment.rs): what the URL, the CLI and reports share. */
+export interface Experiment {
+  version: 1;
+  lab: 'layers';
+  model: ModelSource;
+  stats: StatsOptions;
+}
+
+export interface Hyper {
+  hidden: number | null;
+  layers: number | null;
+  heads: number | null;
+  kv_heads: number | null;
+  ffn: number | null;
+  vocab: number | null;
+  context: number | null;
+}
+
+export interface ModelInfo {
+  file: string;
+  format: 'Safetensors' | 'Gguf';
+  arch: string;
+  arch_name: string;
+  hyper: Hyper;
+  blocks: number;
+  tensors: number;
+  params: number;
+  notice: string | null;
+}
+
+export interface Summary {
+  params: number;
+  mean: number;
+  std: number;
+  mean_abs: number;
+  max_abs: number;
+  kurtosis: number | null;
+  outlier_fraction: number;
+  histogram: Histogram;
+}
+
+export interface TensorEntry {
+  name: string;
+  shape: number[];
+  dtype: string;
+  params: number;
+  block: number | null;
+  role: string | null;
+  stats: Summary | null;
+  skipped: string | null;
+}
+
+export interface BlockEntry {
+  index: number;
+  linears: string[];
+  stats: Summary | null;
+}
+
+export interface ModelReport {
+  experiment: Experiment | null;
+  model: ModelInfo;
+  options: StatsOptions;
+  tensors: TensorEntry[];
+  blocks: BlockEntry[];
+  backend: BackendInfo;
+  notices: string[];
+}
+
+export interface Opened {
+  info: ModelInfo;
+}
+
+/** What the page hands the worker to open: a URL, or the files the user dropped. */
+export type OpenRequest = { kind: 'url'; url: string } | { kind: 'files'; files: File[] };
+
 export type ToWorker =
-  | { type: 'init'; allowGpu: boolean }
+  | { type: 'init'; backend: 'auto' | 'gpu' | 'cpu' }
   | { type: 'reduce'; id: number; request: ReduceRequest }
+  | { type: 'open-model'; id: number; request: OpenRequest }
+  | { type: 'model-stats'; id: number; experiment: Experiment }
   | { type: 'cancel' }
   | { type: 'lose-device' };
 
@@ -74,4 +164,6 @@ export type FromWorker =
   | { type: 'progress'; id: number; stage: string; done: number; total: number }
   | { type: 'result'; id: number; run: StatsRun; backend: BackendInfo }
   | { type: 'error'; id: number; message: string; backend: BackendInfo }
-  | { type: 'device-lost'; lost: boolean; backend: BackendInfo };
+  | { type: 'device-lost'; lost: boolean; backend: BackendInfo }
+  | { type: 'model-opened'; id: number; opened: Opened; source: ModelSource; companions: string[] }
+  | { type: 'model-report'; id: number; report: ModelReport; backend: BackendInfo };

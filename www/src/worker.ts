@@ -3,7 +3,8 @@
 // the lab yields to this worker's event loop at every step.
 
 import init, { Lab } from '../pkg/layerlab.js';
-import type { FromWorker, ToWorker, BackendInfo } from './protocol';
+import type { FromWorker, ToWorker, BackendInfo, ModelSource, OpenRequest, Opened } from './protocol';
+import { fileSource, urlSource, type JsSource } from './sources';
 
 const scope = self as unknown as DedicatedWorkerGlobalScope;
 let lab: Lab | null = null;
@@ -33,13 +34,50 @@ async function adapterName(): Promise<string> {
   }
 }
 
+const MODEL_EXT = /\.(gguf|safetensors)$/i;
+
+/** The model file among the user's files, its config.json, and the names of the rest. */
+function pickFiles(files: File[]): { model: File; config: File | null; companions: string[] } {
+  const models = files.filter((f) => MODEL_EXT.test(f.name));
+  if (models.length === 0) {
+    if (files.length === 1) return { model: files[0], config: null, companions: [] };
+    throw new Error(`none of ${files.map((f) => f.name).join(', ')} is a .gguf or .safetensors file`);
+  }
+  if (models.length > 1) {
+    throw new Error(`several model files were given (${models.map((f) => f.name).join(', ')}); give one (sharded checkpoints are not supported yet)`);
+  }
+  const config = files.find((f) => f.name === 'config.json') ?? null;
+  const companions = files.filter((f) => f !== models[0]).map((f) => f.name);
+  return { model: models[0], config, companions };
+}
+
+async function openModel(l: Lab, id: number, request: OpenRequest): Promise<void> {
+  let source: JsSource;
+  let described: ModelSource;
+  let config: string | undefined;
+  let companions: string[] = [];
+  if (request.kind === 'url') {
+    source = await urlSource(request.url, (done, total) =>
+      post({ type: 'progress', id, stage: 'downloading', done, total }));
+    described = { kind: 'url', url: request.url };
+  } else {
+    const picked = pickFiles(request.files);
+    source = fileSource(picked.model);
+    config = picked.config ? new FileReaderSync().readAsText(picked.config) : undefined;
+    companions = picked.companions;
+    described = { kind: 'file', name: picked.model.name, size: picked.model.size };
+  }
+  const opened = l.open_model(source, config) as Opened;
+  post({ type: 'model-opened', id, opened, source: described, companions });
+}
+
 scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   switch (msg.type) {
     case 'init': {
       try {
         await init();
-        lab = await Lab.create(msg.allowGpu, msg.allowGpu ? await adapterName() : '');
+        lab = await Lab.create(msg.backend, msg.backend === 'cpu' ? '' : await adapterName());
         post({ type: 'ready', backend: backendOf(lab) });
       } catch (e) {
         post({ type: 'init-failed', message: messageOf(e) });
@@ -54,6 +92,29 @@ scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
           post({ type: 'progress', id: msg.id, stage, done, total });
         const run = await current.reduce(msg.request, onProgress);
         post({ type: 'result', id: msg.id, run, backend: backendOf(current) });
+      } catch (e) {
+        post({ type: 'error', id: msg.id, message: messageOf(e), backend: backendOf(current) });
+      }
+      break;
+    }
+    case 'open-model': {
+      if (!lab) return;
+      const current = lab;
+      try {
+        await openModel(current, msg.id, msg.request);
+      } catch (e) {
+        post({ type: 'error', id: msg.id, message: messageOf(e), backend: backendOf(current) });
+      }
+      break;
+    }
+    case 'model-stats': {
+      if (!lab) return;
+      const current = lab;
+      try {
+        const onProgress = (stage: string, done: number, total: number) =>
+          post({ type: 'progress', id: msg.id, stage, done, total });
+        const report = await current.model_stats(msg.experiment, onProgress);
+        post({ type: 'model-report', id: msg.id, report, backend: backendOf(current) });
       } catch (e) {
         post({ type: 'error', id: msg.id, message: messageOf(e), backend: backendOf(current) });
       }

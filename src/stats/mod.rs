@@ -8,6 +8,8 @@
 //!
 //! Chunks stay resident on the GPU between the passes when the tensor is small enough.
 
+pub mod model;
+
 use serde::{Deserialize, Serialize};
 
 use crate::compute::backend::checkpoint;

@@ -1,0 +1,303 @@
+//! The layer view's numbers: statistics of every tensor of a model, and of every block's
+//! linear weights pooled together (the weights OWL and Wanda prune), read one block at a
+//! time so only one block's weights are ever resident.
+
+use serde::{Deserialize, Serialize};
+
+use super::{tensor_stats, Histogram, StatsOptions, TensorStats};
+use crate::compute::{Backend, BackendInfo, Matrix, RunControl};
+use crate::experiment::Experiment;
+use crate::io::{ByteSource, Format, ModelFile, TensorInfo};
+use crate::model::{Arch, Hyper, ModelDesc};
+use crate::Result;
+
+/// The statistics the view draws for one tensor or one block.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub params: u64,
+    pub mean: f64,
+    pub std: f64,
+    pub mean_abs: f64,
+    pub max_abs: f64,
+    /// Pearson kurtosis E[(w - mean)^4] / var^2 (3 for a Gaussian); None for zero variance.
+    pub kurtosis: Option<f64>,
+    /// Fraction of |w| above outlier_k x mean |w|.
+    pub outlier_fraction: f64,
+    pub histogram: Histogram,
+}
+
+impl From<TensorStats> for Summary {
+    fn from(s: TensorStats) -> Self {
+        Summary {
+            params: s.count,
+            mean: s.mean,
+            std: s.std,
+            mean_abs: s.mean_abs,
+            max_abs: s.max_abs,
+            kurtosis: s.kurtosis,
+            outlier_fraction: s.outlier_fraction,
+            histogram: s.histogram,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// As in the file.
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub params: u64,
+    /// The block it belongs to, if any.
+    pub block: Option<usize>,
+    /// Its part: a linear's role (q, k, ..., down), "norm", "embedding", "head", ...
+    pub role: Option<String>,
+    /// None when the tensor is listed but not analysed (integer dtypes, unsupported quants).
+    pub stats: Option<Summary>,
+    pub skipped: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    pub index: usize,
+    /// Roles of the block's linear layers, in order.
+    pub linears: Vec<String>,
+    /// Statistics of all the block's linear weights pooled together.
+    pub stats: Option<Summary>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub file: String,
+    pub format: Format,
+    pub arch: Arch,
+    pub arch_name: String,
+    pub hyper: Hyper,
+    pub blocks: usize,
+    pub tensors: usize,
+    pub params: u64,
+    pub notice: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelReport {
+    /// What produced this report (set by the caller: the page or the CLI).
+    pub experiment: Option<Experiment>,
+    pub model: ModelInfo,
+    pub options: StatsOptions,
+    pub tensors: Vec<TensorEntry>,
+    pub blocks: Vec<BlockEntry>,
+    pub backend: BackendInfo,
+    /// Things the user should know: GPU fallback, skipped tensors.
+    pub notices: Vec<String>,
+}
+
+pub fn model_info(file_name: &str, file: &ModelFile, desc: &ModelDesc) -> ModelInfo {
+    ModelInfo {
+        file: file_name.to_string(),
+        format: file.format,
+        arch: desc.arch,
+        arch_name: desc.arch_name.clone(),
+        hyper: desc.hyper.clone(),
+        blocks: desc.blocks.len(),
+        tensors: file.tensors.len(),
+        params: file
+            .tensors
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum(),
+        notice: desc.notice.clone(),
+    }
+}
+
+/// Passes cancellation and yields through, keeps a tensor's own chunk progress quiet: the
+/// model run reports progress per tensor.
+struct Quiet<'a>(&'a dyn RunControl);
+
+impl RunControl for Quiet<'_> {
+    fn progress(&self, _: &str, _: u64, _: u64) {}
+    fn cancelled(&self) -> bool {
+        self.0.cancelled()
+    }
+    fn yield_now(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+        self.0.yield_now()
+    }
+}
+
+/// Where each tensor sits in the model: (block, role).
+fn placement(desc: &ModelDesc, name: &str) -> (Option<usize>, Option<String>) {
+    for b in &desc.blocks {
+        if let Some(l) = b.linears.iter().find(|l| l.tensor == name) {
+            return (Some(b.index), Some(l.role.clone()));
+        }
+        if b.linears.iter().any(|l| l.bias.as_deref() == Some(name)) {
+            return (Some(b.index), Some("bias".into()));
+        }
+        if b.norms.iter().any(|n| n == name) {
+            return (Some(b.index), Some("norm".into()));
+        }
+        if b.other.iter().any(|n| n == name) {
+            return (Some(b.index), None);
+        }
+    }
+    let role = if desc.embedding.as_deref() == Some(name) {
+        Some("embedding")
+    } else if desc.final_norm.as_deref() == Some(name) {
+        Some("final norm")
+    } else if desc.head.as_deref() == Some(name) {
+        Some("head")
+    } else {
+        None
+    };
+    (None, role.map(String::from))
+}
+
+/// Whole-tensor statistics do not depend on the shape, so every tensor is streamed as one
+/// column: chunks are then whole rows of any length.
+fn as_column(data: &[f32]) -> Result<Matrix<'_>> {
+    Matrix::new(data, data.len(), 1)
+}
+
+/// Statistics of every analysable tensor and every block. Blocks are read in order, one at
+/// a time; `ctl` hears progress per tensor and can cancel between tensors.
+pub async fn model_stats(
+    backend: &Backend,
+    src: &dyn ByteSource,
+    file: &ModelFile,
+    desc: &ModelDesc,
+    opts: &StatsOptions,
+    ctl: &dyn RunControl,
+) -> Result<ModelReport> {
+    let opts = StatsOptions {
+        per_column: false,
+        ..opts.clone()
+    };
+    let quiet = Quiet(ctl);
+    let mut notices: Vec<String> = Vec::new();
+    let note = |notices: &mut Vec<String>, n: Option<String>| {
+        if let Some(n) = n {
+            if !notices.contains(&n) {
+                notices.push(n);
+            }
+        }
+    };
+    // Tensors grouped by block, in block order, then everything outside the blocks.
+    let mut order: Vec<(Option<usize>, &TensorInfo)> = file
+        .tensors
+        .iter()
+        .map(|t| (placement(desc, &t.name).0, t))
+        .collect();
+    order.sort_by_key(|(b, _)| b.map_or(usize::MAX, |b| b));
+    let total = order.len() as u64;
+
+    let mut tensors = Vec::with_capacity(order.len());
+    let mut blocks = Vec::with_capacity(desc.blocks.len());
+    let mut pooled: Vec<f32> = Vec::new();
+    let mut current: Option<usize> = None;
+    for (i, (block, t)) in order.iter().enumerate() {
+        // Leaving a block: its pooled linear statistics, then its weights are dropped.
+        if *block != current {
+            if let Some(b) = current {
+                blocks.push(
+                    block_entry(backend, desc, b, &pooled, &opts, &quiet, &mut notices).await?,
+                );
+                pooled.clear();
+            }
+            current = *block;
+        }
+        let (_, role) = placement(desc, &t.name);
+        let params = t.shape.iter().product::<usize>() as u64;
+        let mut entry = TensorEntry {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            dtype: t.dtype.name(),
+            params,
+            block: *block,
+            role: role.clone(),
+            stats: None,
+            skipped: None,
+        };
+        if t.dtype.analysable() {
+            let data = file.read_f32(src, t)?;
+            let run = tensor_stats(backend, as_column(&data)?, &opts, &quiet).await?;
+            note(&mut notices, run.notice);
+            entry.stats = Some(run.stats.into());
+            let is_linear =
+                block.is_some() && !matches!(role.as_deref(), None | Some("norm") | Some("bias"));
+            if is_linear {
+                pooled.extend_from_slice(&data);
+            }
+        } else {
+            entry.skipped = Some(format!(
+                "{} tensors are listed, not analysed",
+                t.dtype.name()
+            ));
+        }
+        tensors.push(entry);
+        ctl.progress(&t.name, i as u64 + 1, total);
+    }
+    if let Some(b) = current {
+        blocks.push(block_entry(backend, desc, b, &pooled, &opts, &quiet, &mut notices).await?);
+    }
+    // Blocks with no tensors read (never expected, but keep one entry per described block).
+    for b in &desc.blocks {
+        if !blocks.iter().any(|e: &BlockEntry| e.index == b.index) {
+            blocks.push(BlockEntry {
+                index: b.index,
+                linears: roles(desc, b.index),
+                stats: None,
+            });
+        }
+    }
+    blocks.sort_by_key(|b| b.index);
+    let skipped = tensors.iter().filter(|t| t.skipped.is_some()).count();
+    if skipped > 0 {
+        notices.push(format!(
+            "{skipped} tensors have types that are listed but not analysed"
+        ));
+    }
+    Ok(ModelReport {
+        experiment: None,
+        model: model_info(&src.name(), file, desc),
+        options: opts,
+        tensors,
+        blocks,
+        backend: backend.info(),
+        notices,
+    })
+}
+
+fn roles(desc: &ModelDesc, index: usize) -> Vec<String> {
+    desc.blocks
+        .iter()
+        .find(|b| b.index == index)
+        .map(|b| b.linears.iter().map(|l| l.role.clone()).collect())
+        .unwrap_or_default()
+}
+
+async fn block_entry(
+    backend: &Backend,
+    desc: &ModelDesc,
+    index: usize,
+    pooled: &[f32],
+    opts: &StatsOptions,
+    ctl: &dyn RunControl,
+    notices: &mut Vec<String>,
+) -> Result<BlockEntry> {
+    let stats = if pooled.is_empty() {
+        None
+    } else {
+        let run = tensor_stats(backend, as_column(pooled)?, opts, ctl).await?;
+        if let Some(n) = run.notice {
+            if !notices.contains(&n) {
+                notices.push(n);
+            }
+        }
+        Some(run.stats.into())
+    };
+    Ok(BlockEntry {
+        index,
+        linears: roles(desc, index),
+        stats,
+    })
+}

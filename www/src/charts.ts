@@ -1,0 +1,192 @@
+// Charts of the layer view: bars per block (uPlot), a block x linear heatmap (canvas), a
+// histogram (uPlot), and their exports (PNG of the drawing, CSV of the numbers). uPlot is a
+// small, fast canvas charting library with hover values built in.
+
+import uPlot from 'uplot';
+import 'uplot/dist/uPlot.min.css';
+
+const BLUE = '#3b6ea8';
+
+export function fmt(x: number | null | undefined): string {
+  if (x === null || x === undefined || Number.isNaN(x)) return '—';
+  if (Number.isInteger(x) && Math.abs(x) < 1e15) return x.toLocaleString('en-US');
+  const a = Math.abs(x);
+  return a !== 0 && (a < 1e-3 || a >= 1e6) ? x.toExponential(4) : x.toPrecision(5);
+}
+
+/** Saves text or a canvas as a download. */
+export function download(name: string, data: string | HTMLCanvasElement): void {
+  const a = document.createElement('a');
+  a.download = name;
+  if (typeof data === 'string') {
+    a.href = URL.createObjectURL(new Blob([data], { type: 'text/csv' }));
+  } else {
+    a.href = data.toDataURL('image/png');
+  }
+  a.click();
+  if (typeof data === 'string') setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+}
+
+export function csv(header: string[], rows: (string | number | null)[][]): string {
+  const cell = (v: string | number | null) => {
+    const s = v === null ? '' : String(v);
+    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+  };
+  return [header, ...rows].map((r) => r.map(cell).join(',')).join('\n') + '\n';
+}
+
+/** A uPlot canvas with its axes, legend-free, for PNG export (background filled white). */
+export function plotCanvas(u: uPlot): HTMLCanvasElement {
+  const src = u.ctx.canvas;
+  const out = document.createElement('canvas');
+  out.width = src.width;
+  out.height = src.height;
+  const ctx = out.getContext('2d');
+  if (ctx) {
+    ctx.fillStyle = 'white';
+    ctx.fillRect(0, 0, out.width, out.height);
+    ctx.drawImage(src, 0, 0);
+  }
+  return out;
+}
+
+/** Bars of one value per block (x = block index). */
+export function barsPerBlock(el: HTMLElement, label: string, x: number[], y: (number | null)[], log = false): uPlot {
+  el.replaceChildren();
+  const width = Math.max(320, el.clientWidth || 640);
+  return new uPlot(
+    {
+      width,
+      height: 240,
+      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
+      axes: [{ label: 'block' }, { label, size: 70 }],
+      series: [
+        { label: 'block' },
+        { label, stroke: BLUE, fill: BLUE + '99', paths: uPlot.paths.bars!({ size: [0.7, 40] }), points: { show: false } },
+      ],
+      legend: { live: true },
+    },
+    [x, y.map((v) => (v === null || (log && v <= 0) ? null : v))] as uPlot.AlignedData,
+    el,
+  );
+}
+
+/** A histogram: bars over bin centres, log-scaled counts (empty bins drawn as gaps). */
+export function histogram(el: HTMLElement, lo: number, hi: number, counts: number[]): uPlot {
+  el.replaceChildren();
+  const width = Math.max(320, el.clientWidth || 640);
+  const w = (hi - lo) / counts.length;
+  const x = counts.map((_, i) => lo + (i + 0.5) * w);
+  return new uPlot(
+    {
+      width,
+      height: 220,
+      scales: { x: { time: false }, y: { distr: 3 } },
+      axes: [{ label: 'value' }, { label: 'count (log)', size: 70 }],
+      series: [
+        { label: 'bin centre', value: (_u, v) => fmt(v) },
+        { label: 'count', stroke: BLUE, fill: BLUE + '99', paths: uPlot.paths.bars!({ size: [1, 100] }), points: { show: false } },
+      ],
+    },
+    [x, counts.map((c) => (c > 0 ? c : null))] as uPlot.AlignedData,
+    el,
+  );
+}
+
+/** Viridis-like colour ramp, t in [0, 1]. */
+function colour(t: number): string {
+  const stops = [
+    [68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37],
+  ];
+  const x = Math.min(0.9999, Math.max(0, t)) * (stops.length - 1);
+  const i = Math.floor(x);
+  const f = x - i;
+  const c = stops[i].map((a, k) => Math.round(a + f * (stops[i + 1][k] - a)));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+export interface Heatmap {
+  canvas: HTMLCanvasElement;
+}
+
+/**
+ * A rows x columns heatmap (rows = linear roles, columns = blocks), colour on a linear or
+ * log scale; hovering a cell shows its value in `tip`.
+ */
+export function heatmap(
+  canvas: HTMLCanvasElement,
+  tip: HTMLElement,
+  rows: string[],
+  cols: number[],
+  value: (r: number, c: number) => number | null,
+  label: string,
+  log: boolean,
+): Heatmap {
+  const left = 90;
+  const top = 8;
+  const bottom = 40;
+  const right = 90;
+  const cw = Math.max(8, Math.min(28, Math.floor(900 / Math.max(1, cols.length))));
+  const ch = 22;
+  canvas.width = left + cols.length * cw + right;
+  canvas.height = top + rows.length * ch + bottom;
+  const ctx = canvas.getContext('2d');
+  if (!ctx) return { canvas };
+  const vals: number[] = [];
+  for (let r = 0; r < rows.length; r++) for (let c = 0; c < cols.length; c++) {
+    const v = value(r, c);
+    if (v !== null && Number.isFinite(v) && (!log || v > 0)) vals.push(log ? Math.log10(v) : v);
+  }
+  const lo = Math.min(...vals);
+  const hi = Math.max(...vals);
+  const span = hi > lo ? hi - lo : 1;
+  ctx.fillStyle = 'white';
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.font = '12px system-ui, sans-serif';
+  ctx.textBaseline = 'middle';
+  for (let r = 0; r < rows.length; r++) {
+    ctx.fillStyle = '#1d232a';
+    ctx.textAlign = 'right';
+    ctx.fillText(rows[r], left - 6, top + r * ch + ch / 2);
+    for (let c = 0; c < cols.length; c++) {
+      const v = value(r, c);
+      const t = v === null || !Number.isFinite(v) || (log && v <= 0) ? null : ((log ? Math.log10(v) : v) - lo) / span;
+      ctx.fillStyle = t === null ? '#eee' : colour(t);
+      ctx.fillRect(left + c * cw, top + r * ch, cw - 1, ch - 1);
+    }
+  }
+  ctx.fillStyle = '#1d232a';
+  ctx.textAlign = 'center';
+  const step = Math.ceil(cols.length / 20);
+  for (let c = 0; c < cols.length; c += step) ctx.fillText(String(cols[c]), left + c * cw + cw / 2, top + rows.length * ch + 10);
+  ctx.fillText('block', left + (cols.length * cw) / 2, top + rows.length * ch + 28);
+  // Colour bar.
+  const bx = left + cols.length * cw + 16;
+  const bh = rows.length * ch;
+  for (let i = 0; i < bh; i++) {
+    ctx.fillStyle = colour(1 - i / bh);
+    ctx.fillRect(bx, top + i, 12, 1);
+  }
+  ctx.textAlign = 'left';
+  ctx.fillStyle = '#1d232a';
+  const show = (v: number) => fmt(log ? 10 ** v : v);
+  if (vals.length) {
+    ctx.fillText(show(hi), bx + 16, top + 6);
+    ctx.fillText(show(lo), bx + 16, top + bh - 6);
+  }
+  canvas.setAttribute('aria-label', `${label} per block and linear layer`);
+  canvas.onmousemove = (ev) => {
+    const rect = canvas.getBoundingClientRect();
+    const x = ((ev.clientX - rect.left) * canvas.width) / rect.width;
+    const y = ((ev.clientY - rect.top) * canvas.height) / rect.height;
+    const c = Math.floor((x - left) / cw);
+    const r = Math.floor((y - top) / ch);
+    if (r >= 0 && r < rows.length && c >= 0 && c < cols.length) {
+      tip.textContent = `block ${cols[c]}, ${rows[r]}: ${label} = ${fmt(value(r, c))}`;
+    } else {
+      tip.textContent = '';
+    }
+  };
+  canvas.onmouseleave = () => (tip.textContent = '');
+  return { canvas };
+}

@@ -1,0 +1,128 @@
+// The page's handle on the worker that owns the lab: requests go out with an id, replies
+// come back to the promise that asked. If the worker dies (or a cancelled run will not
+// stop), it is restarted and every pending request is rejected with the reason; callers keep
+// their own inputs, so nothing the user did is lost.
+
+import type { BackendInfo, FromWorker, ToWorker } from './protocol';
+
+type Request = ToWorker extends infer T ? (T extends { id: number } ? Omit<T, 'id'> : never) : never;
+type Reply = Extract<FromWorker, { id: number }>;
+type Progress = (stage: string, done: number, total: number) => void;
+
+interface Pending {
+  resolve: (reply: Reply) => void;
+  reject: (error: Error) => void;
+  onProgress?: Progress;
+}
+
+export class CancelledError extends Error {}
+
+export class LabClient {
+  private worker!: Worker;
+  private pending = new Map<number, Pending>();
+  private nextId = 1;
+  private cancelTimer: number | undefined;
+  /** Told whether "lose device" found a GPU to destroy. */
+  onDeviceLost?: (lost: boolean) => void;
+  /** Bumped at every (re)start: state held in the worker (an open model) is gone. */
+  generation = 0;
+  ready!: Promise<BackendInfo>;
+
+  constructor(
+    private backend: 'auto' | 'gpu' | 'cpu',
+    private onBackend: (b: BackendInfo) => void,
+    private onNotice: (text: string) => void,
+  ) {
+    this.start();
+  }
+
+  private start(): void {
+    this.generation += 1;
+    this.worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+    this.ready = new Promise((resolve, reject) => {
+      this.worker.onmessage = (ev: MessageEvent<FromWorker>) => {
+        const msg = ev.data;
+        if (msg.type === 'ready') {
+          this.onBackend(msg.backend);
+          resolve(msg.backend);
+        } else if (msg.type === 'init-failed') {
+          reject(new Error(`the lab could not start: ${msg.message}`));
+        } else {
+          this.dispatch(msg);
+        }
+      };
+    });
+    this.worker.onerror = (ev: ErrorEvent) => {
+      ev.preventDefault();
+      this.restart(`the lab's worker stopped (${ev.message || 'unknown error'})`);
+    };
+    this.send({ type: 'init', backend: this.backend });
+  }
+
+  private send(msg: ToWorker): void {
+    this.worker.postMessage(msg);
+  }
+
+  private dispatch(msg: FromWorker): void {
+    if (msg.type === 'device-lost') {
+      this.onBackend(msg.backend);
+      this.onDeviceLost?.(msg.lost);
+      return;
+    }
+    if (!('id' in msg)) return;
+    const p = this.pending.get(msg.id);
+    if (!p) return;
+    if (msg.type === 'progress') {
+      p.onProgress?.(msg.stage, msg.done, msg.total);
+      return;
+    }
+    this.pending.delete(msg.id);
+    if (this.pending.size === 0) window.clearTimeout(this.cancelTimer);
+    if ('backend' in msg) this.onBackend(msg.backend);
+    if (msg.type === 'error') {
+      p.reject(msg.message === 'the run was cancelled' ? new CancelledError(msg.message) : new Error(msg.message));
+    } else {
+      p.resolve(msg);
+    }
+  }
+
+  restart(reason: string): void {
+    this.worker.terminate();
+    window.clearTimeout(this.cancelTimer);
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) p.reject(new Error(`restarted the lab: ${reason}`));
+    this.onNotice(`Restarted the lab: ${reason}.`);
+    this.start();
+  }
+
+  /** Sends a request; resolves with its reply, rejects with the worker's error. */
+  async call<T extends Reply['type']>(request: Request, expect: T, onProgress?: Progress): Promise<Extract<Reply, { type: T }>> {
+    await this.ready;
+    const id = this.nextId++;
+    const reply = await new Promise<Reply>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onProgress });
+      this.send({ ...request, id } as ToWorker);
+    });
+    if (reply.type !== expect) throw new Error(`the lab answered ${reply.type}, expected ${expect}`);
+    return reply as Extract<Reply, { type: T }>;
+  }
+
+  get busy(): boolean {
+    return this.pending.size > 0;
+  }
+
+  /** Asks the running request to stop; a step that never yields is stopped after 3 s. */
+  cancel(): void {
+    if (!this.busy) return;
+    this.send({ type: 'cancel' });
+    window.clearTimeout(this.cancelTimer);
+    this.cancelTimer = window.setTimeout(() => {
+      if (this.busy) this.restart('a cancelled run did not stop within 3 s');
+    }, 3000);
+  }
+
+  loseDevice(): void {
+    this.send({ type: 'lose-device' });
+  }
+}
