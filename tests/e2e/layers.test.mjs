@@ -1,0 +1,173 @@
+// Browser end-to-end tests of the layer view, in Debian's Chromium: the page opens on the
+// built-in SmolLM2 and draws its charts; uploading MiniLM (safetensors + config.json) gives
+// the same report as the CLI on the same file; a corrupt file shows its error while the
+// previous model and its charts stay; a link reopens the same view.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer } from '../../scripts/serve.mjs';
+
+const SITE = process.env.LAYERLAB_SITE ?? 'target/site-test';
+const CLI = process.env.LAYERLAB_CLI ?? 'target/debug/layerlab';
+const SMOL = '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
+const MINI = '.cache/models/all-minilm-l6-v2';
+const FLAGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+
+let server;
+let base;
+before(async () => {
+  for (const f of [SMOL, join(MINI, 'model.safetensors'), join(SITE, 'models/SmolLM2-135M-Instruct.Q4_1.gguf')]) {
+    assert.ok(existsSync(f), `${f} is missing: run scripts/setup.sh's ensure_models and build the page`);
+  }
+  server = await startServer(SITE, 0);
+  base = `http://127.0.0.1:${server.address().port}/`;
+});
+after(() => server?.close());
+
+async function open(query) {
+  const profile = mkdtempSync(join(tmpdir(), 'layerlab-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, { executablePath: '/usr/bin/chromium', headless: true, args: FLAGS, acceptDownloads: true });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const problems = [];
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  await page.goto(base + query);
+  return { page, problems, close: async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); } };
+}
+
+async function settled(page) {
+  await page.waitForFunction(() => {
+    const s = document.getElementById('layers-status')?.textContent ?? '';
+    return s === 'Done.' || s === 'Failed.' || s.startsWith('Kept') || s.startsWith('No model') || s === 'Cancelled.';
+  }, null, { timeout: 300_000 });
+  return page.textContent('#layers-status');
+}
+
+async function downloadedReport(page) {
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#report-json')]);
+  return JSON.parse(readFileSync(await download.path(), 'utf8'));
+}
+
+function cliReport(path) {
+  return JSON.parse(execFileSync(CLI, ['stats', path, '--backend', 'cpu', '--json', '-'], { encoding: 'utf8', maxBuffer: 1 << 28 }));
+}
+
+// Both sides run the same CPU twins (wasm and native) with f64 accumulation in the same
+// order, so the numbers agree to rounding; allow 1e-9 relative for libm differences.
+function assertSameReport(page, cli) {
+  assert.equal(page.tensors.length, cli.tensors.length);
+  assert.equal(page.blocks.length, cli.blocks.length);
+  const close = (a, b, what) => {
+    if (a === null || b === null) return assert.equal(a, b, what);
+    assert.ok(Math.abs(a - b) <= 1e-9 * Math.max(Math.abs(b), 1e-30), `${what}: page ${a} vs CLI ${b}`);
+  };
+  const cmp = (p, c, what) => {
+    assert.equal(p === null, c === null, `${what}: analysed on one side only`);
+    if (!p) return;
+    for (const k of ['params', 'mean', 'std', 'mean_abs', 'max_abs', 'kurtosis', 'outlier_fraction']) close(p[k], c[k], `${what}.${k}`);
+    assert.deepEqual(p.histogram.counts, c.histogram.counts, `${what}: histogram`);
+  };
+  page.tensors.forEach((t, i) => {
+    const c = cli.tensors[i];
+    assert.equal(t.name, c.name);
+    assert.deepEqual(t.shape, c.shape, t.name);
+    assert.equal(t.block, c.block, t.name);
+    cmp(t.stats, c.stats, t.name);
+  });
+  page.blocks.forEach((b, i) => cmp(b.stats, cli.blocks[i].stats, `block ${b.index}`));
+  assert.deepEqual(page.model.hyper, cli.model.hyper);
+}
+
+test('the page opens on SmolLM2, draws every chart, and a link keeps the view', async () => {
+  const { page, problems, close } = await open('?k=3&bins=32&stat=outlier_fraction');
+  try {
+    assert.equal(await settled(page), 'Done.', await page.textContent('#layers-error'));
+    const summary = await page.textContent('#model-summary');
+    assert.match(summary, /SmolLM2-135M-Instruct\.Q4_1\.gguf: GGUF, llama .*30 blocks, 272 tensors, 134,515,008 parameters, hidden 576, 9 heads \(3 KV\)/);
+    assert.equal(await page.$$eval('#block-chart canvas', (c) => c.length), 1);
+    assert.equal(await page.$$eval('#hist-chart canvas', (c) => c.length), 1);
+    assert.ok(await page.$eval('#heatmap', (c) => c.width > 400 && c.height > 150));
+    assert.equal(await page.$$eval('#tensor-table tbody tr', (r) => r.length), 272);
+    assert.equal(await page.inputValue('#layers-stat'), 'outlier_fraction');
+    assert.match(await page.textContent('#heatmap-title'), /outlier fraction per block and linear layer/);
+    // Hovering the heatmap names the cell and its value.
+    await page.hover('#heatmap', { position: { x: 100, y: 15 } });
+    assert.match(await page.textContent('#heatmap-tip'), /^block 0, q: outlier fraction = /);
+    // Sorting the table by kurtosis, descending.
+    await page.click('#tensor-table th[data-sort="kurtosis"]');
+    await page.click('#tensor-table th[data-sort="kurtosis"]');
+    const report = await downloadedReport(page);
+    assert.equal(report.options.outlier_k, 3);
+    assert.equal(report.options.bins, 32);
+    assert.deepEqual(report.experiment.model, { kind: 'url', url: 'models/SmolLM2-135M-Instruct.Q4_1.gguf' });
+    const top = await page.textContent('#tensor-table tbody tr:first-child td:first-child');
+    const maxK = report.tensors.filter((t) => t.stats).sort((a, b) => b.stats.kurtosis - a.stats.kurtosis)[0];
+    assert.equal(top, maxK.name);
+    // Clicking a row draws that tensor's histogram and puts it in the link.
+    await page.click('#tensor-table tbody tr:nth-child(2)');
+    assert.match(page.url(), /tensor=/);
+    assert.match(page.url(), /k=3&bins=32&stat=outlier_fraction/);
+    // The same numbers as the CLI on the same file (with the page's k and bins).
+    const cli = JSON.parse(execFileSync(CLI, ['stats', SMOL, '--backend', 'cpu', '--k', '3', '--bins', '32', '--json', '-'], { encoding: 'utf8', maxBuffer: 1 << 28 }));
+    assertSameReport(report, cli);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
+
+test('uploading MiniLM gives the CLI report; a corrupt file shows its error and keeps the model', async () => {
+  const { page, problems, close } = await open('');
+  const dir = mkdtempSync(join(tmpdir(), 'layerlab-bad-'));
+  try {
+    assert.equal(await settled(page), 'Done.');
+    await page.setInputFiles('#model-files', [join(MINI, 'model.safetensors'), join(MINI, 'config.json')]);
+    await page.waitForFunction(() => /model\.safetensors/.test(document.getElementById('model-summary')?.textContent ?? ''));
+    assert.equal(await settled(page), 'Done.', await page.textContent('#layers-error'));
+    assert.match(await page.textContent('#model-summary'), /model\.safetensors: safetensors, bert .*6 blocks, 104 tensors/);
+    assert.match(await page.textContent('#model-summary'), /with config\.json/);
+    assert.match(page.url(), /file=model\.safetensors&size=90868376/);
+    const report = await downloadedReport(page);
+    assertSameReport(report, cliReport(join(MINI, 'model.safetensors')));
+
+    // A truncated copy: the page names the problem, keeps MiniLM and its charts.
+    const bad = join(dir, 'broken.safetensors');
+    writeFileSync(bad, readFileSync(join(MINI, 'model.safetensors')).subarray(0, 5000));
+    await page.setInputFiles('#model-files', bad);
+    await page.waitForFunction(() => !document.getElementById('layers-error')?.hidden);
+    assert.match(await page.textContent('#layers-error'), /^Cannot open the model: broken\.safetensors: .+/);
+    assert.equal(await page.textContent('#layers-status'), 'Kept the previous model.');
+    assert.match(await page.textContent('#model-summary'), /model\.safetensors: safetensors, bert/);
+    assert.equal(await page.$$eval('#tensor-table tbody tr', (r) => r.length), 104);
+    // A text file is not a model.
+    const text = join(dir, 'notes.gguf');
+    writeFileSync(text, 'these are my notes, not a model');
+    await page.setInputFiles('#model-files', text);
+    await page.waitForFunction(() => /notes\.gguf/.test(document.getElementById('layers-error')?.textContent ?? ''));
+    // The page still works: recompute MiniLM with another k.
+    await page.fill('#layers-k', '4');
+    await page.click('#layers-options button[type="submit"]');
+    assert.equal(await settled(page), 'Done.');
+    assert.equal(await page.isHidden('#layers-error'), true);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a link made with a dropped file asks for that file', async () => {
+  const { page, problems, close } = await open('?file=model.safetensors&size=90868376');
+  try {
+    await page.waitForFunction(() => /drop it here/.test(document.getElementById('layers-status')?.textContent ?? ''));
+    assert.match(await page.textContent('#layers-status'), /made with the file model\.safetensors \(90,868,376 bytes\)/);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
