@@ -713,4 +713,25 @@ fn offsets_beyond_4_gib() {
     assert_eq!(file.read_f32(&src, w).unwrap(), [0.25, 4.0]);
 }
 
+#[test]
+fn gguf_metadata_array_items_are_bounded() {
+    // 2^23 + 1 one-byte items would become 2^23 + 1 values of 32 bytes each: refused before
+    // allocating. The items themselves are the sparse file's zeros.
+    let mut arr = u32v(0);
+    arr.extend(((1u64 << 23) + 1).to_le_bytes());
+    let header = gguf_with(3, &[("a", 9, arr)], &[], 32, |_, _, _| {});
+    let src = Sparse {
+        len: header.len() as u64 + (1 << 24),
+        pieces: vec![(0, header)],
+    };
+    match ModelFile::open(&src) {
+        Err(LabError::BadFile(m)) => assert_eq!(
+            m,
+            "big.gguf: metadata a: the metadata arrays hold more than 8388608 values in all, \
+             over the limit"
+        ),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
 // ---------- found by the fuzzer (fuzz/): each input once crashed or misbehaved ----------
