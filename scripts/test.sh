@@ -13,6 +13,9 @@ cargo clippy --all-targets -- -D warnings
 say "lint: cargo clippy (wasm32)"
 cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
+ensure_models
+ensure_python_reference
+
 say "Rust tests (CPU twins, and the WGSL kernels on the Vulkan adapter: lavapipe here)"
 cargo test
 

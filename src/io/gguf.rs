@@ -29,6 +29,10 @@ pub const MAX_HEADER_BYTES: u64 = 512 * 1024 * 1024;
 const MAX_DIMS: u32 = 4;
 /// Arrays inside arrays deeper than this are refused (no real file nests at all).
 const MAX_NESTING: u32 = 8;
+/// Array items in all the metadata together. Each becomes a 32-byte `MetaValue`, so a
+/// header of one-byte items could otherwise ask for 32 x its size; the largest real
+/// tokenizers (256k tokens, their scores, types and merges) hold under 2M.
+const MAX_ARRAY_ITEMS: u64 = 1 << 23;
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Bytes fetched from the source at a time while parsing the header.
 const CHUNK: u64 = 1 << 20;
@@ -97,6 +101,8 @@ struct Header<'a> {
     len: u64,
     buf: Vec<u8>,
     pos: u64,
+    /// Array items read so far (see MAX_ARRAY_ITEMS).
+    array_items: u64,
 }
 
 impl<'a> Header<'a> {
@@ -212,6 +218,13 @@ impl<'a> Header<'a> {
                     )));
                 };
                 let n = self.count(min, &format!("metadata {key}: array count"))?;
+                self.array_items = self.array_items.saturating_add(n);
+                if self.array_items > MAX_ARRAY_ITEMS {
+                    return Err(self.bad(format!(
+                        "metadata {key}: the metadata arrays hold more than {MAX_ARRAY_ITEMS} \
+                         values in all, over the limit"
+                    )));
+                }
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
                     items.push(self.value(item, key, depth + 1)?);
@@ -249,6 +262,7 @@ pub fn open(src: &dyn ByteSource) -> Result<ModelFile> {
         len: src.len(),
         buf: Vec::new(),
         pos: 0,
+        array_items: 0,
     };
     let magic = h.array::<4>("magic")?;
     if &magic != b"GGUF" {
