@@ -278,7 +278,7 @@ fn print_model_summary(r: &ModelReport) {
             println!(
                 "{:>5} {:>10} {:>11.4e} {:>11.4e} {:>11.4e} {:>10.3} {:>9.4}",
                 b.index,
-                s.params,
+                b.params,
                 s.mean_abs,
                 s.std,
                 s.max_abs,

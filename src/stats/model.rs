@@ -14,7 +14,6 @@ use crate::Result;
 /// The statistics the view draws for one tensor or one block.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    pub params: u64,
     pub mean: f64,
     pub std: f64,
     pub mean_abs: f64,
@@ -29,7 +28,6 @@ pub struct Summary {
 impl From<TensorStats> for Summary {
     fn from(s: TensorStats) -> Self {
         Summary {
-            params: s.count,
             mean: s.mean,
             std: s.std,
             mean_abs: s.mean_abs,
@@ -52,7 +50,9 @@ pub struct TensorEntry {
     pub block: Option<usize>,
     /// Its part: a linear's role (q, k, ..., down), "norm", "embedding", "head", ...
     pub role: Option<String>,
-    /// None when the tensor is listed but not analysed (integer dtypes, unsupported quants).
+    /// Absent when the tensor is listed but not analysed (integer dtypes, unsupported
+    /// quants); flattened, so a tensor's JSON reads {name, shape, mean_abs, std, ...}.
+    #[serde(flatten)]
     pub stats: Option<Summary>,
     pub skipped: Option<String>,
 }
@@ -62,7 +62,10 @@ pub struct BlockEntry {
     pub index: usize,
     /// Roles of the block's linear layers, in order.
     pub linears: Vec<String>,
-    /// Statistics of all the block's linear weights pooled together.
+    /// Parameters of the block's linear layers.
+    pub params: u64,
+    /// Statistics of all the block's linear weights pooled together (flattened).
+    #[serde(flatten)]
     pub stats: Option<Summary>,
 }
 
@@ -245,6 +248,7 @@ pub async fn model_stats(
             blocks.push(BlockEntry {
                 index: b.index,
                 linears: roles(desc, b.index),
+                params: 0,
                 stats: None,
             });
         }
@@ -298,6 +302,7 @@ async fn block_entry(
     Ok(BlockEntry {
         index,
         linears: roles(desc, index),
+        params: pooled.len() as u64,
         stats,
     })
 }

@@ -5,7 +5,7 @@
 import type uPlot from 'uplot';
 import { barsPerBlock, csv, download, fmt, heatmap, histogram, plotCanvas } from './charts';
 import { CancelledError, type LabClient } from './lab-client';
-import type { Experiment, ModelReport, ModelSource, OpenRequest, Summary, TensorEntry } from './protocol';
+import { summaryOf, type BlockEntry, type Experiment, type ModelReport, type ModelSource, type OpenRequest, type Summary, type TensorEntry } from './protocol';
 
 export const BUILTIN_MODEL = 'models/SmolLM2-135M-Instruct.Q4_1.gguf';
 
@@ -25,7 +25,15 @@ const $ = <T extends HTMLElement>(id: string): T => {
   return el as T;
 };
 
-function statOf(s: Summary | null, key: StatKey): number | null {
+/** A tensor or block with its statistics nested (null when not analysed), for drawing. */
+type Entry<T> = T & { stats: (Summary & { params: number }) | null };
+
+function nest<T extends TensorEntry | BlockEntry>(e: T): Entry<T> {
+  const s = summaryOf(e);
+  return { ...e, stats: s && { ...s, params: e.params } };
+}
+
+function statOf(s: (Summary & { params: number }) | null, key: StatKey): number | null {
   if (!s) return null;
   return key === 'params' ? s.params : (s[key] as number | null);
 }
@@ -252,7 +260,11 @@ class ReportView {
   private blockPlot: uPlot | null = null;
   private histPlot: uPlot | null = null;
 
-  constructor(private r: ModelReport, stat: StatKey) {
+  private r: { tensors: Entry<TensorEntry>[]; blocks: Entry<BlockEntry>[]; notices: string[] };
+
+  constructor(private report: ModelReport, stat: StatKey) {
+    this.r = { tensors: report.tensors.map(nest), blocks: report.blocks.map(nest), notices: report.notices };
+    const r = this.r;
     const wanted = new URLSearchParams(location.search).get('tensor');
     const analysed = r.tensors.filter((t) => t.stats);
     this.tensor = analysed.find((t) => t.name === wanted)?.name ?? analysed.find((t) => t.block !== null && t.role !== null && t.role !== 'norm' && t.role !== 'bias')?.name ?? analysed[0]?.name ?? null;
@@ -274,7 +286,7 @@ class ReportView {
     this.blockPlot = barsPerBlock($('block-chart'), label, blocks.map((b) => b.index), blocks.map((b) => statOf(b.stats, stat)), log);
     $('block-chart-title').textContent = `${label} per block (all linear weights of the block pooled)`;
     const roles = [...new Set(blocks.flatMap((b) => b.linears))];
-    const byKey = new Map<string, TensorEntry>();
+    const byKey = new Map<string, Entry<TensorEntry>>();
     for (const t of this.r.tensors) if (t.block !== null && t.role) byKey.set(`${t.block}/${t.role}`, t);
     heatmap($<HTMLCanvasElement>('heatmap'), $('heatmap-tip'), roles, blocks.map((b) => b.index),
       (ri, ci) => statOf(byKey.get(`${blocks[ci].index}/${roles[ri]}`)?.stats ?? null, stat), label, log);
@@ -328,7 +340,7 @@ class ReportView {
       head.append(th);
     }
     table.tHead?.replaceChildren(head);
-    const value = (t: TensorEntry, key: SortKey): string | number => {
+    const value = (t: Entry<TensorEntry>, key: SortKey): string | number => {
       if (key === 'name') return t.name;
       if (key === 'role') return t.role ?? '';
       if (key === 'block') return t.block ?? Number.MAX_SAFE_INTEGER;
@@ -361,8 +373,9 @@ class ReportView {
 
   private wireExports(): void {
     const r = this.r;
+    const report = this.report;
     const stat = () => $<HTMLSelectElement>('layers-stat').value as StatKey;
-    const summaryRow = (s: Summary | null) => s
+    const summaryRow = (s: (Summary & { params: number }) | null) => s
       ? [s.params, s.mean, s.std, s.mean_abs, s.max_abs, s.kurtosis, s.outlier_fraction]
       : [null, null, null, null, null, null, null];
     const summaryHead = ['params', 'mean', 'std', 'mean_abs', 'max_abs', 'kurtosis', 'outlier_fraction'];
@@ -383,7 +396,7 @@ class ReportView {
       r.tensors.map((t) => [t.name, t.shape.join('x'), t.dtype, t.block, t.role, ...summaryRow(t.stats)])));
     $('report-json').onclick = () => {
       const a = document.createElement('a');
-      a.href = URL.createObjectURL(new Blob([JSON.stringify(r, null, 1)], { type: 'application/json' }));
+      a.href = URL.createObjectURL(new Blob([JSON.stringify(report, null, 1)], { type: 'application/json' }));
       a.download = 'layerlab-stats.json';
       a.click();
     };

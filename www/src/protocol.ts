@@ -106,7 +106,6 @@ export interface ModelInfo {
 }
 
 export interface Summary {
-  params: number;
   mean: number;
   std: number;
   mean_abs: number;
@@ -116,21 +115,26 @@ export interface Summary {
   histogram: Histogram;
 }
 
-export interface TensorEntry {
+/** A tensor's statistics are flattened into its entry (absent when not analysed). */
+export interface TensorEntry extends Partial<Summary> {
   name: string;
   shape: number[];
   dtype: string;
   params: number;
   block: number | null;
   role: string | null;
-  stats: Summary | null;
   skipped: string | null;
 }
 
-export interface BlockEntry {
+export interface BlockEntry extends Partial<Summary> {
   index: number;
   linears: string[];
-  stats: Summary | null;
+  params: number;
+}
+
+/** The statistics of an entry, or null when it was not analysed. */
+export function summaryOf(e: Partial<Summary>): Summary | null {
+  return e.mean_abs === undefined || e.histogram === undefined ? null : (e as Summary);
 }
 
 export interface ModelReport {
