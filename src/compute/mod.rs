@@ -139,9 +139,11 @@ impl Bins {
         })
     }
 
+    /// `clamp(floor(t), 0, bins - 1)`, computed as truncation after the clamp: the same
+    /// bin for every t (NaN included, which lands in bin 0), without a libm `floorf` call.
     #[inline]
     pub fn bin_of(&self, x: f32) -> usize {
-        let t = ((x - self.lo) * self.scale).floor();
+        let t = (x - self.lo) * self.scale;
         t.clamp(0.0, (self.bins - 1) as f32) as usize
     }
 }
