@@ -228,6 +228,283 @@ impl Engine<'_> {
     }
 }
 
+/// The statistics from a tensor's first-pass moments and second-pass central sums.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    rows: usize,
+    cols: usize,
+    total: &Moments,
+    central: &Central,
+    threshold: f32,
+    bins: Bins,
+    hist: Vec<u64>,
+    opts: &StatsOptions,
+    columns: Option<ColumnStats>,
+) -> TensorStats {
+    let n = total.count;
+    let nf = n.max(1) as f64;
+    TensorStats {
+        rows,
+        cols,
+        count: n,
+        sum: total.sum,
+        sum_sq: total.sum_sq,
+        mean: total.mean(),
+        std: (central.m2 / nf).sqrt(),
+        mean_abs: total.mean_abs(),
+        max_abs: if n == 0 {
+            0.0
+        } else {
+            total.min.abs().max(total.max.abs()) as f64
+        },
+        min: if n == 0 { 0.0 } else { total.min },
+        max: if n == 0 { 0.0 } else { total.max },
+        m4: central.m4 / nf,
+        kurtosis: kurtosis(central.m2, central.m4, n),
+        outlier_k: opts.outlier_k,
+        outlier_threshold: threshold,
+        outlier_count: central.above,
+        outlier_fraction: central.above as f64 / nf,
+        histogram: Histogram {
+            lo: bins.lo,
+            hi: bins.hi,
+            counts: hist,
+        },
+        columns,
+    }
+}
+
+/// Where a second pass measures from: the mean, the outlier threshold, the bins.
+#[derive(Clone, Copy)]
+struct Centre {
+    mean: f32,
+    threshold: f32,
+    bins: Bins,
+}
+
+impl Centre {
+    fn of(m: &Moments, opts: &StatsOptions) -> Result<Centre> {
+        let bins = if m.count == 0 {
+            Bins::new(0.0, 0.0, opts.bins)?
+        } else {
+            Bins::new(m.min, m.max, opts.bins)?
+        };
+        Ok(Centre {
+            mean: m.mean() as f32,
+            threshold: opts.outlier_k * m.mean_abs() as f32,
+            bins,
+        })
+    }
+}
+
+fn check_options(opts: &StatsOptions) -> Result<()> {
+    if !(opts.outlier_k.is_finite() && opts.outlier_k >= 0.0) {
+        return Err(LabError::invalid(format!(
+            "the outlier multiple k must be a number >= 0, not {}",
+            opts.outlier_k
+        )));
+    }
+    Bins::new(0.0, 1.0, opts.bins)?;
+    Ok(())
+}
+
+/// Statistics of a group of tensors (a block), each on its own and, for the members marked
+/// `true`, all of them pooled, in two passes over each tensor: pass 1 gives every tensor's
+/// moments and, merged, the pool's; pass 2 measures each tensor from its own centre and, for
+/// pool members, from the pool's centre in the same traversal (on the CPU; the GPU runs its
+/// second-pass kernels once per centre). No pooled copy is ever made.
+pub async fn group_stats(
+    backend: &Backend,
+    members: &[(&[f32], bool)],
+    opts: &StatsOptions,
+    ctl: &dyn RunControl,
+) -> Result<GroupRun> {
+    let opts = StatsOptions {
+        per_column: false,
+        ..opts.clone()
+    };
+    let mut notice = None;
+    if let Some(gpu) = backend.gpu() {
+        match run_group(&Engine::Gpu(&gpu), members, &opts, ctl).await {
+            Ok((tensors, pooled)) => {
+                return Ok(GroupRun {
+                    tensors,
+                    pooled,
+                    notice,
+                })
+            }
+            Err(LabError::GpuFailed(msg)) => {
+                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
+                notice = Some(format!(
+                    "The GPU failed during the run ({msg}); the run finished on the CPU."
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let (tensors, pooled) = run_group(&Engine::Cpu, members, &opts, ctl).await?;
+    Ok(GroupRun {
+        tensors,
+        pooled,
+        notice,
+    })
+}
+
+/// `group_stats`' result: one entry per member, the pool (None when no member is pooled).
+pub struct GroupRun {
+    pub tensors: Vec<TensorStats>,
+    pub pooled: Option<TensorStats>,
+    pub notice: Option<String>,
+}
+
+async fn run_group(
+    engine: &Engine<'_>,
+    members: &[(&[f32], bool)],
+    opts: &StatsOptions,
+    ctl: &dyn RunControl,
+) -> Result<(Vec<TensorStats>, Option<TensorStats>)> {
+    check_options(opts)?;
+    let max_chunk = engine.max_chunk();
+    let total_len: usize = members.iter().map(|(d, _)| d.len()).sum();
+    let keep = total_len <= KEEP_RESIDENT_ELEMS;
+    // Each tensor is streamed as one column in chunks of whole rows (see `as_column`).
+    let chunks = |d: &'_ [f32]| -> Vec<(usize, usize)> {
+        (0..d.len())
+            .step_by(max_chunk.max(1))
+            .map(|a| (a, (a + max_chunk).min(d.len())))
+            .collect()
+    };
+
+    // Pass 1: moments of every tensor; the pool's by merging.
+    let mut moments = Vec::with_capacity(members.len());
+    let mut resident: Vec<Vec<Resident>> = Vec::new();
+    let mut pool = Moments::EMPTY;
+    for (data, pooled) in members {
+        checkpoint(ctl).await?;
+        let mut m = Moments::EMPTY;
+        let mut kept = Vec::new();
+        for c in chunks(data) {
+            let r = engine.resident(column(data, c))?;
+            m.merge(&engine.moments(&r, false).await?.0);
+            if keep {
+                kept.push(r);
+            }
+        }
+        m.count = data.len() as u64;
+        if *pooled {
+            pool.merge(&m);
+        }
+        moments.push(m);
+        resident.push(kept);
+    }
+    let any_pooled = members.iter().any(|(_, p)| *p);
+    let pool_centre = Centre::of(&pool, opts)?;
+
+    // Pass 2: central sums, outliers and histograms, from each tensor's centre and the pool's.
+    let mut out = Vec::with_capacity(members.len());
+    let mut pool_central = Central::default();
+    let mut pool_hist = vec![0u64; opts.bins as usize];
+    for (i, (data, pooled)) in members.iter().enumerate() {
+        checkpoint(ctl).await?;
+        let own = Centre::of(&moments[i], opts)?;
+        let mut central = Central::default();
+        let mut hist = vec![0u64; opts.bins as usize];
+        for (j, c) in chunks(data).into_iter().enumerate() {
+            let fresh;
+            let r = if keep {
+                &resident[i][j]
+            } else {
+                fresh = engine.resident(column(data, c))?;
+                &fresh
+            };
+            let (mine, theirs) = engine
+                .second_pass_two(r, &own, pooled.then_some(&pool_centre))
+                .await?;
+            central.merge(&mine.0);
+            hist.iter_mut().zip(&mine.1).for_each(|(a, b)| *a += b);
+            if let Some((c, h)) = theirs {
+                pool_central.merge(&c);
+                pool_hist.iter_mut().zip(&h).for_each(|(a, b)| *a += b);
+            }
+        }
+        resident[i].clear();
+        out.push(finish(
+            data.len(),
+            1,
+            &moments[i],
+            &central,
+            own.threshold,
+            own.bins,
+            hist,
+            opts,
+            None,
+        ));
+    }
+    let pooled = any_pooled.then(|| {
+        finish(
+            pool.count as usize,
+            1,
+            &pool,
+            &pool_central,
+            pool_centre.threshold,
+            pool_centre.bins,
+            pool_hist,
+            opts,
+            None,
+        )
+    });
+    Ok((out, pooled))
+}
+
+impl Engine<'_> {
+    /// The second pass from one or two centres: on the CPU in one traversal, on the GPU one
+    /// kernel run per centre.
+    #[allow(clippy::type_complexity)]
+    async fn second_pass_two(
+        &self,
+        r: &Resident<'_>,
+        a: &Centre,
+        b: Option<&Centre>,
+    ) -> Result<((Central, Vec<u64>), Option<(Central, Vec<u64>)>)> {
+        Ok(match (self, r) {
+            (Engine::Gpu(g), Resident::Gpu(t)) => {
+                let one = (
+                    g.tensor_central(t, a.mean, a.threshold).await?,
+                    g.tensor_histogram(t, &a.bins).await?,
+                );
+                let two = match b {
+                    Some(b) => Some((
+                        g.tensor_central(t, b.mean, b.threshold).await?,
+                        g.tensor_histogram(t, &b.bins).await?,
+                    )),
+                    None => None,
+                };
+                (one, two)
+            }
+            (_, Resident::Cpu(m)) => {
+                let to = |c: &Centre| cpu::Centre {
+                    mean: c.mean,
+                    threshold: c.threshold,
+                    bins: c.bins,
+                };
+                let mut res = cpu::central_histograms(m.data, &to(a), b.map(to).as_ref());
+                let two = res.1.take();
+                (res.0, two)
+            }
+            _ => unreachable!("a chunk is resident where its engine runs"),
+        })
+    }
+}
+
+/// Values `a..b` of a tensor as one column.
+fn column(d: &[f32], (a, b): (usize, usize)) -> Matrix<'_> {
+    Matrix {
+        data: &d[a..b],
+        rows: b - a,
+        cols: 1,
+    }
+}
+
 fn kurtosis(m2: f64, m4: f64, n: u64) -> Option<f64> {
     let var = m2 / n as f64;
     (var > 0.0).then(|| (m4 / n as f64) / (var * var))
@@ -239,13 +516,7 @@ async fn run(
     opts: &StatsOptions,
     ctl: &dyn RunControl,
 ) -> Result<TensorStats> {
-    if !(opts.outlier_k.is_finite() && opts.outlier_k >= 0.0) {
-        return Err(LabError::invalid(format!(
-            "the outlier multiple k must be a number >= 0, not {}",
-            opts.outlier_k
-        )));
-    }
-    Bins::new(0.0, 1.0, opts.bins)?;
+    check_options(opts)?;
     let max_chunk = engine.max_chunk();
     if m.cols > max_chunk {
         return Err(LabError::invalid(format!(
@@ -328,7 +599,6 @@ async fn run(
         );
     }
 
-    let nf = n.max(1) as f64;
     let columns = opts.per_column.then(|| ColumnStats {
         sum: columns.iter().map(|c| c.sum).collect(),
         sum_sq: columns.iter().map(|c| c.sum_sq).collect(),
@@ -349,33 +619,7 @@ async fn run(
             .map(|h| h.to_vec())
             .collect(),
     });
-    Ok(TensorStats {
-        rows: m.rows,
-        cols: m.cols,
-        count: n,
-        sum: total.sum,
-        sum_sq: total.sum_sq,
-        mean: total.mean(),
-        std: (central.m2 / nf).sqrt(),
-        mean_abs: total.mean_abs(),
-        max_abs: if n == 0 {
-            0.0
-        } else {
-            (total.min.abs().max(total.max.abs())) as f64
-        },
-        min: if n == 0 { 0.0 } else { total.min },
-        max: if n == 0 { 0.0 } else { total.max },
-        m4: central.m4 / nf,
-        kurtosis: kurtosis(central.m2, central.m4, n),
-        outlier_k: opts.outlier_k,
-        outlier_threshold: threshold,
-        outlier_count: central.above,
-        outlier_fraction: central.above as f64 / nf,
-        histogram: Histogram {
-            lo: bins.lo,
-            hi: bins.hi,
-            counts: hist,
-        },
-        columns,
-    })
+    Ok(finish(
+        m.rows, m.cols, &total, &central, threshold, bins, hist, opts, columns,
+    ))
 }

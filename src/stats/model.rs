@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{tensor_stats, Histogram, StatsOptions, TensorStats};
-use crate::compute::{Backend, BackendInfo, Matrix, RunControl};
+use super::{group_stats, Histogram, StatsOptions, TensorStats};
+use crate::compute::{Backend, BackendInfo, RunControl};
 use crate::experiment::Experiment;
 use crate::io::{ByteSource, Format, ModelFile, TensorInfo};
 use crate::model::{Arch, Hyper, ModelDesc};
@@ -155,12 +155,6 @@ fn placement(desc: &ModelDesc, name: &str) -> (Option<usize>, Option<String>) {
     (None, role.map(String::from))
 }
 
-/// Whole-tensor statistics do not depend on the shape, so every tensor is streamed as one
-/// column: chunks are then whole rows of any length.
-fn as_column(data: &[f32]) -> Result<Matrix<'_>> {
-    Matrix::new(data, data.len(), 1)
-}
-
 /// Statistics of every analysable tensor and every block. Blocks are read in order, one at
 /// a time; `ctl` hears progress per tensor and can cancel between tensors.
 pub async fn model_stats(
@@ -193,54 +187,80 @@ pub async fn model_stats(
     order.sort_by_key(|(b, _)| b.map_or(usize::MAX, |b| b));
     let total = order.len() as u64;
 
+    // Groups: each block's tensors together (read, then measured in two passes, so only one
+    // block's weights are resident), and every tensor outside the blocks on its own.
+    let mut groups: Vec<(Option<usize>, Vec<&TensorInfo>)> = Vec::new();
+    for (block, t) in &order {
+        match groups.last_mut() {
+            Some((b, members)) if b.is_some() && b == block => members.push(t),
+            _ => groups.push((*block, vec![t])),
+        }
+    }
+
     let mut tensors = Vec::with_capacity(order.len());
     let mut blocks = Vec::with_capacity(desc.blocks.len());
-    let mut pooled: Vec<f32> = Vec::new();
-    let mut current: Option<usize> = None;
-    for (i, (block, t)) in order.iter().enumerate() {
-        // Leaving a block: its pooled linear statistics, then its weights are dropped.
-        if *block != current {
-            if let Some(b) = current {
-                blocks.push(
-                    block_entry(backend, desc, b, &pooled, &opts, &quiet, &mut notices).await?,
+    let mut done = 0u64;
+    for (block, members) in groups {
+        let mut entries = Vec::with_capacity(members.len());
+        let mut data: Vec<Vec<f32>> = Vec::new();
+        let mut linear: Vec<bool> = Vec::new();
+        for t in &members {
+            let (_, role) = placement(desc, &t.name);
+            let mut entry = TensorEntry {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                dtype: t.dtype.name(),
+                params: t.shape.iter().product::<usize>() as u64,
+                block,
+                role: role.clone(),
+                stats: None,
+                skipped: None,
+            };
+            if t.dtype.analysable() {
+                data.push(file.read_f32(src, t)?);
+                linear.push(
+                    block.is_some()
+                        && !matches!(role.as_deref(), None | Some("norm") | Some("bias")),
                 );
-                pooled.clear();
+            } else {
+                entry.skipped = Some(format!(
+                    "{} tensors are listed, not analysed",
+                    t.dtype.name()
+                ));
             }
-            current = *block;
+            entries.push(entry);
         }
-        let (_, role) = placement(desc, &t.name);
-        let params = t.shape.iter().product::<usize>() as u64;
-        let mut entry = TensorEntry {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            dtype: t.dtype.name(),
-            params,
-            block: *block,
-            role: role.clone(),
-            stats: None,
-            skipped: None,
-        };
-        if t.dtype.analysable() {
-            let data = file.read_f32(src, t)?;
-            let run = tensor_stats(backend, as_column(&data)?, &opts, &quiet).await?;
-            note(&mut notices, run.notice);
-            entry.stats = Some(run.stats.into());
-            let is_linear =
-                block.is_some() && !matches!(role.as_deref(), None | Some("norm") | Some("bias"));
-            if is_linear {
-                pooled.extend_from_slice(&data);
+        let inputs: Vec<(&[f32], bool)> = data
+            .iter()
+            .map(|d| d.as_slice())
+            .zip(linear.iter().copied())
+            .collect();
+        let run = group_stats(backend, &inputs, &opts, &quiet).await?;
+        note(&mut notices, run.notice);
+        let mut analysed = run.tensors.into_iter();
+        for entry in &mut entries {
+            if entry.skipped.is_none() {
+                entry.stats = analysed.next().map(Summary::from);
             }
-        } else {
-            entry.skipped = Some(format!(
-                "{} tensors are listed, not analysed",
-                t.dtype.name()
-            ));
         }
-        tensors.push(entry);
-        ctl.progress(&t.name, i as u64 + 1, total);
-    }
-    if let Some(b) = current {
-        blocks.push(block_entry(backend, desc, b, &pooled, &opts, &quiet, &mut notices).await?);
+        if let Some(b) = block {
+            let params = inputs
+                .iter()
+                .filter(|(_, l)| *l)
+                .map(|(d, _)| d.len() as u64)
+                .sum();
+            blocks.push(BlockEntry {
+                index: b,
+                linears: roles(desc, b),
+                params,
+                stats: run.pooled.map(Summary::from),
+            });
+        }
+        done += entries.len() as u64;
+        if let Some(last) = entries.last() {
+            ctl.progress(&last.name, done, total);
+        }
+        tensors.extend(entries);
     }
     // Blocks with no tensors read (never expected, but keep one entry per described block).
     for b in &desc.blocks {
@@ -277,32 +297,4 @@ fn roles(desc: &ModelDesc, index: usize) -> Vec<String> {
         .find(|b| b.index == index)
         .map(|b| b.linears.iter().map(|l| l.role.clone()).collect())
         .unwrap_or_default()
-}
-
-async fn block_entry(
-    backend: &Backend,
-    desc: &ModelDesc,
-    index: usize,
-    pooled: &[f32],
-    opts: &StatsOptions,
-    ctl: &dyn RunControl,
-    notices: &mut Vec<String>,
-) -> Result<BlockEntry> {
-    let stats = if pooled.is_empty() {
-        None
-    } else {
-        let run = tensor_stats(backend, as_column(pooled)?, opts, ctl).await?;
-        if let Some(n) = run.notice {
-            if !notices.contains(&n) {
-                notices.push(n);
-            }
-        }
-        Some(run.stats.into())
-    };
-    Ok(BlockEntry {
-        index,
-        linears: roles(desc, index),
-        params: pooled.len() as u64,
-        stats,
-    })
 }
