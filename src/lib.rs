@@ -12,6 +12,7 @@
 //! - `synth`: seeded synthetic tensors, identical on every target.
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
 //! - `model`: architectures: which tensors form which block, and the model's sizes.
+//! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
 //! - `experiment`: the versioned Experiment that links, the CLI and reports share.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
@@ -22,6 +23,7 @@ pub mod io;
 pub mod model;
 pub mod stats;
 pub mod synth;
+pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;
