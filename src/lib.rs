@@ -11,7 +11,8 @@
 //!   reduction kernels; `stats::model`, the same for every tensor and block of a model.
 //! - `synth`: seeded synthetic tensors, identical on every target.
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
-//! - `model`: architectures: which tensors form which block, and the model's sizes.
+//! - `model`: architectures: which tensors form which block, and the model's sizes;
+//!   `model::llama`, the LLaMA-family forward pass on the CPU, block by block.
 //! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
 //! - `experiment`: the versioned Experiment that links, the CLI and reports share.
 //! - `error`: the one error type; every message is a sentence a user can act on.
