@@ -105,14 +105,15 @@ for f in ("model.safetensors", "config.json", "tokenizer.json"):
 PY
 }
 
-# The Python reference the model tests compare against (tests/reference/model_stats.py):
-# gguf-py's reader and dequantiser, safetensors' numpy loader, numpy in float64. Pinned.
+# The Python reference the model tests compare against (tests/reference/*.py): gguf-py's
+# reader and dequantiser, safetensors' numpy loader, numpy in float64, Hugging Face's
+# tokenizers and the regex module (\p{L}, \p{N}) for the tokeniser references. Pinned.
 ensure_python_reference() {
-  local stamp=.cache/venv/.layerlab-reference-v1
+  local stamp=.cache/venv/.layerlab-reference-v2
   [ -f "$stamp" ] && return 0
-  say "creating the Python reference venv (.cache/venv: gguf, numpy, safetensors)"
+  say "creating the Python reference venv (.cache/venv: gguf, numpy, safetensors, tokenizers, regex)"
   python3 -m venv .cache/venv
   .cache/venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    gguf==0.17.1 numpy==2.2.6 safetensors==0.6.2
+    gguf==0.17.1 numpy==2.2.6 safetensors==0.6.2 tokenizers==0.22.2 regex==2026.11.19
   touch "$stamp"
 }

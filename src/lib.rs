@@ -11,17 +11,22 @@
 //!   reduction kernels; `stats::model`, the same for every tensor and block of a model.
 //! - `synth`: seeded synthetic tensors, identical on every target.
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
-//! - `model`: architectures: which tensors form which block, and the model's sizes.
+//! - `model`: architectures: which tensors form which block, and the model's sizes;
+//!   `model::llama`, the LLaMA-family forward pass on the CPU, block by block.
+//! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
+//! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.
 //! - `experiment`: the versioned Experiment that links, the CLI and reports share.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
 pub mod compute;
 pub mod error;
+pub mod eval;
 pub mod experiment;
 pub mod io;
 pub mod model;
 pub mod stats;
 pub mod synth;
+pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

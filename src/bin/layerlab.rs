@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use layerlab::compute::RunControl;
 use layerlab::compute::{Backend, BackendChoice, Matrix, Silent};
+use layerlab::eval::{perplexity, PplOptions, PplReport};
 use layerlab::experiment::{Experiment, ModelSource};
-use layerlab::io::{FileSource, ModelFile};
+use layerlab::io::{FileSource, Format, ModelFile};
 use layerlab::model::describe;
+use layerlab::model::llama::Llama;
 use layerlab::stats::model::{model_stats, ModelReport};
 use layerlab::stats::{tensor_stats, StatsOptions, StatsRun};
 use layerlab::synth::{weights, SynthSpec};
+use layerlab::tokenizer::TextTokenizer;
 use layerlab::{LabError, Result};
 
 #[derive(Parser)]
@@ -54,6 +58,30 @@ enum Command {
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
         /// Write the full report as JSON to this file ("-" for standard output).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Perplexity of a LLaMA-family model on a text (CPU, f32): the text is tokenised once
+    /// and cut into consecutive windows of --seqlen tokens (remainder dropped), each scored
+    /// on its own; ppl = exp(total NLL / predicted tokens). BOS only where the model's
+    /// tokeniser asks for it (GGUF tokenizer.ggml.add_bos_token).
+    Ppl {
+        /// A .gguf file (tokeniser from its metadata), or a .safetensors model with
+        /// config.json and tokenizer.json beside it (or a folder holding them).
+        model: PathBuf,
+        /// The evaluation text (UTF-8).
+        #[arg(long)]
+        eval: PathBuf,
+        /// Tokens per window.
+        #[arg(long, default_value_t = 256)]
+        seqlen: usize,
+        /// Score only the first N windows.
+        #[arg(long)]
+        max_windows: Option<usize>,
+        /// Windows that pass through a block together.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Write the report as JSON to this file ("-" for standard output).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -145,6 +173,76 @@ async fn run(cli: Cli) -> Result<()> {
             eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
             Ok(())
         }
+        Command::Ppl {
+            model,
+            eval,
+            seqlen,
+            max_windows,
+            batch,
+            json,
+        } => {
+            let started = std::time::Instant::now();
+            let (path, config_path) = resolve_model(&model, None)?;
+            let text = std::fs::read_to_string(&eval)
+                .map_err(|e| LabError::Io(format!("cannot read {}: {e}", eval.display())))?;
+            let src = FileSource::open(&path)?;
+            let file = ModelFile::open(&src)?;
+            let config = match (&file.format, &config_path) {
+                (Format::Safetensors, Some(p)) => Some(read_config(p)?),
+                _ => None,
+            };
+            let tokenizer = match file.format {
+                Format::Gguf => TextTokenizer::from_gguf(&file, &path.display().to_string())?,
+                Format::Safetensors => {
+                    let tj = path.with_file_name("tokenizer.json");
+                    let bytes = std::fs::read(&tj).map_err(|e| {
+                        LabError::Io(format!(
+                            "{}: a safetensors model needs tokenizer.json beside it: {e}",
+                            tj.display()
+                        ))
+                    })?;
+                    TextTokenizer::from_json(&bytes, &tj.display().to_string())?
+                }
+            };
+            let llama = Llama::new(&src, &file, config.as_ref())?;
+            let ids = tokenizer.encode(&text)?;
+            let opts = PplOptions {
+                seqlen,
+                max_windows,
+                batch,
+            };
+            let report = perplexity(&llama, &ids, &opts, &Progress).await?;
+            let out = PplOutput {
+                model: path.display().to_string(),
+                eval: eval.display().to_string(),
+                tokenizer: tokenizer.describe.clone(),
+                report,
+            };
+            // With --json - the JSON alone goes to standard output, the summary to stderr.
+            let to_stdout = json.as_ref().is_none_or(|p| p.as_os_str() != "-");
+            if let Some(p) = &json {
+                write_json(p, &out)?;
+            }
+            let r = &out.report;
+            let summary = format!(
+                "perplexity  {:.4}\ntokens      {} in the text, {} windows of {} ({} predicted, \
+                 {} dropped)\ntokenizer   {}",
+                r.perplexity,
+                r.text_tokens,
+                r.windows,
+                r.seqlen,
+                r.predicted_tokens,
+                r.text_tokens - r.windows * r.seqlen,
+                out.tokenizer
+            );
+            if to_stdout {
+                println!("{summary}");
+            } else {
+                eprintln!("{summary}");
+            }
+            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
         Command::Reduce {
             seed,
             rows,
@@ -171,6 +269,31 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// What `layerlab ppl --json` writes.
+#[derive(serde::Serialize)]
+struct PplOutput {
+    model: String,
+    eval: String,
+    tokenizer: String,
+    #[serde(flatten)]
+    report: PplReport,
+}
+
+/// Progress of a long run on standard error.
+struct Progress;
+
+impl RunControl for Progress {
+    fn progress(&self, stage: &str, done: u64, total: u64) {
+        eprint!("\r{stage}: {done}/{total}");
+        if done == total {
+            eprintln!();
+        }
+    }
+    fn cancelled(&self) -> bool {
+        false
     }
 }
 

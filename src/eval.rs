@@ -1,0 +1,143 @@
+//! Evaluation: perplexity of a LLaMA-family model on a text, as METHODS.md defines it.
+//!
+//! ```text
+//! ids = tokenise(text)                        once; BOS first only if the tokeniser says so
+//! windows w = ids[w L .. (w+1) L], w < W      W = floor(len / L), remainder dropped
+//! NLL_w = sum_{t < L-1} -log softmax(logits_w[t])[ids_w[t+1]]    each window alone
+//! ppl = exp(sum_w NLL_w / (W (L - 1)))        L - 1 predicted tokens per window
+//! ```
+//!
+//! Windows run through the model in batches of `batch` windows, block by block (each
+//! block's weights read once per batch, `Llama::block_forward` on (B,T,C)); logits are
+//! formed one window at a time ((T,V) is the largest tensor). Between blocks and between
+//! windows the run reports progress and stops when cancelled.
+//!
+//! What this module refuses to be: a sliding-window (strided) perplexity, or one that
+//! silently shrinks the window when the text is short: that is an error saying how many
+//! tokens the text has and how many one window needs.
+
+use candle_core::{Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::compute::backend::checkpoint;
+use crate::compute::RunControl;
+use crate::model::llama::{Llama, NoObserver, Rope};
+use crate::{LabError, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PplOptions {
+    /// L: tokens per window.
+    pub seqlen: usize,
+    /// Score only the first N windows (None: all).
+    pub max_windows: Option<usize>,
+    /// Windows that go through a block together: more reads the weights fewer times, at
+    /// the cost of B x T x C activations (and B x H x T x T attention scores).
+    pub batch: usize,
+}
+
+impl Default for PplOptions {
+    fn default() -> Self {
+        PplOptions {
+            seqlen: 256,
+            max_windows: None,
+            batch: 8,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PplReport {
+    pub perplexity: f64,
+    /// Sum of the NLL (nats) over every predicted token.
+    pub nll: f64,
+    /// W (L - 1).
+    pub predicted_tokens: usize,
+    /// Tokens of the whole text (BOS included when added).
+    pub text_tokens: usize,
+    pub windows: usize,
+    pub seqlen: usize,
+    /// NLL of each window.
+    pub window_nll: Vec<f64>,
+}
+
+fn ce(e: candle_core::Error) -> LabError {
+    LabError::invalid(format!("the perplexity computation failed: {e}"))
+}
+
+/// The windows METHODS.md takes from `ids`; an error when not even one fits.
+pub fn windows(ids: &[u32], seqlen: usize, max_windows: Option<usize>) -> Result<Vec<&[u32]>> {
+    if seqlen < 2 {
+        return Err(LabError::invalid(format!(
+            "a window of {seqlen} token(s) predicts nothing; use at least 2"
+        )));
+    }
+    if ids.len() < seqlen {
+        return Err(LabError::invalid(format!(
+            "the evaluation text has {} tokens; one window needs {seqlen}",
+            ids.len()
+        )));
+    }
+    let n = (ids.len() / seqlen).min(max_windows.unwrap_or(usize::MAX));
+    if n == 0 {
+        return Err(LabError::invalid("--max-windows 0 leaves nothing to score"));
+    }
+    Ok(ids.chunks_exact(seqlen).take(n).collect())
+}
+
+/// Perplexity of `model` on the token ids of a text.
+pub async fn perplexity(
+    model: &Llama<'_>,
+    ids: &[u32],
+    opts: &PplOptions,
+    ctl: &dyn RunControl,
+) -> Result<PplReport> {
+    let wins = windows(ids, opts.seqlen, opts.max_windows)?;
+    let total = wins.len() as u64;
+    let layers = model.config.layers;
+    let ends = model.load_ends()?;
+    let rope = Rope::new(opts.seqlen, model.config.head_dim, model.config.rope_theta)?;
+    let mut window_nll = Vec::with_capacity(wins.len());
+    ctl.progress("perplexity", 0, total);
+    for batch in wins.chunks(opts.batch.max(1)) {
+        let mut x = model.embed(&ends, batch)?;
+        for i in 0..layers {
+            checkpoint(ctl).await?;
+            let w = model.load_block(i)?;
+            x = model.block_forward(&w, &x, &rope, &mut NoObserver)?;
+        }
+        for (b, win) in batch.iter().enumerate() {
+            checkpoint(ctl).await?;
+            let xb = x.narrow(0, b, 1).map_err(ce)?;
+            // logits (T,V); position t predicts token t + 1.
+            let logits = model.logits(&ends, &xb)?.squeeze(0).map_err(ce)?;
+            let l = opts.seqlen - 1;
+            let logits = logits.narrow(0, 0, l).map_err(ce)?;
+            let lse = logits.log_sum_exp(D::Minus1).map_err(ce)?;
+            let targets = Tensor::from_vec(win[1..].to_vec(), (l, 1), &Device::Cpu).map_err(ce)?;
+            let picked = logits
+                .gather(&targets, D::Minus1)
+                .and_then(|p| p.squeeze(1))
+                .map_err(ce)?;
+            let lse: Vec<f32> = lse.to_vec1().map_err(ce)?;
+            let picked: Vec<f32> = picked.to_vec1().map_err(ce)?;
+            let nll: f64 = lse
+                .iter()
+                .zip(&picked)
+                .map(|(a, p)| *a as f64 - *p as f64)
+                .sum();
+            window_nll.push(nll);
+            ctl.progress("perplexity", window_nll.len() as u64, total);
+        }
+    }
+    let nll: f64 = window_nll.iter().sum();
+    let predicted = wins.len() * (opts.seqlen - 1);
+    Ok(PplReport {
+        perplexity: (nll / predicted as f64).exp(),
+        nll,
+        predicted_tokens: predicted,
+        text_tokens: ids.len(),
+        windows: wins.len(),
+        seqlen: opts.seqlen,
+        window_nll,
+    })
+}

@@ -1,0 +1,612 @@
+//! The forward pass of the LLaMA family (LLaMA, SmolLM2, Qwen2, ...) on the CPU, in f32,
+//! block by block: the calibration and evaluation pass of the pruning lab.
+//!
+//! Shapes: B = windows in the batch, T = tokens per window, C = hidden width, H = query
+//! heads, KV = key/value heads (H / KV queries share one, "grouped-query"), D = head dim
+//! (C = H D), F = FFN width, V = vocabulary. N = B T rows when a linear sees every token.
+//!
+//! ```text
+//! x = embed[ids]                                             (B,T,C)
+//! for each block:                                          pre-norm, residual
+//!     h = rmsnorm(x) * attn_norm        rmsnorm(x) = x / sqrt(mean_c x^2 + eps)
+//!     q, k, v = h Wq^T (+bq), h Wk^T (+bk), h Wv^T (+bv)    (B,H,T,D), (B,KV,T,D) x2
+//!     q, k = rope(q), rope(k)                               half-split ("neox") rotation
+//!     a = softmax(q k^T / sqrt(D) + causal) v                (B,H,T,D), head h reads kv h/(H/KV)
+//!     x = x + a Wo^T
+//!     h = rmsnorm(x) * ffn_norm
+//!     x = x + (silu(h Wgate^T) * (h Wup^T)) Wdown^T          SwiGLU
+//! logits = (rmsnorm(x) * output_norm) Whead^T                 (B,T,V), Whead = embed if tied
+//! ```
+//!
+//! RoPE and GGUF: llama.cpp's converter permutes the rows of attn_q and attn_k of "llama"
+//! models so that its interleaved RoPE (pairs (2i, 2i+1)) equals Hugging Face's half-split
+//! one (pairs (i, i + D/2)). We undo that permutation on load, as transformers' GGUF loader
+//! does, so one RoPE (half-split, HF's `rotate_half`) serves GGUF and safetensors alike.
+//! Qwen2 GGUFs are not permuted (llama.cpp runs them with its neox RoPE).
+//!
+//! Weights are read one block at a time (`load_block`) and dropped after use: a caller that
+//! runs many windows passes them through block i together (`block_forward` on a (B,T,C)
+//! batch), so only one block's weights are ever resident. `Observer` sees the input of each
+//! linear of block i (the pruning lab's per-linear statistics) and each block's output.
+//!
+//! What this module refuses to be: a generator (no KV cache, no sampling), a trainer (no
+//! backward), or fast (candle's CPU matmul, nothing fused). Partial rotary embeddings, RoPE
+//! scaling and sliding windows are refused with an error, not approximated.
+
+use candle_core::{DType as CDType, Device, Tensor, D};
+use serde_json::Value;
+
+use crate::io::{ByteSource, Format, MetaValue, ModelFile};
+use crate::model::{describe, Arch, ModelDesc};
+use crate::{LabError, Result};
+
+/// The sizes and constants of the forward pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// C
+    pub hidden: usize,
+    pub layers: usize,
+    /// H
+    pub heads: usize,
+    /// KV
+    pub kv_heads: usize,
+    /// D = C / H
+    pub head_dim: usize,
+    /// F
+    pub ffn: usize,
+    /// V
+    pub vocab: usize,
+    /// RMSNorm's eps (GGUF `<arch>.attention.layer_norm_rms_epsilon`, HF `rms_norm_eps`).
+    pub rms_eps: f64,
+    /// RoPE base (GGUF `<arch>.rope.freq_base`, HF `rope_theta`; 10000 when absent, the
+    /// default of both llama.cpp and transformers).
+    pub rope_theta: f64,
+    /// GGUF "llama": attn_q/attn_k rows are in llama.cpp's interleaved order, undone on load.
+    pub unpermute_qk: bool,
+}
+
+fn ce(e: candle_core::Error) -> LabError {
+    LabError::invalid(format!("the forward pass failed: {e}"))
+}
+
+impl LlamaConfig {
+    /// From a file's metadata (GGUF) or its config.json (safetensors).
+    pub fn new(
+        file: &ModelFile,
+        desc: &ModelDesc,
+        config: Option<&Value>,
+        name: &str,
+    ) -> Result<LlamaConfig> {
+        let bad = |msg: String| LabError::BadFile(format!("{name}: {msg}"));
+        if desc.arch != Arch::Llama {
+            return Err(bad(format!(
+                "the forward pass runs LLaMA-family models; this is '{}'",
+                desc.arch_name
+            )));
+        }
+        let h = &desc.hyper;
+        let need = |v: Option<usize>, what: &str| {
+            v.filter(|&n| n > 0)
+                .ok_or_else(|| bad(format!("the model does not say its {what}")))
+        };
+        let hidden = need(h.hidden, "hidden width")?;
+        let heads = need(h.heads, "number of attention heads")?;
+        let kv_heads = need(h.kv_heads, "number of key/value heads")?;
+        let layers = need(h.layers, "number of blocks")?;
+        let ffn = need(h.ffn, "FFN width")?;
+        let vocab = need(h.vocab, "vocabulary size")?;
+        if hidden % heads != 0 || heads % kv_heads != 0 {
+            return Err(bad(format!(
+                "hidden width {hidden}, {heads} heads and {kv_heads} key/value heads do not \
+                 divide evenly"
+            )));
+        }
+        let head_dim = hidden / heads;
+        if head_dim % 2 != 0 {
+            return Err(bad(format!("head dim {head_dim} is odd; RoPE needs pairs")));
+        }
+        let (rms_eps, rope_theta, unpermute_qk) = match file.format {
+            Format::Gguf => {
+                let arch = desc.arch_name.as_str();
+                let f = |key: &str| match file.metadata.get(&format!("{arch}.{key}")) {
+                    Some(MetaValue::Float(v)) => Some(*v),
+                    Some(v) => v.as_u64().map(|u| u as f64),
+                    None => None,
+                };
+                let eps = f("attention.layer_norm_rms_epsilon").ok_or_else(|| {
+                    bad(format!(
+                        "the metadata has no {arch}.attention.layer_norm_rms_epsilon"
+                    ))
+                })?;
+                if let Some(dims) = f("rope.dimension_count") {
+                    if dims as usize != head_dim {
+                        return Err(bad(format!(
+                            "{arch}.rope.dimension_count is {dims}, the head dim {head_dim}: \
+                             partial rotary embeddings are not supported"
+                        )));
+                    }
+                }
+                if file
+                    .metadata
+                    .contains_key(&format!("{arch}.rope.scaling.type"))
+                {
+                    return Err(bad("RoPE scaling is not supported yet".into()));
+                }
+                let unpermute = match arch {
+                    "llama" => true,
+                    "qwen2" => false,
+                    other => {
+                        return Err(bad(format!(
+                            "general.architecture '{other}': LayerLab's forward pass knows \
+                             GGUF 'llama' and 'qwen2' (how their q/k rows are ordered)"
+                        )))
+                    }
+                };
+                (eps, f("rope.freq_base").unwrap_or(10000.0), unpermute)
+            }
+            Format::Safetensors => {
+                let c = config.ok_or_else(|| {
+                    bad("a safetensors model needs its config.json for the forward pass".into())
+                })?;
+                if c.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+                    return Err(bad("RoPE scaling is not supported yet".into()));
+                }
+                let eps = c
+                    .get("rms_norm_eps")
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| bad("config.json has no rms_norm_eps".into()))?;
+                let theta = c.get("rope_theta").and_then(Value::as_f64);
+                (eps, theta.unwrap_or(10000.0), false)
+            }
+        };
+        Ok(LlamaConfig {
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            vocab,
+            rms_eps,
+            rope_theta,
+            unpermute_qk,
+        })
+    }
+}
+
+/// y = x W^T + b for x (N, in), W (out, in).
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t().map_err(ce)?).map_err(ce)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b).map_err(ce),
+            None => Ok(y),
+        }
+    }
+}
+
+/// One block's weights, resident while the block runs.
+pub struct BlockWeights {
+    pub index: usize,
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub ffn_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+/// The embedding, final norm and LM head: what the first and last step need.
+pub struct Ends {
+    /// (V, C)
+    pub embed: Tensor,
+    /// (C,)
+    pub final_norm: Tensor,
+    /// (V, C); the embedding itself when the head is tied.
+    pub head: Tensor,
+}
+
+/// Sees what flows through the blocks; the pruning lab's statistics hook. `x` is (N, in),
+/// one row per token of every window; q,k,v share one input, as do gate and up.
+pub trait Observer {
+    fn linear_input(&mut self, _block: usize, _roles: &[&str], _x: &Tensor) -> Result<()> {
+        Ok(())
+    }
+    /// The residual stream after the block, (B,T,C).
+    fn block_output(&mut self, _block: usize, _x: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Watches nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// cos and sin of the RoPE angles for positions 0..T: (T, D), each half the same.
+/// angle(t, i) = t * theta^(-2i/D), i < D/2 (computed in f64).
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(t: usize, head_dim: usize, theta: f64) -> Result<Rope> {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(t * head_dim);
+        let mut sin = Vec::with_capacity(t * head_dim);
+        for pos in 0..t {
+            for j in 0..head_dim {
+                let i = j % half;
+                let angle = pos as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64);
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let dev = Device::Cpu;
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (t, head_dim), &dev).map_err(ce)?,
+            sin: Tensor::from_vec(sin, (t, head_dim), &dev).map_err(ce)?,
+        })
+    }
+
+    /// x (B,heads,T,D) -> x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1] for the
+    /// halves x1 = x[..D/2], x2 = x[D/2..].
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let d = x.dim(D::Minus1).map_err(ce)?;
+        let half = d / 2;
+        let x1 = x.narrow(D::Minus1, 0, half).map_err(ce)?;
+        let x2 = x.narrow(D::Minus1, half, half).map_err(ce)?;
+        let rotated = Tensor::cat(&[&x2.neg().map_err(ce)?, &x1], D::Minus1).map_err(ce)?;
+        let a = x.broadcast_mul(&self.cos).map_err(ce)?;
+        let b = rotated.broadcast_mul(&self.sin).map_err(ce)?;
+        (a + b).map_err(ce)
+    }
+}
+
+/// x (..., C) -> x / sqrt(mean(x^2) + eps) * w.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr().map_err(ce)?.mean_keepdim(D::Minus1).map_err(ce)?;
+    let inv = (ms + eps)
+        .map_err(ce)?
+        .sqrt()
+        .map_err(ce)?
+        .recip()
+        .map_err(ce)?;
+    x.broadcast_mul(&inv)
+        .map_err(ce)?
+        .broadcast_mul(w)
+        .map_err(ce)
+}
+
+/// Softmax over the last dim, max subtracted first.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1).map_err(ce)?;
+    let e = x.broadcast_sub(&m).map_err(ce)?.exp().map_err(ce)?;
+    let s = e.sum_keepdim(D::Minus1).map_err(ce)?;
+    e.broadcast_div(&s).map_err(ce)
+}
+
+/// A LLaMA-family model whose weights stay in the file until a block needs them.
+pub struct Llama<'a> {
+    src: &'a dyn ByteSource,
+    file: &'a ModelFile,
+    pub desc: ModelDesc,
+    pub config: LlamaConfig,
+    name: String,
+}
+
+impl<'a> Llama<'a> {
+    /// `config` is the Hugging Face config.json of a safetensors model (GGUF: None).
+    pub fn new(
+        src: &'a dyn ByteSource,
+        file: &'a ModelFile,
+        config: Option<&Value>,
+    ) -> Result<Llama<'a>> {
+        let name = src.name();
+        let desc = describe(file, config);
+        let config = LlamaConfig::new(file, &desc, config, &name)?;
+        if desc.blocks.len() != config.layers {
+            return Err(LabError::BadFile(format!(
+                "{name}: the metadata says {} blocks, the file has tensors for {}",
+                config.layers,
+                desc.blocks.len()
+            )));
+        }
+        Ok(Llama {
+            src,
+            file,
+            desc,
+            config,
+            name,
+        })
+    }
+
+    /// A tensor as f32, checked against the shape the config implies.
+    fn read(&self, tensor: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.file.tensor(tensor).ok_or_else(|| {
+            LabError::BadFile(format!("{}: tensor {tensor} is missing", self.name))
+        })?;
+        if t.shape != shape {
+            return Err(LabError::BadFile(format!(
+                "{}: {tensor}: expected shape {shape:?}, found {:?}",
+                self.name, t.shape
+            )));
+        }
+        self.file.read_f32(self.src, t)
+    }
+
+    fn tensor(&self, tensor: &str, shape: &[usize]) -> Result<Tensor> {
+        let data = self.read(tensor, shape)?;
+        Tensor::from_vec(data, shape, &Device::Cpu).map_err(ce)
+    }
+
+    /// Undoes llama.cpp's q/k row permutation within each head: GGUF row 2i + s of a head is
+    /// Hugging Face row s D/2 + i (s = 0, 1; i < D/2). `cols` = 1 for a bias.
+    fn unpermute(&self, data: Vec<f32>, cols: usize) -> Vec<f32> {
+        let d = self.config.head_dim;
+        let half = d / 2;
+        let mut out = vec![0f32; data.len()];
+        for (src, dst) in data
+            .chunks_exact(d * cols)
+            .zip(out.chunks_exact_mut(d * cols))
+        {
+            for i in 0..half {
+                for s in 0..2 {
+                    let from = (2 * i + s) * cols;
+                    let to = (s * half + i) * cols;
+                    dst[to..to + cols].copy_from_slice(&src[from..from + cols]);
+                }
+            }
+        }
+        out
+    }
+
+    fn linear(&self, block: usize, role: &str, out: usize, inp: usize) -> Result<Linear> {
+        let b = &self.desc.blocks[block];
+        let l = b.linears.iter().find(|l| l.role == role).ok_or_else(|| {
+            LabError::BadFile(format!(
+                "{}: block {block} has no '{role}' linear",
+                self.name
+            ))
+        })?;
+        let permuted = self.config.unpermute_qk && (role == "q" || role == "k");
+        let mut w = self.read(&l.tensor, &[out, inp])?;
+        if permuted {
+            w = self.unpermute(w, inp);
+        }
+        let weight = Tensor::from_vec(w, (out, inp), &Device::Cpu).map_err(ce)?;
+        let bias = match &l.bias {
+            Some(name) => {
+                let mut b = self.read(name, &[out])?;
+                if permuted {
+                    b = self.unpermute(b, 1);
+                }
+                Some(Tensor::from_vec(b, out, &Device::Cpu).map_err(ce)?)
+            }
+            None => None,
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Block `index`'s weights, read from the file now.
+    pub fn load_block(&self, index: usize) -> Result<BlockWeights> {
+        let c = &self.config;
+        let (cc, qd, kvd, f) = (
+            c.hidden,
+            c.heads * c.head_dim,
+            c.kv_heads * c.head_dim,
+            c.ffn,
+        );
+        let b = self.desc.blocks.get(index).ok_or_else(|| {
+            LabError::invalid(format!(
+                "{}: there is no block {index} ({} blocks)",
+                self.name,
+                self.desc.blocks.len()
+            ))
+        })?;
+        let norm = |which: usize| -> Result<Tensor> {
+            let stems = [
+                ["attn_norm", "input_layernorm"],
+                ["ffn_norm", "post_attention"],
+            ];
+            let name = b
+                .norms
+                .iter()
+                .find(|n| n.ends_with(".weight") && stems[which].iter().any(|s| n.contains(s)))
+                .ok_or_else(|| {
+                    LabError::BadFile(format!(
+                        "{}: block {index} has no {} norm",
+                        self.name,
+                        ["attention", "FFN"][which]
+                    ))
+                })?;
+            self.tensor(name, &[cc])
+        };
+        Ok(BlockWeights {
+            index,
+            attn_norm: norm(0)?,
+            q: self.linear(index, "q", qd, cc)?,
+            k: self.linear(index, "k", kvd, cc)?,
+            v: self.linear(index, "v", kvd, cc)?,
+            o: self.linear(index, "o", cc, qd)?,
+            ffn_norm: norm(1)?,
+            gate: self.linear(index, "gate", f, cc)?,
+            up: self.linear(index, "up", f, cc)?,
+            down: self.linear(index, "down", cc, f)?,
+        })
+    }
+
+    /// The embedding, the final norm and the head (the embedding when tied).
+    pub fn load_ends(&self) -> Result<Ends> {
+        let c = &self.config;
+        let missing = |what: &str| LabError::BadFile(format!("{}: no {what} tensor", self.name));
+        let embed_name = self
+            .desc
+            .embedding
+            .as_deref()
+            .ok_or_else(|| missing("token embedding"))?;
+        let embed = self.tensor(embed_name, &[c.vocab, c.hidden])?;
+        let norm_name = self
+            .desc
+            .final_norm
+            .as_deref()
+            .ok_or_else(|| missing("final norm"))?;
+        let final_norm = self.tensor(norm_name, &[c.hidden])?;
+        let head = match &self.desc.head {
+            Some(h) => self.tensor(h, &[c.vocab, c.hidden])?,
+            None => embed.clone(),
+        };
+        Ok(Ends {
+            embed,
+            final_norm,
+            head,
+        })
+    }
+
+    /// ids: B windows of T tokens each -> x (B,T,C).
+    pub fn embed(&self, ends: &Ends, windows: &[&[u32]]) -> Result<Tensor> {
+        let b = windows.len();
+        let t = windows.first().map_or(0, |w| w.len());
+        if b == 0 || t == 0 || windows.iter().any(|w| w.len() != t) {
+            return Err(LabError::invalid(
+                "the forward pass needs one or more windows of the same, non-zero length",
+            ));
+        }
+        let mut flat = Vec::with_capacity(b * t);
+        for w in windows {
+            for &id in *w {
+                if id as usize >= self.config.vocab {
+                    return Err(LabError::invalid(format!(
+                        "token id {id} is outside the vocabulary ({} tokens)",
+                        self.config.vocab
+                    )));
+                }
+                flat.push(id);
+            }
+        }
+        let ids = Tensor::from_vec(flat, b * t, &Device::Cpu).map_err(ce)?;
+        let x = ends.embed.embedding(&ids).map_err(ce)?;
+        x.reshape((b, t, self.config.hidden)).map_err(ce)
+    }
+
+    /// One block on x (B,T,C) -> (B,T,C); `rope` must cover T positions.
+    pub fn block_forward(
+        &self,
+        w: &BlockWeights,
+        x: &Tensor,
+        rope: &Rope,
+        obs: &mut dyn Observer,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, cc) = x.dims3().map_err(ce)?;
+        let (nh, nkv, d) = (c.heads, c.kv_heads, c.head_dim);
+        let i = w.index;
+
+        // Attention: h = rmsnorm(x) (N,C); q (B,H,T,D); k, v (B,KV,T,D).
+        let h = rms_norm(x, &w.attn_norm, c.rms_eps)?
+            .reshape((b * t, cc))
+            .map_err(ce)?;
+        obs.linear_input(i, &["q", "k", "v"], &h)?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((b, t, n, d))
+                .and_then(|y| y.transpose(1, 2))
+                .and_then(|y| y.contiguous())
+                .map_err(ce)
+        };
+        let q = rope.apply(&heads(w.q.forward(&h)?, nh)?)?;
+        let k = rope.apply(&heads(w.k.forward(&h)?, nkv)?)?;
+        let v = heads(w.v.forward(&h)?, nkv)?;
+        // Grouped-query: query head j reads kv head j / (H/KV); repeat each kv head H/KV times.
+        let rep = nh / nkv;
+        let repeat = |y: Tensor| -> Result<Tensor> {
+            if rep == 1 {
+                return Ok(y);
+            }
+            y.unsqueeze(2)
+                .and_then(|y| y.expand((b, nkv, rep, t, d)))
+                .and_then(|y| y.reshape((b, nh, t, d)))
+                .map_err(ce)
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        // scores (B,H,T,T) = q k^T / sqrt(D), -inf above the diagonal (no peeking ahead).
+        let scores = q
+            .matmul(&k.t().map_err(ce)?)
+            .map_err(ce)?
+            .affine(1.0 / (d as f64).sqrt(), 0.0)
+            .map_err(ce)?;
+        let mask: Vec<f32> = (0..t * t)
+            .map(|p| {
+                if p % t > p / t {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).map_err(ce)?;
+        let p = softmax_last(&scores.broadcast_add(&mask).map_err(ce)?)?;
+        // a (B,H,T,D) -> (N, H D), heads side by side as Wo expects.
+        let a = p
+            .matmul(&v)
+            .and_then(|a| a.transpose(1, 2))
+            .and_then(|a| a.reshape((b * t, nh * d)))
+            .map_err(ce)?;
+        obs.linear_input(i, &["o"], &a)?;
+        let x = (x + w.o.forward(&a)?.reshape((b, t, cc)).map_err(ce)?).map_err(ce)?;
+
+        // MLP (SwiGLU): x + down(silu(gate(h)) * up(h)), h = rmsnorm(x) (N,C); (N,F) inside.
+        let h = rms_norm(&x, &w.ffn_norm, c.rms_eps)?
+            .reshape((b * t, cc))
+            .map_err(ce)?;
+        obs.linear_input(i, &["gate", "up"], &h)?;
+        let g = w.gate.forward(&h)?.silu().map_err(ce)?;
+        let m = (g * w.up.forward(&h)?).map_err(ce)?;
+        obs.linear_input(i, &["down"], &m)?;
+        let x = (x + w.down.forward(&m)?.reshape((b, t, cc)).map_err(ce)?).map_err(ce)?;
+        obs.block_output(i, &x)?;
+        Ok(x)
+    }
+
+    /// x (B,T,C) -> logits (B,T,V).
+    pub fn logits(&self, ends: &Ends, x: &Tensor) -> Result<Tensor> {
+        let (b, t, cc) = x.dims3().map_err(ce)?;
+        let h = rms_norm(x, &ends.final_norm, self.config.rms_eps)?
+            .reshape((b * t, cc))
+            .map_err(ce)?;
+        h.matmul(&ends.head.t().map_err(ce)?)
+            .and_then(|l| l.reshape((b, t, self.config.vocab)))
+            .map_err(ce)
+    }
+
+    /// The whole model on B windows of T tokens: logits (B,T,V). Reads every block once.
+    pub fn forward(&self, windows: &[&[u32]], obs: &mut dyn Observer) -> Result<Tensor> {
+        let ends = self.load_ends()?;
+        let mut x = self.embed(&ends, windows)?;
+        let rope = Rope::new(
+            windows[0].len(),
+            self.config.head_dim,
+            self.config.rope_theta,
+        )?;
+        for i in 0..self.config.layers {
+            let w = self.load_block(i)?;
+            x = self.block_forward(&w, &x, &rope, obs)?;
+        }
+        self.logits(&ends, &x)
+    }
+}
+
+/// Logits as plain f32, row-major (B,T,V).
+pub fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(CDType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(ce)
+}
