@@ -197,6 +197,9 @@ pub fn column_histogram(m: Matrix, bins: &Bins) -> Vec<u64> {
     counts
 }
 
+/// A second pass's result from one centre: central sums and histogram counts.
+pub type SecondPass = (Central, Vec<u64>);
+
 /// A centre for `central_histograms`: the mean, the outlier threshold, the bins.
 #[derive(Clone, Copy, Debug)]
 pub struct Centre {
@@ -212,7 +215,7 @@ pub fn central_histograms(
     data: &[f32],
     a: &Centre,
     b: Option<&Centre>,
-) -> ((Central, Vec<u64>), Option<(Central, Vec<u64>)>) {
+) -> (SecondPass, Option<SecondPass>) {
     let mut ca = Central::default();
     let mut ha = vec![0u64; a.bins.bins as usize];
     let mut cb = Central::default();

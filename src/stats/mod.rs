@@ -111,16 +111,28 @@ pub async fn tensor_stats(
     opts: &StatsOptions,
     ctl: &dyn RunControl,
 ) -> Result<StatsRun> {
+    let (stats, notice) = with_fallback(backend, async |engine: &Engine<'_>| {
+        run(engine, m, opts, ctl).await
+    })
+    .await?;
+    Ok(StatsRun {
+        stats,
+        backend: backend.info(),
+        notice,
+    })
+}
+
+/// Runs `work` on the backend's GPU, or its CPU; if the GPU fails mid-run the work starts
+/// over on the CPU, the GPU is disabled (the backend line says why) and the notice tells the
+/// user.
+async fn with_fallback<T>(
+    backend: &Backend,
+    work: impl AsyncFn(&Engine<'_>) -> Result<T>,
+) -> Result<(T, Option<String>)> {
     let mut notice = None;
     if let Some(gpu) = backend.gpu() {
-        match run(&Engine::Gpu(&gpu), m, opts, ctl).await {
-            Ok(stats) => {
-                return Ok(StatsRun {
-                    stats,
-                    backend: backend.info(),
-                    notice,
-                })
-            }
+        match work(&Engine::Gpu(&gpu)).await {
+            Ok(out) => return Ok((out, None)),
             Err(LabError::GpuFailed(msg)) => {
                 backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
                 notice = Some(format!(
@@ -130,12 +142,7 @@ pub async fn tensor_stats(
             Err(e) => return Err(e),
         }
     }
-    let stats = run(&Engine::Cpu, m, opts, ctl).await?;
-    Ok(StatsRun {
-        stats,
-        backend: backend.info(),
-        notice,
-    })
+    Ok((work(&Engine::Cpu).await?, notice))
 }
 
 /// The engine one run uses; every method dispatches to a kernel and its twin.
@@ -323,26 +330,10 @@ pub async fn group_stats(
         per_column: false,
         ..opts.clone()
     };
-    let mut notice = None;
-    if let Some(gpu) = backend.gpu() {
-        match run_group(&Engine::Gpu(&gpu), members, &opts, ctl).await {
-            Ok((tensors, pooled)) => {
-                return Ok(GroupRun {
-                    tensors,
-                    pooled,
-                    notice,
-                })
-            }
-            Err(LabError::GpuFailed(msg)) => {
-                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
-                notice = Some(format!(
-                    "The GPU failed during the run ({msg}); the run finished on the CPU."
-                ));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let (tensors, pooled) = run_group(&Engine::Cpu, members, &opts, ctl).await?;
+    let ((tensors, pooled), notice) = with_fallback(backend, async |engine: &Engine<'_>| {
+        run_group(engine, members, &opts, ctl).await
+    })
+    .await?;
     Ok(GroupRun {
         tensors,
         pooled,
@@ -459,13 +450,12 @@ async fn run_group(
 impl Engine<'_> {
     /// The second pass from one or two centres: on the CPU in one traversal, on the GPU one
     /// kernel run per centre.
-    #[allow(clippy::type_complexity)]
     async fn second_pass_two(
         &self,
         r: &Resident<'_>,
         a: &Centre,
         b: Option<&Centre>,
-    ) -> Result<((Central, Vec<u64>), Option<(Central, Vec<u64>)>)> {
+    ) -> Result<(cpu::SecondPass, Option<cpu::SecondPass>)> {
         Ok(match (self, r) {
             (Engine::Gpu(g), Resident::Gpu(t)) => {
                 let one = (

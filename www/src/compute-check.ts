@@ -2,14 +2,10 @@
 // same numbers `layerlab reduce` prints, so the page and the CLI can be compared directly.
 
 import { fmt } from './charts';
-import { CancelledError, type LabClient } from './lab-client';
+import { $, showFailure } from './dom';
+import type { LabClient } from './lab-client';
 import type { ReduceRequest, StatsRun } from './protocol';
 
-const $ = <T extends HTMLElement>(id: string): T => {
-  const el = document.getElementById(id);
-  if (!el) throw new Error(`the page is missing #${id}`);
-  return el as T;
-};
 
 export class ComputeCheck {
   private form = $<HTMLFormElement>('reduce-form');
@@ -146,13 +142,7 @@ export class ComputeCheck {
       this.draw(reply.run);
       this.status.textContent = 'Done.';
     } catch (e) {
-      this.progress.value = 0;
-      if (e instanceof CancelledError) {
-        this.status.textContent = 'Cancelled.';
-      } else {
-        this.status.textContent = 'Failed.';
-        this.showError((e as Error).message);
-      }
+      showFailure(e, this.status, this.progress, (m) => this.showError(m));
     } finally {
       this.runButton.disabled = false;
       this.cancelButton.disabled = true;

@@ -4,7 +4,8 @@
 
 import type uPlot from 'uplot';
 import { barsPerBlock, csv, download, fmt, heatmap, histogram, plotCanvas } from './charts';
-import { CancelledError, type LabClient } from './lab-client';
+import { $, showFailure } from './dom';
+import type { LabClient } from './lab-client';
 import { summaryOf, type BlockEntry, type Experiment, type ModelReport, type ModelSource, type OpenRequest, type Summary, type TensorEntry } from './protocol';
 
 export const BUILTIN_MODEL = 'models/SmolLM2-135M-Instruct.Q4_1.gguf';
@@ -19,11 +20,6 @@ const STATS: Record<StatKey, { label: string; log: boolean }> = {
   params: { label: 'parameters', log: false },
 };
 
-const $ = <T extends HTMLElement>(id: string): T => {
-  const el = document.getElementById(id);
-  if (!el) throw new Error(`the page is missing #${id}`);
-  return el as T;
-};
 
 /** A tensor or block with its statistics nested (null when not analysed), for drawing. */
 type Entry<T> = T & { stats: (Summary & { params: number }) | null };
@@ -205,13 +201,7 @@ export class LayersLab {
       this.report = new ReportView(reply.report, this.stat.value as StatKey);
       this.status.textContent = 'Done.';
     } catch (e) {
-      this.progress.value = 0;
-      if (e instanceof CancelledError) {
-        this.status.textContent = 'Cancelled.';
-      } else {
-        this.status.textContent = 'Failed.';
-        this.showError((e as Error).message);
-      }
+      showFailure(e, this.status, this.progress, (m) => this.showError(m));
     } finally {
       this.setBusy(false);
     }
