@@ -5,7 +5,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync, createReadStream } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -59,7 +60,7 @@ function cliReport(path) {
 
 // Both sides run the same CPU twins (wasm and native) with f64 accumulation in the same
 // order, so the numbers agree to rounding; allow 1e-9 relative for libm differences.
-function assertSameReport(page, cli) {
+function assertSameReport(page, cli, { hyper = true } = {}) {
   assert.equal(page.tensors.length, cli.tensors.length);
   assert.equal(page.blocks.length, cli.blocks.length);
   const close = (a, b, what) => {
@@ -81,7 +82,7 @@ function assertSameReport(page, cli) {
     cmp(t, c, t.name);
   });
   page.blocks.forEach((b, i) => cmp(b, cli.blocks[i], `block ${b.index}`));
-  assert.deepEqual(page.model.hyper, cli.model.hyper);
+  if (hyper) assert.deepEqual(page.model.hyper, cli.model.hyper);
 }
 
 test('the page opens on SmolLM2, draws every chart, and a link keeps the view', async () => {
@@ -170,5 +171,37 @@ test('a link made with a dropped file asks for that file', async () => {
     assert.deepEqual(problems, []);
   } finally {
     await close();
+  }
+});
+
+test('a URL whose server ignores range requests is downloaded once and analysed', async () => {
+  // A second origin that always answers 200 with the whole file (CORS allowed), as some
+  // static hosts do: the page must fall back to one full download.
+  const file = join(MINI, 'model.safetensors');
+  const size = statSync(file).size;
+  let requests = 0;
+  const plain = createServer((req, res) => {
+    requests += 1;
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size, 'access-control-allow-origin': '*', 'access-control-allow-headers': 'range' });
+    if (req.method === 'OPTIONS' || req.method === 'HEAD') return res.end();
+    createReadStream(file).pipe(res);
+  });
+  await new Promise((ok) => plain.listen(0, '127.0.0.1', ok));
+  const url = `http://127.0.0.1:${plain.address().port}/minilm/model.safetensors`;
+  const { page, problems, close } = await open(`?model=${encodeURIComponent(url)}`);
+  try {
+    const status = await settled(page);
+    assert.equal(status, 'Done.', await page.textContent('#layers-error'));
+    assert.match(await page.textContent('#model-summary'), /model\.safetensors: safetensors, bert .*6 blocks/);
+    assert.ok(requests <= 3, `${requests} requests: the file should be fetched once, not per tensor`);
+    const report = await downloadedReport(page);
+    assert.deepEqual(report.experiment.model, { kind: 'url', url });
+    // The CLI reads config.json beside the file, the URL has none: sizes from names only.
+    assertSameReport(report, cliReport(file), { hyper: false });
+    assert.equal(report.model.hyper.hidden, 384);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+    plain.close();
   }
 });
