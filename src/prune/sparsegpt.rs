@@ -448,9 +448,10 @@ mod tests {
             &SparseGptOptions::default(),
         )
         .unwrap();
-        // k = floor(8 * 0.25) = 2: thresh = 3rd smallest w^2 = 1 -> prunes |w| <= 1 (0.5, 1).
-        assert_eq!(w, vec![0.0, -4.0, 3.0, 2.0, 5.0, 6.0, 0.0, 7.0]);
-        assert_eq!(r.mask.pruned_count(), 2);
+        // k = floor(8 * 0.25) = 2: thresh = sorted(w^2)[2] = 4 -> prunes |w| <= 2, that is
+        // k + 1 = 3 weights (the authors' `<=`).
+        assert_eq!(w, vec![0.0, -4.0, 3.0, 0.0, 5.0, 6.0, 0.0, 7.0]);
+        assert_eq!(r.mask.pruned_count(), 3);
         assert!(r.dead_inputs.is_empty());
     }
 
