@@ -92,7 +92,9 @@ fn mean(v: &[f64]) -> f64 {
 pub fn uniform(n_blocks: usize, s: f64) -> Result<Vec<f64>> {
     check_target(s)?;
     if n_blocks == 0 {
-        return Err(LabError::invalid("a model with no blocks has nothing to prune"));
+        return Err(LabError::invalid(
+            "a model with no blocks has nothing to prune",
+        ));
     }
     Ok(vec![s; n_blocks])
 }

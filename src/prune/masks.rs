@@ -184,7 +184,10 @@ pub(crate) fn sqrt_scaler(what: &str, scaler_row: &[f32], cols: usize) -> Result
             scaler_row.len()
         )));
     }
-    if let Some(j) = scaler_row.iter().position(|s| !(s.is_finite() && *s >= 0.0)) {
+    if let Some(j) = scaler_row
+        .iter()
+        .position(|s| !(s.is_finite() && *s >= 0.0))
+    {
         return Err(LabError::invalid(format!(
             "{what}: the activation statistic of input {j} is {}; expected a finite sum of \
              squares >= 0",
@@ -329,13 +332,43 @@ mod tests {
         let w = [1.0, -2.0, 3.0, 0.5, 0.25, -4.0];
         let s = [1.0, 4.0, 9.0];
         let u = |s| Pattern::Unstructured { sparsity: s };
-        assert_eq!(wanda_mask("t", &w, 2, 3, &s, u(0.0)).unwrap().pruned_count(), 0);
-        assert_eq!(magnitude_mask("t", &w, 2, 3, u(0.0)).unwrap().pruned_count(), 0);
-        assert_eq!(wanda_mask("t", &w, 2, 3, &s, u(1.0)).unwrap().pruned_count(), 6);
-        assert_eq!(magnitude_mask("t", &w, 2, 3, u(1.0)).unwrap().pruned_count(), 6);
+        assert_eq!(
+            wanda_mask("t", &w, 2, 3, &s, u(0.0))
+                .unwrap()
+                .pruned_count(),
+            0
+        );
+        assert_eq!(
+            magnitude_mask("t", &w, 2, 3, u(0.0))
+                .unwrap()
+                .pruned_count(),
+            0
+        );
+        assert_eq!(
+            wanda_mask("t", &w, 2, 3, &s, u(1.0))
+                .unwrap()
+                .pruned_count(),
+            6
+        );
+        assert_eq!(
+            magnitude_mask("t", &w, 2, 3, u(1.0))
+                .unwrap()
+                .pruned_count(),
+            6
+        );
         // 0.999: floor(3 * 0.999) = 2 per row; floor(6 * 0.999) = 5 in the layer.
-        assert_eq!(wanda_mask("t", &w, 2, 3, &s, u(0.999)).unwrap().pruned_count(), 4);
-        assert_eq!(magnitude_mask("t", &w, 2, 3, u(0.999)).unwrap().pruned_count(), 5);
+        assert_eq!(
+            wanda_mask("t", &w, 2, 3, &s, u(0.999))
+                .unwrap()
+                .pruned_count(),
+            4
+        );
+        assert_eq!(
+            magnitude_mask("t", &w, 2, 3, u(0.999))
+                .unwrap()
+                .pruned_count(),
+            5
+        );
     }
 
     #[test]
@@ -352,8 +385,15 @@ mod tests {
     #[test]
     fn one_column_layers() {
         let w = [3.0, -1.0, 2.0];
-        let m = wanda_mask("t", &w, 3, 1, &[2.0], Pattern::Unstructured { sparsity: 0.9 })
-            .unwrap();
+        let m = wanda_mask(
+            "t",
+            &w,
+            3,
+            1,
+            &[2.0],
+            Pattern::Unstructured { sparsity: 0.9 },
+        )
+        .unwrap();
         assert_eq!(m.pruned_count(), 0);
         let m = magnitude_mask("t", &w, 3, 1, Pattern::Unstructured { sparsity: 0.5 }).unwrap();
         assert_eq!(m.pruned, vec![false, true, false]);

@@ -84,7 +84,9 @@ pub fn outlier_sweep(linears: &[LinearStats], ms: &[f64]) -> Result<Vec<OutlierR
     }
     let total: usize = linears.iter().map(|l| l.weight.len()).sum();
     if total == 0 {
-        return Err(LabError::invalid("the block's linear layers hold no weights"));
+        return Err(LabError::invalid(
+            "the block's linear layers hold no weights",
+        ));
     }
     let block_mean = sums.iter().sum::<f64>() / total as f64;
 

@@ -170,7 +170,9 @@ pub fn sparsegpt_prune(
         )));
     }
     if opts.blocksize == 0 {
-        return Err(LabError::invalid("SparseGPT's blocksize must be at least 1"));
+        return Err(LabError::invalid(
+            "SparseGPT's blocksize must be at least 1",
+        ));
     }
     match pattern {
         Pattern::Unstructured { sparsity } if sparsity >= 1.0 => {
@@ -523,10 +525,21 @@ mod tests {
             percdamp: 0.0,
             ..opts
         };
-        let e = sparsegpt_prune("model.layers.0.self_attn.q_proj", &mut w, 2, 2, &h, u, &no_damp)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("model.layers.0.self_attn.q_proj") && e.contains("percdamp"), "{e}");
+        let e = sparsegpt_prune(
+            "model.layers.0.self_attn.q_proj",
+            &mut w,
+            2,
+            2,
+            &h,
+            u,
+            &no_damp,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("model.layers.0.self_attn.q_proj") && e.contains("percdamp"),
+            "{e}"
+        );
         // With the default damping it works.
         sparsegpt_prune("t", &mut w, 2, 2, &h, u, &opts).unwrap();
         let mut nan = vec![f32::NAN, 1.0, 1.0, 1.0];
