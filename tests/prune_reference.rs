@@ -12,7 +12,7 @@ use std::process::Command;
 
 use layerlab::prune::allocation::{owl, owl_nm};
 use layerlab::prune::masks::{
-    apply_mask, count_zeros, magnitude_mask, prune_count, wanda_mask, Pattern,
+    apply_mask, count_zeros, magnitude_mask, prune_count, wanda_mask, Mask, Pattern,
 };
 use layerlab::prune::outliers::{outlier_sweep, LinearStats};
 use layerlab::prune::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
@@ -75,16 +75,8 @@ fn pattern(v: &Value) -> Pattern {
 }
 
 /// Mask identical to the reference, and the achieved sparsity exact after applying it.
-fn check_mask(
-    what: &str,
-    rows: usize,
-    cols: usize,
-    pat: Pattern,
-    w: &[f32],
-    got: &[bool],
-    want: &[bool],
-    per_row: bool,
-) {
+fn check_mask(what: &str, pat: Pattern, w: &[f32], mask: &Mask, want: &[bool], per_row: bool) {
+    let (rows, cols, got) = (mask.rows, mask.cols, &mask.pruned);
     assert_eq!(got.len(), want.len(), "{what}");
     let diff = got.iter().zip(want).filter(|(a, b)| a != b).count();
     assert_eq!(
@@ -92,12 +84,7 @@ fn check_mask(
         "{what}: {diff} mask entries differ from the reference"
     );
     let mut pruned = w.to_vec();
-    let mask = layerlab::prune::masks::Mask {
-        rows,
-        cols,
-        pruned: got.to_vec(),
-    };
-    apply_mask(what, &mut pruned, &mask).unwrap();
+    apply_mask(what, &mut pruned, mask).unwrap();
     // Zeros after pruning = pruned + weights that were already 0 and not pruned.
     let already: usize = w
         .iter()
@@ -146,16 +133,7 @@ fn prune_algorithms_match_the_numpy_reference() {
         let (w, s, pat) = (f32s(&c["w"]), f32s(&c["s"]), pattern(&c["pattern"]));
         let what = format!("wanda case {i} ({rows}x{cols}, {pat:?})");
         let m = wanda_mask(&what, &w, rows, cols, &s, pat).unwrap();
-        check_mask(
-            &what,
-            rows,
-            cols,
-            pat,
-            &w,
-            &m.pruned,
-            &bools(&c["mask"]),
-            true,
-        );
+        check_mask(&what, pat, &w, &m, &bools(&c["mask"]), true);
     }
 
     for (i, c) in r["magnitude"].as_array().unwrap().iter().enumerate() {
@@ -163,16 +141,7 @@ fn prune_algorithms_match_the_numpy_reference() {
         let (w, pat) = (f32s(&c["w"]), pattern(&c["pattern"]));
         let what = format!("magnitude case {i} ({rows}x{cols}, {pat:?})");
         let m = magnitude_mask(&what, &w, rows, cols, pat).unwrap();
-        check_mask(
-            &what,
-            rows,
-            cols,
-            pat,
-            &w,
-            &m.pruned,
-            &bools(&c["mask"]),
-            false,
-        );
+        check_mask(&what, pat, &w, &m, &bools(&c["mask"]), false);
     }
 
     for c in r["outliers"].as_array().unwrap() {
@@ -238,7 +207,7 @@ fn prune_algorithms_match_the_numpy_reference() {
             );
         }
         let mean = a.sparsity.iter().sum::<f64>() / a.sparsity.len() as f64;
-        let clamped = want.iter().any(|&x| x == 0.01);
+        let clamped = want.contains(&0.01);
         if clamped {
             // The clamp after the centring lifts the mean above S, and says so.
             assert!(mean > s + 1e-3, "clamped mean {mean} vs S {s}");
