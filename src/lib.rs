@@ -14,6 +14,7 @@
 //! - `model`: architectures: which tensors form which block, and the model's sizes;
 //!   `model::llama`, the LLaMA-family forward pass on the CPU, block by block.
 //! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
+//! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.
 //! - `experiment`: the versioned Experiment that links, the CLI and reports share.
 //! - `error`: the one error type; every message is a sentence a user can act on.
@@ -24,6 +25,7 @@ pub mod eval;
 pub mod experiment;
 pub mod io;
 pub mod model;
+pub mod prune;
 pub mod stats;
 pub mod synth;
 pub mod tokenizer;
