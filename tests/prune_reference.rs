@@ -18,6 +18,9 @@ use layerlab::prune::outliers::{outlier_sweep, LinearStats};
 use layerlab::prune::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use serde_json::Value;
 
+/// A linear layer from the reference: name, rows, cols, weights, per-column sums of x^2.
+type RefLinear = (String, usize, usize, Vec<f32>, Vec<f32>);
+
 fn reference() -> Value {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".cache/venv/bin/python");
@@ -145,7 +148,7 @@ fn prune_algorithms_match_the_numpy_reference() {
     }
 
     for c in r["outliers"].as_array().unwrap() {
-        let lins: Vec<(String, usize, usize, Vec<f32>, Vec<f32>)> = c["linears"]
+        let lins: Vec<RefLinear> = c["linears"]
             .as_array()
             .unwrap()
             .iter()
