@@ -127,6 +127,9 @@ impl RunControl for Quiet<'_> {
     }
 }
 
+/// A tensor with where it sits in the model: (block, role, the tensor).
+type Placed<'a> = (Option<usize>, Option<String>, &'a TensorInfo);
+
 /// Where each tensor sits in the model: (block, role).
 fn placement(desc: &ModelDesc, name: &str) -> (Option<usize>, Option<String>) {
     for b in &desc.blocks {
@@ -179,21 +182,24 @@ pub async fn model_stats(
         }
     };
     // Tensors grouped by block, in block order, then everything outside the blocks.
-    let mut order: Vec<(Option<usize>, &TensorInfo)> = file
+    let mut order: Vec<Placed> = file
         .tensors
         .iter()
-        .map(|t| (placement(desc, &t.name).0, t))
+        .map(|t| {
+            let (block, role) = placement(desc, &t.name);
+            (block, role, t)
+        })
         .collect();
-    order.sort_by_key(|(b, _)| b.map_or(usize::MAX, |b| b));
+    order.sort_by_key(|(b, _, _)| b.map_or(usize::MAX, |b| b));
     let total = order.len() as u64;
 
     // Groups: each block's tensors together (read, then measured in two passes, so only one
     // block's weights are resident), and every tensor outside the blocks on its own.
-    let mut groups: Vec<(Option<usize>, Vec<&TensorInfo>)> = Vec::new();
-    for (block, t) in &order {
+    let mut groups: Vec<(Option<usize>, Vec<&Placed>)> = Vec::new();
+    for placed in &order {
         match groups.last_mut() {
-            Some((b, members)) if b.is_some() && b == block => members.push(t),
-            _ => groups.push((*block, vec![t])),
+            Some((b, members)) if b.is_some() && *b == placed.0 => members.push(placed),
+            _ => groups.push((placed.0, vec![placed])),
         }
     }
 
@@ -204,8 +210,7 @@ pub async fn model_stats(
         let mut entries = Vec::with_capacity(members.len());
         let mut data: Vec<Vec<f32>> = Vec::new();
         let mut linear: Vec<bool> = Vec::new();
-        for t in &members {
-            let (_, role) = placement(desc, &t.name);
+        for (_, role, t) in members {
             let mut entry = TensorEntry {
                 name: t.name.clone(),
                 shape: t.shape.clone(),

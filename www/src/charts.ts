@@ -14,12 +14,12 @@ export function fmt(x: number | null | undefined): string {
   return a !== 0 && (a < 1e-3 || a >= 1e6) ? x.toExponential(4) : x.toPrecision(5);
 }
 
-/** Saves text or a canvas as a download. */
-export function download(name: string, data: string | HTMLCanvasElement): void {
+/** Saves text (CSV unless `type` says otherwise) or a canvas (PNG) as a download. */
+export function download(name: string, data: string | HTMLCanvasElement, type = 'text/csv'): void {
   const a = document.createElement('a');
   a.download = name;
   if (typeof data === 'string') {
-    a.href = URL.createObjectURL(new Blob([data], { type: 'text/csv' }));
+    a.href = URL.createObjectURL(new Blob([data], { type }));
   } else {
     a.href = data.toDataURL('image/png');
   }

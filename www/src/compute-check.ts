@@ -1,7 +1,7 @@
 // The compute check: statistics of a seeded synthetic matrix on the page's backend, the
 // same numbers `layerlab reduce` prints, so the page and the CLI can be compared directly.
 
-import { fmt } from './charts';
+import { download, fmt } from './charts';
 import { $, showFailure } from './dom';
 import type { LabClient } from './lab-client';
 import type { ReduceRequest, StatsRun } from './protocol';
@@ -58,11 +58,7 @@ export class ComputeCheck {
         : 'No GPU is in use, so there is nothing to lose.';
     };
     $('download-json').addEventListener('click', () => {
-      if (!this.lastRun) return;
-      const a = document.createElement('a');
-      a.href = URL.createObjectURL(new Blob([JSON.stringify(this.lastRun, null, 2)], { type: 'application/json' }));
-      a.download = 'layerlab-reduce.json';
-      a.click();
+      if (this.lastRun) download('layerlab-reduce.json', JSON.stringify(this.lastRun, null, 2), 'application/json');
     });
     client.ready.then(() => {
       this.runButton.disabled = false;

@@ -384,11 +384,6 @@ class ReportView {
     };
     $('table-csv').onclick = () => download('tensors.csv', csv(['tensor', 'shape', 'dtype', 'block', 'role', ...summaryHead],
       r.tensors.map((t) => [t.name, t.shape.join('x'), t.dtype, t.block, t.role, ...summaryRow(t.stats)])));
-    $('report-json').onclick = () => {
-      const a = document.createElement('a');
-      a.href = URL.createObjectURL(new Blob([JSON.stringify(report, null, 1)], { type: 'application/json' }));
-      a.download = 'layerlab-stats.json';
-      a.click();
-    };
+    $('report-json').onclick = () => download('layerlab-stats.json', JSON.stringify(report, null, 1), 'application/json');
   }
 }

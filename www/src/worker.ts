@@ -71,6 +71,15 @@ async function openModel(l: Lab, id: number, request: OpenRequest): Promise<void
   post({ type: 'model-opened', id, opened, source: described, companions });
 }
 
+/** Runs one request; a failure becomes its error reply, with the backend as it now is. */
+async function answer(l: Lab, id: number, work: (onProgress: (stage: string, done: number, total: number) => void) => Promise<void>): Promise<void> {
+  try {
+    await work((stage, done, total) => post({ type: 'progress', id, stage, done, total }));
+  } catch (e) {
+    post({ type: 'error', id, message: messageOf(e), backend: backendOf(l) });
+  }
+}
+
 scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   switch (msg.type) {
@@ -85,39 +94,27 @@ scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
       break;
     }
     case 'reduce': {
-      if (!lab) return;
-      const current = lab;
-      try {
-        const onProgress = (stage: string, done: number, total: number) =>
-          post({ type: 'progress', id: msg.id, stage, done, total });
-        const run = await current.reduce(msg.request, onProgress);
-        post({ type: 'result', id: msg.id, run, backend: backendOf(current) });
-      } catch (e) {
-        post({ type: 'error', id: msg.id, message: messageOf(e), backend: backendOf(current) });
-      }
+      const l = lab;
+      if (!l) return;
+      await answer(l, msg.id, async (onProgress) => {
+        const run = await l.reduce(msg.request, onProgress);
+        post({ type: 'result', id: msg.id, run, backend: backendOf(l) });
+      });
       break;
     }
     case 'open-model': {
-      if (!lab) return;
-      const current = lab;
-      try {
-        await openModel(current, msg.id, msg.request);
-      } catch (e) {
-        post({ type: 'error', id: msg.id, message: messageOf(e), backend: backendOf(current) });
-      }
+      const l = lab;
+      if (!l) return;
+      await answer(l, msg.id, () => openModel(l, msg.id, msg.request));
       break;
     }
     case 'model-stats': {
-      if (!lab) return;
-      const current = lab;
-      try {
-        const onProgress = (stage: string, done: number, total: number) =>
-          post({ type: 'progress', id: msg.id, stage, done, total });
-        const report = await current.model_stats(msg.experiment, onProgress);
-        post({ type: 'model-report', id: msg.id, report, backend: backendOf(current) });
-      } catch (e) {
-        post({ type: 'error', id: msg.id, message: messageOf(e), backend: backendOf(current) });
-      }
+      const l = lab;
+      if (!l) return;
+      await answer(l, msg.id, async (onProgress) => {
+        const report = await l.model_stats(msg.experiment, onProgress);
+        post({ type: 'model-report', id: msg.id, report, backend: backendOf(l) });
+      });
       break;
     }
     case 'cancel':
