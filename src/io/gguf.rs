@@ -17,10 +17,12 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
-use candle_core::Device;
+use candle_core::quantized::k_quants::{
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::GgmlDType;
 
-use super::{read_tensor_bytes, ByteSource, DType, Format, MetaValue, ModelFile, TensorInfo};
+use super::{check_tensor_bytes, ByteSource, DType, Format, MetaValue, ModelFile, TensorInfo};
 use crate::{LabError, Result};
 
 /// Largest header (metadata + tensor infos) we read; a big tokenizer is a few MiB.
@@ -452,8 +454,8 @@ pub(crate) fn dequantize(
         )));
     };
     let (block, size) = (ggml.block_size(), ggml.type_size());
-    // The checks candle's qtensor_from_ggml relies on (it reads the blocks through a raw
-    // pointer): whole blocks, whole rows, and exactly that many bytes.
+    // Whole blocks, whole rows, and exactly that many bytes: the blocks are then viewed in
+    // place (see `blocks_to_f32`).
     if elements % block != 0 || t.shape.last().is_some_and(|row| row % block != 0) {
         return Err(bad(format!(
             "shape {:?} is not made of whole {} blocks of {block}",
@@ -462,24 +464,64 @@ pub(crate) fn dequantize(
         )));
     }
     let expected = (elements / block) as u64 * size as u64;
-    if elements == 0 {
-        read_tensor_bytes(src, t, expected)?;
-        return Ok(Vec::new());
+    check_tensor_bytes(src, t, expected)?;
+    // Read straight into 8-byte aligned memory, which the blocks are viewed in place from.
+    let mut aligned = vec![0u64; (expected as usize).div_ceil(8)];
+    let raw: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
+    let raw = &mut raw[..expected as usize];
+    src.read_at(t.offset, raw)?;
+    let mut out = vec![0f32; elements];
+    let raw: &[u8] = raw;
+    let unchecked = || bad("internal error: block buffer of the wrong size".to_string());
+    match t.dtype {
+        DType::Q4_0 => blocks_to_f32::<BlockQ4_0>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q4_1 => blocks_to_f32::<BlockQ4_1>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q5_0 => blocks_to_f32::<BlockQ5_0>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q5_1 => blocks_to_f32::<BlockQ5_1>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q8_0 => blocks_to_f32::<BlockQ8_0>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q4K => blocks_to_f32::<BlockQ4K>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q5K => blocks_to_f32::<BlockQ5K>(raw, &mut out).ok_or_else(unchecked)?,
+        DType::Q6K => blocks_to_f32::<BlockQ6K>(raw, &mut out).ok_or_else(unchecked)?,
+        _ => {
+            return Err(bad(format!(
+                "type {} cannot be dequantised here",
+                t.dtype.name()
+            )))
+        }
     }
-    let bytes = read_tensor_bytes(src, t, expected)?;
-    // candle views the bytes as blocks in place: give it 8-byte aligned memory.
-    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
-    let aligned_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut aligned);
-    let Some(dst) = aligned_bytes.get_mut(..bytes.len()) else {
-        return Err(bad("internal buffer too small".to_string()));
-    };
-    dst.copy_from_slice(&bytes);
-    drop(bytes);
-    let candle = |e: candle_core::Error| bad(format!("cannot dequantise: {e}"));
-    let raw: &[u8] = bytemuck::cast_slice(&aligned);
-    let q = qtensor_from_ggml(ggml, raw, vec![elements], &Device::Cpu).map_err(candle)?;
-    q.dequantize(&Device::Cpu)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(candle)
+    Ok(out)
+}
+
+/// candle's dequantisation (`GgmlType::to_float`) of the blocks in `raw` into `out`, on
+/// pieces of 4096 blocks in parallel natively. The caller has checked that `raw` holds
+/// exactly `out.len() / T::BLCK_SIZE` blocks and is 8-byte aligned; None if not.
+fn blocks_to_f32<T: GgmlType + Sync>(raw: &[u8], out: &mut [f32]) -> Option<()> {
+    const PIECE: usize = 4096;
+    let n = out.len() / T::BLCK_SIZE;
+    if raw.len() != n * std::mem::size_of::<T>()
+        || out.len() % T::BLCK_SIZE != 0
+        || (raw.as_ptr() as usize) % std::mem::align_of::<T>() != 0
+    {
+        return None;
+    }
+    // SAFETY: the block types are #[repr(C)] structs of f16/u8/i8 fields, valid for every
+    // bit pattern (candle's qtensor_from_ggml views file bytes the same way); the length
+    // and alignment are checked above.
+    let blocks: &[T] = unsafe { std::slice::from_raw_parts(raw.as_ptr() as *const T, n) };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        blocks
+            .par_chunks(PIECE)
+            .zip(out.par_chunks_mut(PIECE * T::BLCK_SIZE))
+            .for_each(|(b, o)| T::to_float(b, o));
+    }
+    #[cfg(target_arch = "wasm32")]
+    for (b, o) in blocks
+        .chunks(PIECE)
+        .zip(out.chunks_mut(PIECE * T::BLCK_SIZE))
+    {
+        T::to_float(b, o);
+    }
+    Some(())
 }

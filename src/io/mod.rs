@@ -213,6 +213,16 @@ pub(crate) fn read_tensor_bytes(
     t: &TensorInfo,
     expected: u64,
 ) -> Result<Vec<u8>> {
+    check_tensor_bytes(src, t, expected)?;
+    src.read_vec(t.offset, t.nbytes)
+}
+
+/// `read_tensor_bytes`' checks, for a caller that reads into its own buffer.
+pub(crate) fn check_tensor_bytes(
+    src: &dyn ByteSource,
+    t: &TensorInfo,
+    expected: u64,
+) -> Result<()> {
     let name = src.name();
     if t.nbytes != expected {
         return Err(LabError::BadFile(format!(
@@ -237,8 +247,7 @@ pub(crate) fn read_tensor_bytes(
             t.offset as u128 + t.nbytes as u128,
             src.len()
         ))
-    })?;
-    src.read_vec(t.offset, t.nbytes)
+    })
 }
 
 /// Little-endian F32, F16 or BF16 bytes as f32 (a trailing partial element is ignored; the
