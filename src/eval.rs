@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::backend::checkpoint;
 use crate::compute::RunControl;
-use crate::model::llama::{Llama, NoObserver, Rope};
+use crate::model::llama::{BlockWeights, Llama, NoObserver, Rope};
 use crate::{LabError, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,18 +91,32 @@ pub async fn perplexity(
     opts: &PplOptions,
     ctl: &dyn RunControl,
 ) -> Result<PplReport> {
+    perplexity_with(model, ids, opts, ctl, "perplexity", &|i| model.load_block(i)).await
+}
+
+/// Perplexity with each block's weights from `blocks(i)` instead of the file: the pruned
+/// model's evaluation (`prune::driver`), which swaps in pruned linears. The embedding, the
+/// final norm and the head still come from `model`. Progress is reported as `stage`.
+pub async fn perplexity_with(
+    model: &Llama<'_>,
+    ids: &[u32],
+    opts: &PplOptions,
+    ctl: &dyn RunControl,
+    stage: &str,
+    blocks: &dyn Fn(usize) -> Result<BlockWeights>,
+) -> Result<PplReport> {
     let wins = windows(ids, opts.seqlen, opts.max_windows)?;
     let total = wins.len() as u64;
     let layers = model.config.layers;
     let ends = model.load_ends()?;
     let rope = Rope::new(opts.seqlen, model.config.head_dim, model.config.rope_theta)?;
     let mut window_nll = Vec::with_capacity(wins.len());
-    ctl.progress("perplexity", 0, total);
+    ctl.progress(stage, 0, total);
     for batch in wins.chunks(opts.batch.max(1)) {
         let mut x = model.embed(&ends, batch)?;
         for i in 0..layers {
             checkpoint(ctl).await?;
-            let w = model.load_block(i)?;
+            let w = blocks(i)?;
             x = model.block_forward(&w, &x, &rope, &mut NoObserver)?;
         }
         for (b, win) in batch.iter().enumerate() {
@@ -126,7 +140,7 @@ pub async fn perplexity(
                 .map(|(a, p)| *a as f64 - *p as f64)
                 .sum();
             window_nll.push(nll);
-            ctl.progress("perplexity", window_nll.len() as u64, total);
+            ctl.progress(stage, window_nll.len() as u64, total);
         }
     }
     let nll: f64 = window_nll.iter().sum();

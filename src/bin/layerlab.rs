@@ -13,6 +13,9 @@ use layerlab::experiment::{Experiment, ModelSource};
 use layerlab::io::{FileSource, Format, ModelFile};
 use layerlab::model::describe;
 use layerlab::model::llama::Llama;
+use layerlab::prune::driver::{
+    export_safetensors, hf_config, prune_model, Method, OwlOptions, PruneOptions, PruneReport,
+};
 use layerlab::stats::model::{model_stats, ModelReport};
 use layerlab::stats::{tensor_stats, StatsOptions, StatsRun};
 use layerlab::synth::{weights, SynthSpec};
@@ -81,6 +84,66 @@ enum Command {
         /// Windows that pass through a block together.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// Write the report as JSON to this file ("-" for standard output).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Prune every linear layer of a LLaMA-family model block by block (magnitude, Wanda or
+    /// SparseGPT, optionally with OWL's per-block sparsity), then compare perplexities.
+    /// Calibration: --nsamples windows of --seqlen tokens from the start of --calib (or at
+    /// seeded random offsets). Evaluation as `ppl` (consecutive windows, each alone).
+    Prune {
+        /// A .gguf file, or a .safetensors model with config.json and tokenizer.json beside
+        /// it (or a folder holding them).
+        model: PathBuf,
+        /// magnitude, wanda or sparsegpt.
+        #[arg(long)]
+        method: Method,
+        /// Target (mean) sparsity in [0, 1); not with --nm.
+        #[arg(long)]
+        sparsity: Option<f64>,
+        /// N:M sparsity, e.g. 2:4: zero N of every M consecutive input weights of each row.
+        #[arg(long)]
+        nm: Option<String>,
+        /// OWL: allocate per-block sparsity from the dense model's outlier ratios.
+        #[arg(long)]
+        owl: bool,
+        /// OWL's M: outliers are scores above M x the block's mean score (with --owl; the
+        /// outlier ratios are reported at M = 5 without it).
+        #[arg(long, default_value_t = 5.0)]
+        hyper_m: f64,
+        /// OWL's lambda: block sparsities spread over S +- lambda.
+        #[arg(long, default_value_t = 0.08)]
+        lamda: f64,
+        /// The calibration text (UTF-8).
+        #[arg(long)]
+        calib: PathBuf,
+        /// The evaluation text (UTF-8); without it, no perplexity.
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        /// Calibration windows.
+        #[arg(long, default_value_t = 16)]
+        nsamples: usize,
+        /// Tokens per calibration and evaluation window.
+        #[arg(long, default_value_t = 256)]
+        seqlen: usize,
+        /// Draw the calibration windows at random offsets with this seed (default:
+        /// consecutive windows from the start).
+        #[arg(long)]
+        calib_seed: Option<u64>,
+        /// Score only the first N evaluation windows.
+        #[arg(long)]
+        max_eval_windows: Option<usize>,
+        /// Windows that pass through a block together.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Skip the dense model's perplexity.
+        #[arg(long)]
+        no_dense: bool,
+        /// Write the pruned model here as safetensors (F32, Hugging Face names); for a GGUF
+        /// model a config.json is written beside it.
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// Write the report as JSON to this file ("-" for standard output).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -191,19 +254,7 @@ async fn run(cli: Cli) -> Result<()> {
                 (Format::Safetensors, Some(p)) => Some(read_config(p)?),
                 _ => None,
             };
-            let tokenizer = match file.format {
-                Format::Gguf => TextTokenizer::from_gguf(&file, &path.display().to_string())?,
-                Format::Safetensors => {
-                    let tj = path.with_file_name("tokenizer.json");
-                    let bytes = std::fs::read(&tj).map_err(|e| {
-                        LabError::Io(format!(
-                            "{}: a safetensors model needs tokenizer.json beside it: {e}",
-                            tj.display()
-                        ))
-                    })?;
-                    TextTokenizer::from_json(&bytes, &tj.display().to_string())?
-                }
-            };
+            let tokenizer = load_tokenizer(&file, &path)?;
             let llama = Llama::new(&src, &file, config.as_ref())?;
             let ids = tokenizer.encode(&text)?;
             let opts = PplOptions {
@@ -239,6 +290,122 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{summary}");
             } else {
                 eprintln!("{summary}");
+            }
+            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Command::Prune {
+            model,
+            method,
+            sparsity,
+            nm,
+            owl,
+            hyper_m,
+            lamda,
+            calib,
+            eval,
+            nsamples,
+            seqlen,
+            calib_seed,
+            max_eval_windows,
+            batch,
+            no_dense,
+            out,
+            json,
+        } => {
+            let started = std::time::Instant::now();
+            let nm = nm.as_deref().map(parse_nm).transpose()?;
+            let sparsity = match (sparsity, nm) {
+                (Some(_), Some(_)) => {
+                    return Err(LabError::invalid(
+                        "give either --sparsity or --nm, not both (N:M sets the sparsity to N/M)",
+                    ))
+                }
+                (Some(s), None) => s,
+                (None, Some((n, m))) => n as f64 / m as f64,
+                (None, None) => {
+                    return Err(LabError::invalid(
+                        "say how much to prune: --sparsity S (in [0, 1)) or --nm N:M",
+                    ))
+                }
+            };
+            let opts = PruneOptions {
+                method,
+                sparsity,
+                nm,
+                owl: owl.then_some(OwlOptions { hyper_m, lamda }),
+                nsamples,
+                seqlen,
+                calib_seed,
+                batch,
+                eval: PplOptions {
+                    seqlen,
+                    max_windows: max_eval_windows,
+                    batch,
+                },
+                dense_ppl: !no_dense,
+                ..PruneOptions::default()
+            };
+            if !owl && (hyper_m != 5.0 || lamda != 0.08) {
+                return Err(LabError::invalid(
+                    "--hyper-m and --lamda are OWL's: add --owl (or leave them out)",
+                ));
+            }
+            opts.check()?;
+            let (path, config_path) = resolve_model(&model, None)?;
+            let read_text = |p: &Path| {
+                std::fs::read_to_string(p)
+                    .map_err(|e| LabError::Io(format!("cannot read {}: {e}", p.display())))
+            };
+            let calib_text = read_text(&calib)?;
+            let eval_text = eval.as_deref().map(read_text).transpose()?;
+            let src = FileSource::open(&path)?;
+            let file = ModelFile::open(&src)?;
+            let config = match (&file.format, &config_path) {
+                (Format::Safetensors, Some(p)) => Some(read_config(p)?),
+                _ => None,
+            };
+            let tokenizer = load_tokenizer(&file, &path)?;
+            let llama = Llama::new(&src, &file, config.as_ref())?;
+            let calib_ids = tokenizer.encode(&calib_text)?;
+            let eval_ids = eval_text.as_deref().map(|t| tokenizer.encode(t)).transpose()?;
+            let run = prune_model(&llama, &calib_ids, eval_ids.as_deref(), &opts, &Progress)
+                .await?;
+            let output = PruneOutput {
+                model: path.display().to_string(),
+                calib: calib.display().to_string(),
+                eval: eval.as_ref().map(|p| p.display().to_string()),
+                tokenizer: tokenizer.describe.clone(),
+                report: run.report.clone(),
+            };
+            if let Some(out_path) = &out {
+                let extra = serde_json::json!({
+                    "model": output.model,
+                    "calib": output.calib,
+                    "options": opts,
+                });
+                let f = std::fs::File::create(out_path).map_err(|e| {
+                    LabError::Io(format!("cannot create {}: {e}", out_path.display()))
+                })?;
+                let mut w = std::io::BufWriter::new(f);
+                export_safetensors(&llama, &run, &extra, &mut w)?;
+                if file.format == Format::Gguf {
+                    let cfg = out_path.with_file_name("config.json");
+                    write_json(&cfg, &hf_config(&llama))?;
+                }
+            }
+            let to_stdout = json.as_ref().is_none_or(|p| p.as_os_str() != "-");
+            if let Some(p) = &json {
+                write_json(p, &output)?;
+            }
+            let summary = prune_summary(&output.report);
+            if to_stdout {
+                print!("{summary}");
+            } else {
+                eprint!("{summary}");
+            }
+            if let Some(p) = &out {
+                eprintln!("pruned model written to {}", p.display());
             }
             eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
             Ok(())
@@ -280,6 +447,121 @@ struct PplOutput {
     tokenizer: String,
     #[serde(flatten)]
     report: PplReport,
+}
+
+/// What `layerlab prune --json` writes.
+#[derive(serde::Serialize)]
+struct PruneOutput {
+    model: String,
+    calib: String,
+    eval: Option<String>,
+    tokenizer: String,
+    #[serde(flatten)]
+    report: PruneReport,
+}
+
+/// "N:M" -> (N, M), 0 <= N < M.
+fn parse_nm(s: &str) -> Result<(usize, usize)> {
+    let bad = || {
+        LabError::invalid(format!(
+            "--nm {s}: expected N:M with whole numbers 0 <= N < M, e.g. 2:4"
+        ))
+    };
+    let (n, m) = s.split_once(':').ok_or_else(bad)?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    let m: usize = m.trim().parse().map_err(|_| bad())?;
+    if m == 0 || n >= m {
+        return Err(LabError::invalid(format!(
+            "--nm {s}: N (the weights zeroed in each group of M) must be below M"
+        )));
+    }
+    Ok((n, m))
+}
+
+/// The model's tokeniser: GGUF metadata, or tokenizer.json beside a safetensors file.
+fn load_tokenizer(file: &ModelFile, path: &Path) -> Result<TextTokenizer> {
+    match file.format {
+        Format::Gguf => TextTokenizer::from_gguf(file, &path.display().to_string()),
+        Format::Safetensors => {
+            let tj = path.with_file_name("tokenizer.json");
+            let bytes = std::fs::read(&tj).map_err(|e| {
+                LabError::Io(format!(
+                    "{}: a safetensors model needs tokenizer.json beside it: {e}",
+                    tj.display()
+                ))
+            })?;
+            TextTokenizer::from_json(&bytes, &tj.display().to_string())
+        }
+    }
+}
+
+/// The per-block table, perplexities and timings of a pruning run.
+fn prune_summary(r: &PruneReport) -> String {
+    use std::fmt::Write as _;
+    let o = &r.options;
+    let mut s = String::new();
+    let pattern = match o.nm {
+        Some((n, m)) => format!("{n}:{m}"),
+        None => format!("{:.4} unstructured", o.sparsity),
+    };
+    let _ = writeln!(
+        s,
+        "method      {}{} at {pattern}",
+        if o.owl.is_some() { "OWL-" } else { "" },
+        o.method.name()
+    );
+    let _ = writeln!(
+        s,
+        "calibration {} windows of {} tokens ({} in the text)",
+        r.calibration.windows, r.calibration.seqlen, r.calibration.text_tokens
+    );
+    for n in &r.notices {
+        let _ = writeln!(s, "notice      {n}");
+    }
+    let _ = writeln!(
+        s,
+        "\n{:>5} {:>12} {:>10} {:>10}",
+        "block",
+        format!("outl.% M={}", r.outlier_m),
+        "sparsity",
+        "achieved"
+    );
+    for b in &r.blocks {
+        let _ = writeln!(
+            s,
+            "{:>5} {:>12.4} {:>10.4} {:>10.4}",
+            b.index, b.outlier_ratio, b.sparsity, b.achieved_sparsity
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nachieved    {:.6} ({} of {} linear weights are zero)",
+        r.achieved_sparsity, r.pruned_weights, r.linear_weights
+    );
+    if let Some(p) = &r.perplexity {
+        if let Some(d) = p.dense {
+            let _ = writeln!(s, "ppl dense   {d:.4}");
+        }
+        let _ = writeln!(
+            s,
+            "ppl pruned  {:.4}  ({} windows of {}, {} predicted tokens)",
+            p.pruned, p.windows, p.seqlen, p.predicted_tokens
+        );
+    }
+    let t = &r.timings;
+    let _ = write!(
+        s,
+        "time        dense pass {:.2} s, prune {:.2} s",
+        t.dense_pass, t.prune
+    );
+    if let Some(d) = t.perplexity_dense {
+        let _ = write!(s, ", ppl dense {d:.2} s");
+    }
+    if let Some(d) = t.perplexity_pruned {
+        let _ = write!(s, ", ppl pruned {d:.2} s");
+    }
+    let _ = writeln!(s, ", total {:.2} s", t.total);
+    s
 }
 
 /// Progress of a long run on standard error.

@@ -218,3 +218,116 @@ fn tensor_info(
         nbytes,
     })
 }
+
+/// One F32 tensor for [`write_f32`]: its name, row-major shape and values.
+pub struct F32Tensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: std::borrow::Cow<'a, [f32]>,
+}
+
+/// Writes `tensors` as a safetensors file to `out`, in the given order, all F32
+/// little-endian, with `metadata` as `__metadata__` (string to string; transformers wants
+/// `{"format": "pt"}`). The header is padded with spaces to a multiple of 8 bytes, as
+/// Hugging Face's writer does, so every tensor starts 8-byte aligned. Works on any
+/// `std::io::Write`: a file natively, a `Vec<u8>` for the page's download.
+pub fn write_f32(
+    out: &mut dyn std::io::Write,
+    tensors: &[F32Tensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        let meta: Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), Value::Object(meta));
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        let n: usize = t.shape.iter().product();
+        if n != t.data.len() {
+            return Err(LabError::invalid(format!(
+                "{}: shape {:?} holds {n} values, the data {}",
+                t.name,
+                t.shape,
+                t.data.len()
+            )));
+        }
+        if t.name == "__metadata__" || header.contains_key(&t.name) {
+            return Err(LabError::invalid(format!(
+                "{}: a tensor name may appear only once and may not be __metadata__",
+                t.name
+            )));
+        }
+        let end = offset + 4 * n as u64;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let io = |e: std::io::Error| LabError::Io(format!("cannot write the safetensors file: {e}"));
+    out.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&json).map_err(io)?;
+    let mut buf = Vec::with_capacity(1 << 16);
+    for t in tensors {
+        for chunk in t.data.chunks(1 << 14) {
+            buf.clear();
+            for v in chunk {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            out.write_all(&buf).map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+    use crate::io::MemSource;
+
+    #[test]
+    fn written_files_read_back() {
+        let a = [1.0f32, -2.0, 3.5, 0.0, 5.0, 6.0];
+        let tensors = [
+            F32Tensor {
+                name: "b.weight".into(),
+                shape: vec![2, 3],
+                data: a[..].into(),
+            },
+            F32Tensor {
+                name: "a.bias".into(),
+                shape: vec![1],
+                data: vec![7.0f32].into(),
+            },
+        ];
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let mut bytes = Vec::new();
+        write_f32(&mut bytes, &tensors, &meta).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+        assert_eq!(header_len % 8, 0);
+        let src = MemSource::new("t.safetensors", bytes);
+        let f = open(&src).unwrap();
+        assert_eq!(f.metadata.get("format").and_then(|m| m.as_str()), Some("pt"));
+        let b = f.tensor("b.weight").unwrap();
+        assert_eq!(b.shape, vec![2, 3]);
+        assert_eq!(f.read_f32(&src, b).unwrap(), a.to_vec());
+        let c = f.tensor("a.bias").unwrap();
+        assert_eq!(f.read_f32(&src, c).unwrap(), vec![7.0]);
+        let bad = [F32Tensor {
+            name: "x".into(),
+            shape: vec![2, 2],
+            data: vec![1.0f32].into(),
+        }];
+        assert!(write_f32(&mut Vec::new(), &bad, &meta).is_err());
+    }
+}

@@ -204,6 +204,54 @@ pub struct BlockWeights {
     pub down: Linear,
 }
 
+impl BlockWeights {
+    /// The linear roles of a LLaMA block, in the order the forward pass meets them.
+    pub const ROLES: [&'static str; 7] = ["q", "k", "v", "o", "gate", "up", "down"];
+
+    /// The linear of `role` (one of [`BlockWeights::ROLES`]).
+    pub fn linear(&self, role: &str) -> Option<&Linear> {
+        match role {
+            "q" => Some(&self.q),
+            "k" => Some(&self.k),
+            "v" => Some(&self.v),
+            "o" => Some(&self.o),
+            "gate" => Some(&self.gate),
+            "up" => Some(&self.up),
+            "down" => Some(&self.down),
+            _ => None,
+        }
+    }
+
+    /// Replaces the weight of `role` with `weight`, (out, in) row-major in Hugging Face row
+    /// order (q/k un-permuted), the shape of the weight it replaces: how a pruned model runs.
+    pub fn set_weight(&mut self, role: &str, weight: Vec<f32>) -> Result<()> {
+        let index = self.index;
+        let lin = match role {
+            "q" => &mut self.q,
+            "k" => &mut self.k,
+            "v" => &mut self.v,
+            "o" => &mut self.o,
+            "gate" => &mut self.gate,
+            "up" => &mut self.up,
+            "down" => &mut self.down,
+            _ => {
+                return Err(LabError::invalid(format!(
+                    "block {index} has no '{role}' linear (LLaMA: q, k, v, o, gate, up, down)"
+                )))
+            }
+        };
+        let dims = lin.weight.dims().to_vec();
+        if dims.iter().product::<usize>() != weight.len() {
+            return Err(LabError::invalid(format!(
+                "block {index} {role}: expected a weight of shape {dims:?}, found {} values",
+                weight.len()
+            )));
+        }
+        lin.weight = Tensor::from_vec(weight, dims, &Device::Cpu).map_err(ce)?;
+        Ok(())
+    }
+}
+
 /// The embedding, final norm and LM head: what the first and last step need.
 pub struct Ends {
     /// (V, C)
@@ -327,6 +375,11 @@ impl<'a> Llama<'a> {
             config,
             name,
         })
+    }
+
+    /// The model's name (its file), for messages.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// A tensor as f32, checked against the shape the config implies.

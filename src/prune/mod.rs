@@ -16,9 +16,11 @@
 //! sparsity_l. Then blocks are pruned in order, each with statistics from a forward pass
 //! through the already-pruned earlier blocks: `masks::wanda_mask` + `apply_mask`, or
 //! `sparsegpt::sparsegpt_prune` with a `Hessian` per distinct input. Embeddings, the LM head
-//! and norms are never pruned.
+//! and norms are never pruned. `driver` does exactly this for a whole LLaMA-family model
+//! (`prune_model`), evaluates it and exports it (`export_safetensors`).
 
 pub mod allocation;
+pub mod driver;
 pub mod masks;
 pub mod outliers;
 pub mod sparsegpt;

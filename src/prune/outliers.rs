@@ -90,27 +90,44 @@ pub fn outlier_sweep(linears: &[LinearStats], ms: &[f64]) -> Result<Vec<OutlierR
     }
     let block_mean = sums.iter().sum::<f64>() / total as f64;
 
-    // counts[i][k]: scores of linear i above ms[k] x the block mean / its own mean.
+    // counts[i][k]: scores of linear i above ms[k] x the block mean / its own mean. The Ms
+    // are visited in ascending order, so a score stops at the first threshold it does not
+    // pass (all later ones are higher): most scores test one or two thresholds, not all.
+    let mut order: Vec<usize> = (0..ms.len()).collect();
+    order.sort_by(|&a, &b| ms[a].total_cmp(&ms[b]));
     let mut above_block = vec![0usize; ms.len()];
     let mut per_linear = vec![vec![0f64; ms.len()]; linears.len()];
     for (i, lin) in linears.iter().enumerate() {
         let n = lin.weight.len();
         let own_mean = if n == 0 { 0.0 } else { sums[i] / n as f64 };
-        let block_thr: Vec<f64> = ms.iter().map(|m| m * block_mean).collect();
-        let own_thr: Vec<f64> = ms.iter().map(|m| m * own_mean).collect();
+        let block_thr: Vec<f64> = order.iter().map(|&k| ms[k] * block_mean).collect();
+        let own_thr: Vec<f64> = order.iter().map(|&k| ms[k] * own_mean).collect();
+        // Counts in ascending-M order.
+        let mut block_sorted = vec![0usize; ms.len()];
         let mut own = vec![0usize; ms.len()];
         for_each_score(lin, &sqrt_s[i], |a| {
             let a = a as f64;
-            for k in 0..ms.len() {
-                above_block[k] += (a > block_thr[k]) as usize;
-                own[k] += (a > own_thr[k]) as usize;
+            for (c, t) in block_sorted.iter_mut().zip(&block_thr) {
+                if a > *t {
+                    *c += 1;
+                } else {
+                    break;
+                }
+            }
+            for (c, t) in own.iter_mut().zip(&own_thr) {
+                if a > *t {
+                    *c += 1;
+                } else {
+                    break;
+                }
             }
         });
-        for k in 0..ms.len() {
+        for (j, &k) in order.iter().enumerate() {
+            above_block[k] += block_sorted[j];
             per_linear[i][k] = if n == 0 {
                 0.0
             } else {
-                own[k] as f64 / n as f64 * 100.0
+                own[j] as f64 / n as f64 * 100.0
             };
         }
     }

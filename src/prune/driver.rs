@@ -1,0 +1,944 @@
+//! The sequential pruning driver: a whole LLaMA-family model pruned block by block
+//! (METHODS.md "Sequential block processing"), with OWL's allocation, the dense model's
+//! outlier distribution for the page's charts, perplexity before and after, and the pruned
+//! weights for export.
+//!
+//! Legend: L = blocks, B = calibration windows (`nsamples`), T = tokens per window
+//! (`seqlen`), C = hidden width, N = B T rows of a linear's input, S = target sparsity.
+//!
+//! ```text
+//! windows    B windows of T tokens from the calibration text (consecutive, or seeded random)
+//! dense pass x = embed(windows); for l < L: stats_l = ScalerRows of block l's inputs on x,
+//!            D_l = outlier ratio(dense W_l, stats_l, M); x = block_l(x)          (dense)
+//! allocation s_l = OWL(D, S, lambda) | OWL N:M(D, N, M, lambda) | S for every block
+//! prune pass x = embed(windows); for l < L:
+//!              stats = ScalerRow (Wanda) | Hessian (SparseGPT) of block l's inputs on x
+//!              prune q,k,v,o,gate,up,down of block l at s_l with those statistics
+//!              x = block_l(x) with the PRUNED weights      (error carries to block l + 1)
+//! evaluate   perplexity(dense), perplexity(pruned weights swapped in)
+//! ```
+//!
+//! q, k and v share one input statistic, as do gate and up (`Observer::linear_input` hands
+//! each distinct input once). Only one block's file weights are resident at a time; the
+//! pruned linears of every block are kept (f32, Hugging Face row order: GGUF q/k rows are
+//! un-permuted on load) because the result is the pruned model. Magnitude pruning needs no
+//! activations, so its prune pass reads and prunes the weights without any forward.
+//!
+//! The whole file is plain Rust for every target: no threads or files; the clock is
+//! `web_time` (performance.now() in the browser).
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use web_time::Instant;
+
+use super::allocation;
+use super::masks::{
+    apply_mask, count_zeros, magnitude_mask, wanda_mask, Pattern, ScalerRow,
+};
+use super::outliers::{outlier_sweep, LinearStats};
+use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
+use crate::compute::backend::checkpoint;
+use crate::compute::RunControl;
+use crate::eval::{perplexity_with, PplOptions, PplReport};
+use crate::io::safetensors::{write_f32, F32Tensor};
+use crate::model::llama::{to_vec, BlockWeights, Llama, NoObserver, Observer, Rope};
+use crate::{LabError, Result};
+
+/// Which score decides what is pruned (METHODS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// |W|, one threshold per linear layer.
+    Magnitude,
+    /// |W| sqrt(scaler_row), compared within each output row.
+    Wanda,
+    /// SparseGPT's mask and weight update from the inverse Hessian.
+    SparseGpt,
+}
+
+impl Method {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Magnitude => "magnitude",
+            Method::Wanda => "wanda",
+            Method::SparseGpt => "sparsegpt",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "magnitude" => Ok(Method::Magnitude),
+            "wanda" => Ok(Method::Wanda),
+            "sparsegpt" => Ok(Method::SparseGpt),
+            _ => Err(LabError::invalid(format!(
+                "unknown pruning method '{s}': use magnitude, wanda or sparsegpt"
+            ))),
+        }
+    }
+}
+
+/// OWL's two knobs (METHODS.md OWL).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OwlOptions {
+    /// M (`Hyper_m`): a score is an outlier above M x its block's mean score (README runs: 5).
+    pub hyper_m: f64,
+    /// lambda: the spread of the block sparsities, S +- lambda (paper: 0.08). With N:M, the
+    /// spread of N_l before rounding.
+    pub lamda: f64,
+}
+
+impl Default for OwlOptions {
+    fn default() -> Self {
+        OwlOptions {
+            hyper_m: 5.0,
+            lamda: 0.08,
+        }
+    }
+}
+
+/// Everything a pruning run needs besides the model and the texts; it goes into the
+/// Experiment (the page's URL) and is echoed in the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PruneOptions {
+    pub method: Method,
+    /// S, the mean fraction of each block's linear weights that is zeroed, in [0, 1).
+    /// Ignored when `nm` is set (the sparsity is then N/M).
+    pub sparsity: f64,
+    /// N:M: zero N of every M consecutive input weights of each row (N < M).
+    pub nm: Option<(usize, usize)>,
+    /// OWL's non-uniform allocation; None = every block at S (or N:M).
+    pub owl: Option<OwlOptions>,
+    /// B: calibration windows (the papers: 128 windows of C4; the lab's default is 16).
+    pub nsamples: usize,
+    /// T: tokens per calibration window (the papers: 2048).
+    pub seqlen: usize,
+    /// None: consecutive windows from the start of the calibration text (reproducible);
+    /// Some(seed): windows starting at ChaCha8-seeded random offsets, as Wanda draws C4.
+    pub calib_seed: Option<u64>,
+    /// Calibration windows that pass through a block together.
+    pub batch: usize,
+    /// The perplexity evaluation (seqlen, max_windows, batch).
+    pub eval: PplOptions,
+    /// Also evaluate the dense model (the "before" number).
+    pub dense_ppl: bool,
+    /// The M values of the outlier sweep the page charts (D_l at each M).
+    pub outlier_sweep: Vec<f64>,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions {
+            method: Method::Wanda,
+            sparsity: 0.5,
+            nm: None,
+            owl: None,
+            nsamples: 16,
+            seqlen: 256,
+            calib_seed: None,
+            batch: 8,
+            eval: PplOptions::default(),
+            dense_ppl: true,
+            outlier_sweep: (1..=10).map(f64::from).collect(),
+        }
+    }
+}
+
+impl PruneOptions {
+    /// The M at which the report's outlier ratios are given: OWL's, else 5.
+    pub fn outlier_m(&self) -> f64 {
+        self.owl.unwrap_or_default().hyper_m
+    }
+
+    /// Checks every option; the messages say which one and what is allowed.
+    pub fn check(&self) -> Result<()> {
+        if self.nm.is_none() && !(0.0..1.0).contains(&self.sparsity) {
+            return Err(LabError::invalid(format!(
+                "the sparsity must be in [0, 1); found {}",
+                self.sparsity
+            )));
+        }
+        if let Some((n, m)) = self.nm {
+            if m == 0 || n >= m {
+                return Err(LabError::invalid(format!(
+                    "N:M sparsity zeroes N of every M weights and needs 0 <= N < M; found {n}:{m}"
+                )));
+            }
+        }
+        if let Some(o) = &self.owl {
+            if !(o.hyper_m.is_finite() && o.hyper_m > 0.0) {
+                return Err(LabError::invalid(format!(
+                    "OWL's M (--hyper-m) must be a finite number > 0; found {}",
+                    o.hyper_m
+                )));
+            }
+            if !(o.lamda.is_finite() && o.lamda >= 0.0) {
+                return Err(LabError::invalid(format!(
+                    "OWL's lambda (--lamda) must be a finite number >= 0; found {}",
+                    o.lamda
+                )));
+            }
+        }
+        if self.nsamples == 0 {
+            return Err(LabError::invalid(
+                "pruning needs at least one calibration window (nsamples >= 1)",
+            ));
+        }
+        if self.seqlen < 1 {
+            return Err(LabError::invalid(
+                "a calibration window needs at least one token (seqlen >= 1)",
+            ));
+        }
+        if let Some(m) = self
+            .outlier_sweep
+            .iter()
+            .find(|m| !(m.is_finite() && **m > 0.0))
+        {
+            return Err(LabError::invalid(format!(
+                "every M of the outlier sweep must be a finite number > 0; found {m}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// One pruned linear layer: the weights that replace the file's.
+#[derive(Clone, Debug)]
+pub struct PrunedLinear {
+    /// q, k, v, o, gate, up, down.
+    pub role: String,
+    /// The file's tensor name ("blk.3.attn_q.weight").
+    pub tensor: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// (rows, cols) row-major f32, Hugging Face row order (GGUF q/k un-permuted).
+    pub weight: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PrunedBlock {
+    pub index: usize,
+    pub linears: Vec<PrunedLinear>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinearReport {
+    pub role: String,
+    pub tensor: String,
+    pub rows: usize,
+    pub cols: usize,
+    /// Exact zeros in the pruned weight / rows cols.
+    pub achieved_sparsity: f64,
+    /// Percentage of this linear's dense Wanda scores above M x its own mean score.
+    pub outlier_ratio: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockReport {
+    pub index: usize,
+    /// D_l (percent) on the dense model at M = `PruneReport::outlier_m`.
+    pub outlier_ratio: f64,
+    /// The sparsity allocated to the block (N_l / M for N:M).
+    pub sparsity: f64,
+    /// N:M only: the N this block zeroes of every M.
+    pub nm_n: Option<usize>,
+    /// Exact zeros over all the block's linear weights.
+    pub achieved_sparsity: f64,
+    pub linears: Vec<LinearReport>,
+}
+
+/// D_l at several M, for the chart of how the outlier distribution depends on M.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutlierSweep {
+    pub m: Vec<f64>,
+    /// `blocks[l][k]`: D_l (percent) at M = m[k].
+    pub blocks: Vec<Vec<f64>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PerplexitySummary {
+    pub dense: Option<f64>,
+    pub pruned: f64,
+    pub windows: usize,
+    pub seqlen: usize,
+    pub predicted_tokens: usize,
+    pub text_tokens: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationSummary {
+    /// Tokens of the whole calibration text.
+    pub text_tokens: usize,
+    pub windows: usize,
+    pub seqlen: usize,
+    /// Where each window starts in the token ids.
+    pub starts: Vec<usize>,
+}
+
+/// Seconds per stage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub dense_pass: f64,
+    pub prune: f64,
+    pub perplexity_dense: Option<f64>,
+    pub perplexity_pruned: Option<f64>,
+    pub total: f64,
+}
+
+/// What the CLI's JSON holds and the page draws.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub options: PruneOptions,
+    /// The M of every `outlier_ratio` below.
+    pub outlier_m: f64,
+    pub blocks: Vec<BlockReport>,
+    pub outlier_sweep: OutlierSweep,
+    /// The uniform allocation (S for every block), for comparison with OWL's.
+    pub allocation_uniform: Vec<f64>,
+    /// None when no evaluation text was given.
+    pub perplexity: Option<PerplexitySummary>,
+    /// Exact zeros over every pruned linear weight.
+    pub achieved_sparsity: f64,
+    pub pruned_weights: usize,
+    pub linear_weights: usize,
+    pub calibration: CalibrationSummary,
+    /// What the allocation had to do (clamps, uniform fallback, N:M rounding).
+    pub notices: Vec<String>,
+    pub timings: Timings,
+}
+
+/// The report plus the pruned weights, for evaluation and export.
+pub struct PruneRun {
+    pub report: PruneReport,
+    pub blocks: Vec<PrunedBlock>,
+}
+
+impl PruneRun {
+    /// Block `index` as the pruned model has it: norms from the file, linears pruned.
+    pub fn block_weights(&self, model: &Llama<'_>, index: usize) -> Result<BlockWeights> {
+        let mut w = model.load_block(index)?;
+        let pruned = self.blocks.get(index).ok_or_else(|| {
+            LabError::invalid(format!("the pruning run has no block {index}"))
+        })?;
+        for lin in &pruned.linears {
+            w.set_weight(&lin.role, lin.weight.clone())?;
+        }
+        Ok(w)
+    }
+
+    /// Perplexity of the pruned model (eval.rs's computation, pruned blocks swapped in).
+    pub async fn perplexity(
+        &self,
+        model: &Llama<'_>,
+        ids: &[u32],
+        opts: &PplOptions,
+        ctl: &dyn RunControl,
+    ) -> Result<PplReport> {
+        perplexity_with(model, ids, opts, ctl, "perplexity (pruned)", &|i| {
+            self.block_weights(model, i)
+        })
+        .await
+    }
+}
+
+fn ce(e: candle_core::Error) -> LabError {
+    LabError::invalid(format!("the pruning pass failed: {e}"))
+}
+
+/// The calibration windows' start offsets in `ids`: B consecutive windows from the start,
+/// or B starts drawn uniformly from [0, len - T) with ChaCha8 (Wanda's
+/// `random.randint(0, len - seqlen - 1)`; here `floor(u64 x range / 2^64)`).
+pub fn calibration_starts(
+    text_tokens: usize,
+    nsamples: usize,
+    seqlen: usize,
+    seed: Option<u64>,
+) -> Result<Vec<usize>> {
+    match seed {
+        None => {
+            let need = nsamples.saturating_mul(seqlen);
+            if text_tokens < need {
+                return Err(LabError::invalid(format!(
+                    "the calibration text has {text_tokens} tokens; {nsamples} windows of \
+                     {seqlen} need {need} (use a longer text, fewer or shorter windows)"
+                )));
+            }
+            Ok((0..nsamples).map(|w| w * seqlen).collect())
+        }
+        Some(seed) => {
+            if text_tokens <= seqlen {
+                return Err(LabError::invalid(format!(
+                    "the calibration text has {text_tokens} tokens; random windows of {seqlen} \
+                     need more than {seqlen}"
+                )));
+            }
+            let range = (text_tokens - seqlen) as u128;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            Ok((0..nsamples)
+                .map(|_| ((rng.next_u64() as u128 * range) >> 64) as usize)
+                .collect())
+        }
+    }
+}
+
+/// Which statistic the prune pass collects for each distinct linear input.
+enum Stat {
+    Scaler(ScalerRow),
+    Hessian(Hessian),
+}
+
+/// Collects one statistic per distinct input of a block: 0 = q,k,v; 1 = o; 2 = gate,up;
+/// 3 = down.
+struct Collector {
+    stats: Vec<Option<Stat>>,
+    hessian: bool,
+    /// Windows in the batch now running (Wanda's running mean counts windows).
+    windows: usize,
+}
+
+fn input_group(role: &str) -> usize {
+    match role {
+        "q" | "k" | "v" => 0,
+        "o" => 1,
+        "gate" | "up" => 2,
+        _ => 3,
+    }
+}
+
+impl Collector {
+    fn new(hessian: bool) -> Self {
+        Collector {
+            stats: (0..4).map(|_| None).collect(),
+            hessian,
+            windows: 0,
+        }
+    }
+    fn scaler(&self, role: &str) -> Result<&[f32]> {
+        match &self.stats[input_group(role)] {
+            Some(Stat::Scaler(s)) => Ok(&s.scaler_row),
+            _ => Err(LabError::invalid(format!(
+                "no activation statistics were collected for the '{role}' linear"
+            ))),
+        }
+    }
+    fn hessian(&self, role: &str) -> Result<&Hessian> {
+        match &self.stats[input_group(role)] {
+            Some(Stat::Hessian(h)) => Ok(h),
+            _ => Err(LabError::invalid(format!(
+                "no Hessian was collected for the '{role}' linear"
+            ))),
+        }
+    }
+}
+
+impl Observer for Collector {
+    fn linear_input(&mut self, _block: usize, roles: &[&str], x: &Tensor) -> Result<()> {
+        let g = input_group(roles[0]);
+        let cols = x.dim(1).map_err(ce)?;
+        let data = to_vec(x)?;
+        let slot = self.stats[g].get_or_insert_with(|| {
+            if self.hessian {
+                Stat::Hessian(Hessian::new(cols))
+            } else {
+                Stat::Scaler(ScalerRow::new(cols))
+            }
+        });
+        match slot {
+            Stat::Scaler(s) => s.add_batch(&data, self.windows),
+            Stat::Hessian(h) => h.add_batch(&data),
+        }
+    }
+}
+
+/// The dense outlier ratios of one block: its linears' weights with their scaler rows.
+fn block_outliers(
+    w: &BlockWeights,
+    names: &[String],
+    stats: &Collector,
+    ms: &[f64],
+) -> Result<Vec<super::outliers::OutlierRatios>> {
+    let mut weights = Vec::with_capacity(7);
+    for role in BlockWeights::ROLES {
+        let lin = w.linear(role).expect("a LLaMA role");
+        let (rows, cols) = lin.weight.dims2().map_err(ce)?;
+        weights.push((to_vec(&lin.weight)?, rows, cols));
+    }
+    let mut linears = Vec::with_capacity(7);
+    for (k, role) in BlockWeights::ROLES.iter().enumerate() {
+        linears.push(LinearStats {
+            name: &names[k],
+            weight: &weights[k].0,
+            rows: weights[k].1,
+            cols: weights[k].2,
+            scaler_row: stats.scaler(role)?,
+        });
+    }
+    outlier_sweep(&linears, ms)
+}
+
+/// Prunes every linear block of `model` with `opts` (see the module comment), then
+/// evaluates the dense (if `opts.dense_ppl`) and pruned model on `eval_ids`.
+/// `calib_ids` and `eval_ids` are the token ids of the whole texts.
+pub async fn prune_model(
+    model: &Llama<'_>,
+    calib_ids: &[u32],
+    eval_ids: Option<&[u32]>,
+    opts: &PruneOptions,
+    ctl: &dyn RunControl,
+) -> Result<PruneRun> {
+    let started = Instant::now();
+    opts.check()?;
+    let layers = model.config.layers;
+    let starts = calibration_starts(calib_ids.len(), opts.nsamples, opts.seqlen, opts.calib_seed)?;
+    let windows: Vec<&[u32]> = starts
+        .iter()
+        .map(|&s| &calib_ids[s..s + opts.seqlen])
+        .collect();
+    let batch = opts.batch.max(1);
+    let ends = model.load_ends()?;
+    let rope = Rope::new(opts.seqlen, model.config.head_dim, model.config.rope_theta)?;
+    let embed = |ends| -> Result<Vec<Tensor>> {
+        windows
+            .chunks(batch)
+            .map(|c| model.embed(ends, c))
+            .collect()
+    };
+    let linear_names = |i: usize| -> Result<Vec<String>> {
+        let b = &model.desc.blocks[i];
+        BlockWeights::ROLES
+            .iter()
+            .map(|role| {
+                b.linears
+                    .iter()
+                    .find(|l| l.role == *role)
+                    .map(|l| l.tensor.clone())
+                    .ok_or_else(|| {
+                        LabError::BadFile(format!(
+                            "{}: block {i} has no '{role}' linear",
+                            model.name()
+                        ))
+                    })
+            })
+            .collect()
+    };
+
+    // Dense pass: D_l at M and at every M of the sweep, from dense statistics.
+    let outlier_m = opts.outlier_m();
+    let mut ms = opts.outlier_sweep.clone();
+    ms.push(outlier_m);
+    let mut xs = embed(&ends)?;
+    let mut dense_block = Vec::with_capacity(layers);
+    let mut dense_linear = Vec::with_capacity(layers);
+    let mut sweep = Vec::with_capacity(layers);
+    ctl.progress("dense pass", 0, layers as u64);
+    for i in 0..layers {
+        checkpoint(ctl).await?;
+        let w = model.load_block(i)?;
+        let mut stats = Collector::new(false);
+        for x in xs.iter_mut() {
+            checkpoint(ctl).await?;
+            stats.windows = x.dim(0).map_err(ce)?;
+            *x = model.block_forward(&w, x, &rope, &mut stats)?;
+        }
+        let ratios = block_outliers(&w, &linear_names(i)?, &stats, &ms)?;
+        let at_m = ratios.last().expect("M is in the sweep");
+        dense_block.push(at_m.block);
+        dense_linear.push(at_m.per_linear.iter().map(|(_, d)| *d).collect::<Vec<_>>());
+        sweep.push(
+            ratios[..opts.outlier_sweep.len()]
+                .iter()
+                .map(|r| r.block)
+                .collect::<Vec<_>>(),
+        );
+        ctl.progress("dense pass", i as u64 + 1, layers as u64);
+    }
+    drop(xs);
+    let dense_pass_s = started.elapsed().as_secs_f64();
+
+    // Allocation: sparsity (and N) per block.
+    let mut notices = Vec::new();
+    let (block_sparsity, block_n): (Vec<f64>, Option<Vec<usize>>) = match (opts.nm, &opts.owl) {
+        (None, None) => (allocation::uniform(layers, opts.sparsity)?, None),
+        (None, Some(o)) => {
+            let a = allocation::owl(&dense_block, opts.sparsity, o.lamda)?;
+            notices.extend(a.notices);
+            (a.sparsity, None)
+        }
+        (Some((n, m)), owl) => {
+            let ns = match owl {
+                Some(o) => {
+                    let a = allocation::owl_nm(&dense_block, n, m, o.lamda)?;
+                    notices.extend(a.notices);
+                    a.n
+                }
+                None => vec![n; layers],
+            };
+            (ns.iter().map(|&k| k as f64 / m as f64).collect(), Some(ns))
+        }
+    };
+    let uniform_s = match opts.nm {
+        Some((n, m)) => n as f64 / m as f64,
+        None => opts.sparsity,
+    };
+
+    // Prune pass, block by block through the already-pruned prefix.
+    let prune_started = Instant::now();
+    let needs_activations = opts.method != Method::Magnitude;
+    let mut xs = if needs_activations {
+        embed(&ends)?
+    } else {
+        Vec::new()
+    };
+    let mut blocks = Vec::with_capacity(layers);
+    let mut reports = Vec::with_capacity(layers);
+    let (mut zeros_all, mut weights_all) = (0usize, 0usize);
+    ctl.progress("prune", 0, layers as u64);
+    for i in 0..layers {
+        checkpoint(ctl).await?;
+        let mut w = model.load_block(i)?;
+        let mut stats = Collector::new(opts.method == Method::SparseGpt);
+        if needs_activations {
+            for x in xs.iter() {
+                checkpoint(ctl).await?;
+                stats.windows = x.dim(0).map_err(ce)?;
+                // Only the statistics matter here; the block's output is recomputed below
+                // with the pruned weights.
+                model.block_forward(&w, x, &rope, &mut stats)?;
+            }
+        }
+        let names = linear_names(i)?;
+        let pattern = match (&block_n, opts.nm) {
+            (Some(ns), Some((_, m))) => Pattern::NM { n: ns[i], m },
+            _ => Pattern::Unstructured {
+                sparsity: block_sparsity[i],
+            },
+        };
+        let mut pruned = Vec::with_capacity(7);
+        let mut linears = Vec::with_capacity(7);
+        let (mut zeros_block, mut weights_block) = (0usize, 0usize);
+        for (k, role) in BlockWeights::ROLES.iter().enumerate() {
+            let lin = w.linear(role).expect("a LLaMA role");
+            let (rows, cols) = lin.weight.dims2().map_err(ce)?;
+            let mut weight = to_vec(&lin.weight)?;
+            let what = &names[k];
+            match opts.method {
+                Method::Magnitude => {
+                    let mask = magnitude_mask(what, &weight, rows, cols, pattern)?;
+                    apply_mask(what, &mut weight, &mask)?;
+                }
+                Method::Wanda => {
+                    let mask =
+                        wanda_mask(what, &weight, rows, cols, stats.scaler(role)?, pattern)?;
+                    apply_mask(what, &mut weight, &mask)?;
+                }
+                Method::SparseGpt => {
+                    sparsegpt_prune(
+                        what,
+                        &mut weight,
+                        rows,
+                        cols,
+                        stats.hessian(role)?,
+                        pattern,
+                        &SparseGptOptions::default(),
+                    )?;
+                }
+            }
+            let zeros = count_zeros(&weight);
+            zeros_block += zeros;
+            weights_block += weight.len();
+            linears.push(LinearReport {
+                role: role.to_string(),
+                tensor: what.clone(),
+                rows,
+                cols,
+                achieved_sparsity: zeros as f64 / weight.len().max(1) as f64,
+                outlier_ratio: dense_linear[i][k],
+            });
+            w.set_weight(role, weight.clone())?;
+            pruned.push(PrunedLinear {
+                role: role.to_string(),
+                tensor: what.clone(),
+                rows,
+                cols,
+                weight,
+            });
+        }
+        drop(stats);
+        if needs_activations && i + 1 < layers {
+            for x in xs.iter_mut() {
+                checkpoint(ctl).await?;
+                *x = model.block_forward(&w, x, &rope, &mut NoObserver)?;
+            }
+        }
+        zeros_all += zeros_block;
+        weights_all += weights_block;
+        reports.push(BlockReport {
+            index: i,
+            outlier_ratio: dense_block[i],
+            sparsity: block_sparsity[i],
+            nm_n: block_n.as_ref().map(|ns| ns[i]),
+            achieved_sparsity: zeros_block as f64 / weights_block.max(1) as f64,
+            linears,
+        });
+        blocks.push(PrunedBlock {
+            index: i,
+            linears: pruned,
+        });
+        ctl.progress("prune", i as u64 + 1, layers as u64);
+    }
+    drop(xs);
+    let prune_s = prune_started.elapsed().as_secs_f64();
+
+    let mut run = PruneRun {
+        report: PruneReport {
+            options: opts.clone(),
+            outlier_m,
+            blocks: reports,
+            outlier_sweep: OutlierSweep {
+                m: opts.outlier_sweep.clone(),
+                blocks: sweep,
+            },
+            allocation_uniform: vec![uniform_s; layers],
+            perplexity: None,
+            achieved_sparsity: zeros_all as f64 / weights_all.max(1) as f64,
+            pruned_weights: zeros_all,
+            linear_weights: weights_all,
+            calibration: CalibrationSummary {
+                text_tokens: calib_ids.len(),
+                windows: opts.nsamples,
+                seqlen: opts.seqlen,
+                starts,
+            },
+            notices,
+            timings: Timings {
+                dense_pass: dense_pass_s,
+                prune: prune_s,
+                ..Timings::default()
+            },
+        },
+        blocks,
+    };
+
+    if let Some(ids) = eval_ids {
+        let dense = if opts.dense_ppl {
+            let t = Instant::now();
+            let r = perplexity_with(model, ids, &opts.eval, ctl, "perplexity (dense)", &|i| {
+                model.load_block(i)
+            })
+            .await?;
+            run.report.timings.perplexity_dense = Some(t.elapsed().as_secs_f64());
+            Some(r.perplexity)
+        } else {
+            None
+        };
+        let t = Instant::now();
+        let r = run.perplexity(model, ids, &opts.eval, ctl).await?;
+        run.report.timings.perplexity_pruned = Some(t.elapsed().as_secs_f64());
+        run.report.perplexity = Some(PerplexitySummary {
+            dense,
+            pruned: r.perplexity,
+            windows: r.windows,
+            seqlen: r.seqlen,
+            predicted_tokens: r.predicted_tokens,
+            text_tokens: r.text_tokens,
+        });
+    }
+    run.report.timings.total = started.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+/// The Hugging Face name of a LLaMA linear role.
+fn hf_linear(role: &str) -> &'static str {
+    match role {
+        "q" => "self_attn.q_proj",
+        "k" => "self_attn.k_proj",
+        "v" => "self_attn.v_proj",
+        "o" => "self_attn.o_proj",
+        "gate" => "mlp.gate_proj",
+        "up" => "mlp.up_proj",
+        _ => "mlp.down_proj",
+    }
+}
+
+/// Writes the pruned model as one safetensors file with Hugging Face LLaMA names, all F32:
+///
+/// ```text
+/// model.embed_tokens.weight                                (V, C)
+/// model.layers.{i}.input_layernorm.weight                  (C)
+/// model.layers.{i}.self_attn.{q,k,v,o}_proj.weight (+.bias where the model has one)
+/// model.layers.{i}.post_attention_layernorm.weight         (C)
+/// model.layers.{i}.mlp.{gate,up,down}_proj.weight
+/// model.norm.weight                                        (C)
+/// lm_head.weight                                           (V, C), only when not tied
+/// ```
+///
+/// q/k rows are in Hugging Face's order (GGUF's llama.cpp permutation undone). The
+/// `__metadata__` holds `format: pt` (transformers refuses files without it) and, under
+/// `layerlab`, `extra` (e.g. the experiment) as JSON. For transformers to load the folder it
+/// also needs a config.json: [`hf_config`] gives one.
+pub fn export_safetensors(
+    model: &Llama<'_>,
+    run: &PruneRun,
+    extra: &Value,
+    out: &mut dyn std::io::Write,
+) -> Result<()> {
+    let ends = model.load_ends()?;
+    let c = &model.config;
+    let t = |name: String, shape: Vec<usize>, data: Vec<f32>| F32Tensor {
+        name,
+        shape,
+        data: data.into(),
+    };
+    let mut tensors = vec![t(
+        "model.embed_tokens.weight".into(),
+        vec![c.vocab, c.hidden],
+        to_vec(&ends.embed)?,
+    )];
+    for i in 0..c.layers {
+        let w = run.block_weights(model, i)?;
+        let p = format!("model.layers.{i}");
+        tensors.push(t(
+            format!("{p}.input_layernorm.weight"),
+            vec![c.hidden],
+            to_vec(&w.attn_norm)?,
+        ));
+        for role in BlockWeights::ROLES {
+            if role == "gate" {
+                tensors.push(t(
+                    format!("{p}.post_attention_layernorm.weight"),
+                    vec![c.hidden],
+                    to_vec(&w.ffn_norm)?,
+                ));
+            }
+            let lin = w.linear(role).expect("a LLaMA role");
+            let stem = format!("{p}.{}", hf_linear(role));
+            tensors.push(t(
+                format!("{stem}.weight"),
+                lin.weight.dims().to_vec(),
+                to_vec(&lin.weight)?,
+            ));
+            if let Some(b) = &lin.bias {
+                tensors.push(t(format!("{stem}.bias"), b.dims().to_vec(), to_vec(b)?));
+            }
+        }
+    }
+    tensors.push(t(
+        "model.norm.weight".into(),
+        vec![c.hidden],
+        to_vec(&ends.final_norm)?,
+    ));
+    if model.desc.head.is_some() {
+        tensors.push(t(
+            "lm_head.weight".into(),
+            vec![c.vocab, c.hidden],
+            to_vec(&ends.head)?,
+        ));
+    }
+    let meta = BTreeMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("layerlab".to_string(), extra.to_string()),
+    ]);
+    write_f32(out, &tensors, &meta)
+}
+
+/// A Hugging Face config.json for the exported model, from the model's own sizes: what
+/// transformers needs to load a GGUF source's export (a safetensors source has its own
+/// config.json, which stays valid: only weights changed).
+pub fn hf_config(model: &Llama<'_>) -> Value {
+    let c = &model.config;
+    let (arch, model_type) = if model.desc.arch_name == "qwen2" {
+        ("Qwen2ForCausalLM", "qwen2")
+    } else {
+        ("LlamaForCausalLM", "llama")
+    };
+    let has_bias = model.desc.blocks.first().is_some_and(|b| {
+        b.linears
+            .iter()
+            .any(|l| matches!(l.role.as_str(), "q" | "k" | "v") && l.bias.is_some())
+    });
+    let mut v = json!({
+        "architectures": [arch],
+        "model_type": model_type,
+        "hidden_size": c.hidden,
+        "intermediate_size": c.ffn,
+        "num_attention_heads": c.heads,
+        "num_key_value_heads": c.kv_heads,
+        "num_hidden_layers": c.layers,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab,
+        "rms_norm_eps": c.rms_eps,
+        "rope_theta": c.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": model.desc.head.is_none(),
+        "torch_dtype": "float32",
+    });
+    if model_type == "llama" {
+        v["attention_bias"] = json!(has_bias);
+        v["mlp_bias"] = json!(false);
+    }
+    if let Some(ctx) = model.desc.hyper.context {
+        v["max_position_embeddings"] = json!(ctx);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_and_seeded_windows() {
+        assert_eq!(calibration_starts(100, 3, 10, None).unwrap(), vec![0, 10, 20]);
+        let e = calibration_starts(25, 3, 10, None).unwrap_err().to_string();
+        assert!(e.contains("has 25 tokens; 3 windows of 10 need 30"), "{e}");
+        let a = calibration_starts(100, 5, 10, Some(7)).unwrap();
+        assert_eq!(a, calibration_starts(100, 5, 10, Some(7)).unwrap());
+        assert!(a.iter().all(|&s| s < 90));
+        assert_ne!(a, calibration_starts(100, 5, 10, Some(8)).unwrap());
+        assert!(calibration_starts(10, 1, 10, Some(1)).is_err());
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let ok = PruneOptions::default();
+        assert!(ok.check().is_ok());
+        let bad = |o: PruneOptions| o.check().unwrap_err().to_string();
+        assert!(bad(PruneOptions {
+            sparsity: 1.0,
+            ..ok.clone()
+        })
+        .contains("[0, 1)"));
+        assert!(bad(PruneOptions {
+            nm: Some((5, 4)),
+            ..ok.clone()
+        })
+        .contains("5:4"));
+        assert!(bad(PruneOptions {
+            nsamples: 0,
+            ..ok.clone()
+        })
+        .contains("nsamples"));
+        assert_eq!(
+            "SparseGPT".parse::<Method>().unwrap(),
+            Method::SparseGpt
+        );
+        assert!("obs"
+            .parse::<Method>()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown pruning method 'obs'"));
+        let json = serde_json::to_string(&ok).unwrap();
+        let back: PruneOptions = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ok);
+        let partial: PruneOptions = serde_json::from_str(r#"{"method":"sparsegpt"}"#).unwrap();
+        assert_eq!(partial.nsamples, 16);
+    }
+}
