@@ -59,3 +59,13 @@ if (existsSync(builtin)) {
   console.warn('the built-in model is missing (.cache/models); the page will say so when it opens');
 }
 console.log(`page built in ${out}`);
+
+// The pruning lab's built-in calibration and evaluation texts: Debian's license texts
+// (www/src/prune.ts BUILTIN_TEXTS; the CLI reads the same files from /usr/share/common-licenses).
+const texts = ['LGPL-2.1', 'GPL-3', 'GPL-2', 'GFDL-1.3', 'MPL-2.0', 'Apache-2.0'];
+mkdirSync(join(out, 'texts'), { recursive: true });
+for (const t of texts) {
+  const from = join('/usr/share/common-licenses', t);
+  if (existsSync(from)) copyFileSync(from, join(out, 'texts', t));
+  else console.warn(`${from} is missing; the pruning lab's built-in text ${t} will not load`);
+}

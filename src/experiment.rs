@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::prune::driver::PruneOptions;
 use crate::stats::StatsOptions;
 
 /// Bumped when a field changes meaning; readers refuse versions they do not know.
@@ -26,6 +27,30 @@ pub enum ModelSource {
 pub enum LabKind {
     /// Per-layer statistics of a model's weights.
     Layers,
+    /// Pruning (magnitude, Wanda, SparseGPT; uniform or OWL) with perplexity.
+    Prune,
+}
+
+/// Where a calibration or evaluation text comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TextSource {
+    /// One of the license texts served beside the page (texts/NAME), which are
+    /// /usr/share/common-licenses/NAME on Debian: the CLI reads that path.
+    Builtin { name: String },
+    /// A file the user dropped: a link can only say which file to choose again.
+    File { name: String, size: u64 },
+    /// A path on the machine running the CLI.
+    Path { path: String },
+}
+
+/// The pruning lab's part of an experiment: the run's options and its two texts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneSpec {
+    #[serde(flatten)]
+    pub options: PruneOptions,
+    pub calib_text: TextSource,
+    pub eval_text: TextSource,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,7 +58,11 @@ pub struct Experiment {
     pub version: u32,
     pub lab: LabKind,
     pub model: ModelSource,
+    #[serde(default)]
     pub stats: StatsOptions,
+    /// The pruning run (lab = prune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneSpec>,
 }
 
 impl Experiment {
@@ -43,6 +72,17 @@ impl Experiment {
             lab: LabKind::Layers,
             model,
             stats,
+            prune: None,
+        }
+    }
+
+    pub fn prune(model: ModelSource, spec: PruneSpec) -> Self {
+        Experiment {
+            version: EXPERIMENT_VERSION,
+            lab: LabKind::Prune,
+            model,
+            stats: StatsOptions::default(),
+            prune: Some(spec),
         }
     }
 
@@ -80,6 +120,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("version 99"));
+        let p = Experiment::prune(
+            ModelSource::Path { path: "m.gguf".into() },
+            PruneSpec {
+                options: PruneOptions {
+                    nm: Some((2, 4)),
+                    ..PruneOptions::default()
+                },
+                calib_text: TextSource::Builtin {
+                    name: "LGPL-2.1".into(),
+                },
+                eval_text: TextSource::File {
+                    name: "wiki.txt".into(),
+                    size: 9,
+                },
+            },
+        );
+        let text = serde_json::to_string(&p).unwrap();
+        assert!(text.contains(r#""nm":[2,4]"#), "{text}");
+        assert_eq!(Experiment::from_json(&text).unwrap(), p);
         assert!(Experiment::from_json("{}")
             .unwrap_err()
             .to_string()

@@ -11,10 +11,14 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::compute::{Backend, BackendChoice, GpuContext, Matrix, RunControl};
+use crate::compute::{cpu, Backend, BackendChoice, Bins, GpuContext, Matrix, RunControl};
 use crate::experiment::Experiment;
-use crate::io::{ByteSource, ModelFile};
+use crate::io::{ByteSource, Format, ModelFile};
+use crate::model::llama::{to_vec, Llama};
 use crate::model::{describe, ModelDesc};
+use crate::prune::driver::{export_safetensors, hf_config, prune_model, PruneReport, PruneRun};
+use crate::stats::Histogram;
+use crate::tokenizer::TextTokenizer;
 use crate::stats::model::{model_info, model_stats};
 use crate::stats::{tensor_stats, StatsOptions};
 use crate::synth::{weights, SynthSpec};
@@ -162,11 +166,50 @@ fn to_js_err(e: LabError) -> JsValue {
     JsValue::from_str(&e.to_string())
 }
 
-/// An opened model: its source, its parsed header, its architecture.
+/// An opened model: its source, its parsed header, its architecture, and the companions
+/// the user gave with it (config.json, tokenizer.json).
 struct OpenModel {
     source: JsSource,
     file: ModelFile,
     desc: ModelDesc,
+    config: Option<serde_json::Value>,
+    tokenizer_json: Option<String>,
+}
+
+impl OpenModel {
+    fn llama(&self) -> crate::Result<Llama<'_>> {
+        Llama::new(&self.source, &self.file, self.config.as_ref())
+    }
+
+    fn tokenizer(&self) -> crate::Result<TextTokenizer> {
+        match (&self.tokenizer_json, self.file.format) {
+            (Some(json), _) => TextTokenizer::from_json(json.as_bytes(), "tokenizer.json"),
+            (None, Format::Gguf) => TextTokenizer::from_gguf(&self.file, &self.source.name),
+            (None, Format::Safetensors) => Err(LabError::invalid(format!(
+                "{}: a safetensors model needs its tokenizer.json: open the model's folder, or \
+                 the model file together with tokenizer.json and config.json",
+                self.source.name
+            ))),
+        }
+    }
+}
+
+/// The last pruning run: the pruned weights stay here for the download and the histograms.
+struct LastRun {
+    model: Rc<OpenModel>,
+    run: PruneRun,
+    experiment: Experiment,
+}
+
+/// What the page's pruning report holds: the CLI's `prune --json` fields, plus the
+/// experiment and the backend.
+#[derive(Serialize)]
+struct PagePruneReport<'a> {
+    experiment: &'a Experiment,
+    tokenizer: String,
+    #[serde(flatten)]
+    report: &'a PruneReport,
+    backend: crate::compute::BackendInfo,
 }
 
 /// The lab's heavy state, owned by the worker.
@@ -175,6 +218,7 @@ pub struct Lab {
     backend: Backend,
     cancel: Rc<Cell<bool>>,
     model: std::cell::RefCell<Option<Rc<OpenModel>>>,
+    last_run: std::cell::RefCell<Option<LastRun>>,
 }
 
 #[wasm_bindgen]
@@ -206,6 +250,7 @@ impl Lab {
             backend,
             cancel: Rc::new(Cell::new(false)),
             model: Default::default(),
+            last_run: Default::default(),
         }
     }
 
@@ -246,12 +291,14 @@ impl Lab {
     }
 
     /// Opens a model (reads its header only) and makes it current; on any error the
-    /// previous model stays. `config_json` is the Hugging Face config.json, if the user gave
-    /// one. Resolves to the model's summary and architecture.
+    /// previous model stays. `config_json` and `tokenizer_json` are the Hugging Face
+    /// config.json and tokenizer.json, if the user gave them. Resolves to the model's
+    /// summary and architecture.
     pub fn open_model(
         &self,
         source: JsValue,
         config_json: Option<String>,
+        tokenizer_json: Option<String>,
     ) -> Result<JsValue, JsValue> {
         let source = JsSource::from_js(source)?;
         let config =
@@ -274,8 +321,157 @@ impl Lab {
             desc: &desc,
             tensors: &file.tensors,
         })?;
-        *self.model.borrow_mut() = Some(Rc::new(OpenModel { source, file, desc }));
+        *self.model.borrow_mut() = Some(Rc::new(OpenModel {
+            source,
+            file,
+            desc,
+            config,
+            tokenizer_json,
+        }));
         Ok(out)
+    }
+
+    fn current_model(&self) -> Result<Rc<OpenModel>, JsValue> {
+        self.model
+            .borrow()
+            .clone()
+            .ok_or_else(|| JsValue::from_str("no model is open"))
+    }
+
+    /// Prunes the current model as `experiment.prune` says, calibrating on `calib` and
+    /// measuring perplexity on `eval` (the texts themselves); `on_progress(stage, done,
+    /// total)` follows the run. Resolves to the report (the CLI's `prune --json` fields plus
+    /// the experiment and the backend); the pruned weights stay for `pruned_model` and
+    /// `prune_histograms` until the next run.
+    pub async fn prune(
+        &self,
+        experiment: JsValue,
+        calib: String,
+        eval: String,
+        on_progress: js_sys::Function,
+    ) -> Result<JsValue, JsValue> {
+        let experiment: Experiment = serde_wasm_bindgen::from_value(experiment)
+            .map_err(|e| JsValue::from_str(&format!("bad experiment: {e}")))?;
+        let spec = experiment
+            .prune
+            .clone()
+            .ok_or_else(|| JsValue::from_str("the experiment has no pruning options"))?;
+        let model = self.current_model()?;
+        // The previous run's weights go first: two pruned models need not fit at once.
+        *self.last_run.borrow_mut() = None;
+        self.cancel.set(false);
+        let ctl = WebControl {
+            cancel: &self.cancel,
+            on_progress: &on_progress,
+        };
+        let (run, tokenizer) = {
+            let llama = model.llama().map_err(to_js_err)?;
+            let tok = model.tokenizer().map_err(to_js_err)?;
+            let calib_ids = tok.encode(&calib).map_err(to_js_err)?;
+            let eval_ids = tok.encode(&eval).map_err(to_js_err)?;
+            let run = prune_model(&llama, &calib_ids, Some(&eval_ids), &spec.options, &ctl)
+                .await
+                .map_err(to_js_err)?;
+            (run, tok.describe.clone())
+        };
+        let out = to_js(&PagePruneReport {
+            experiment: &experiment,
+            tokenizer,
+            report: &run.report,
+            backend: self.backend.info(),
+        })?;
+        *self.last_run.borrow_mut() = Some(LastRun {
+            model,
+            run,
+            experiment,
+        });
+        Ok(out)
+    }
+
+    /// The last run's pruned model as safetensors bytes with Hugging Face names, and the
+    /// config.json transformers needs for a GGUF source (null for safetensors, whose own
+    /// config.json stays valid): `{bytes, config, name}`.
+    pub fn pruned_model(&self) -> Result<JsValue, JsValue> {
+        let last = self.last_run.borrow();
+        let last = last
+            .as_ref()
+            .ok_or_else(|| JsValue::from_str("run a pruning experiment first"))?;
+        let llama = last.model.llama().map_err(to_js_err)?;
+        let extra = serde_json::json!({ "experiment": last.experiment });
+        let mut bytes = Vec::new();
+        export_safetensors(&llama, &last.run, &extra, &mut bytes).map_err(to_js_err)?;
+        let config = (last.model.file.format == Format::Gguf)
+            .then(|| serde_json::to_string_pretty(&hf_config(&llama)).unwrap_or_default());
+        let o = &last.run.report.options;
+        let stem = last
+            .model
+            .source
+            .name
+            .trim_end_matches(".gguf")
+            .trim_end_matches(".safetensors")
+            .to_string();
+        let what = match o.nm {
+            Some((n, m)) => format!("{n}of{m}"),
+            None => format!("{}pct", (o.sparsity * 100.0).round()),
+        };
+        let owl = if o.owl.is_some() { "owl-" } else { "" };
+        let name = format!("{stem}-{owl}{}-{what}.safetensors", o.method.name());
+        let result = js_sys::Object::new();
+        let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&result, &k.into(), v);
+        set("bytes", &js_sys::Uint8Array::from(bytes.as_slice()).into())?;
+        set(
+            "config",
+            &config.map_or(JsValue::NULL, |c| JsValue::from_str(&c)),
+        )?;
+        set("name", &JsValue::from_str(&name))?;
+        Ok(result.into())
+    }
+
+    /// Histograms of one pruned linear before (the file's weights) and after pruning, over
+    /// the same `bins` bins spanning both: `{before, after}`.
+    pub fn prune_histograms(&self, tensor: String, bins: u32) -> Result<JsValue, JsValue> {
+        let last = self.last_run.borrow();
+        let last = last
+            .as_ref()
+            .ok_or_else(|| JsValue::from_str("run a pruning experiment first"))?;
+        let (index, lin) = last
+            .run
+            .blocks
+            .iter()
+            .find_map(|b| {
+                b.linears
+                    .iter()
+                    .find(|l| l.tensor == tensor)
+                    .map(|l| (b.index, l))
+            })
+            .ok_or_else(|| JsValue::from_str(&format!("{tensor} was not pruned in this run")))?;
+        let llama = last.model.llama().map_err(to_js_err)?;
+        let dense = llama.load_block(index).map_err(to_js_err)?;
+        let before = dense
+            .linear(&lin.role)
+            .ok_or_else(|| JsValue::from_str(&format!("block {index} has no {}", lin.role)))
+            .and_then(|l| to_vec(&l.weight).map_err(to_js_err))?;
+        let after = &lin.weight;
+        let (lo, hi) = before
+            .iter()
+            .chain(after.iter())
+            .filter(|x| x.is_finite())
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let b = Bins::new(lo, hi, bins).map_err(to_js_err)?;
+        let histogram = |data: &[f32]| Histogram {
+            lo,
+            hi,
+            counts: cpu::tensor_histogram(data, &b),
+        };
+        #[derive(Serialize)]
+        struct Pair {
+            before: Histogram,
+            after: Histogram,
+        }
+        to_js(&Pair {
+            before: histogram(&before),
+            after: histogram(after),
+        })
     }
 
     /// Statistics of every tensor and block of the current model. `experiment` is the

@@ -15,16 +15,17 @@ export function fmt(x: number | null | undefined): string {
 }
 
 /** Saves text (CSV unless `type` says otherwise) or a canvas (PNG) as a download. */
-export function download(name: string, data: string | HTMLCanvasElement, type = 'text/csv'): void {
+export function download(name: string, data: string | Uint8Array | HTMLCanvasElement, type = 'text/csv'): void {
   const a = document.createElement('a');
   a.download = name;
-  if (typeof data === 'string') {
-    a.href = URL.createObjectURL(new Blob([data], { type }));
+  const blob = !(data instanceof HTMLCanvasElement);
+  if (blob) {
+    a.href = URL.createObjectURL(new Blob([data as BlobPart], { type }));
   } else {
     a.href = data.toDataURL('image/png');
   }
   a.click();
-  if (typeof data === 'string') setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  if (blob) setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
 }
 
 export function csv(header: string[], rows: (string | number | null)[][]): string {
@@ -121,6 +122,7 @@ export function heatmap(
   value: (r: number, c: number) => number | null,
   label: string,
   log: boolean,
+  xName = 'block',
 ): Heatmap {
   const left = 90;
   const top = 8;
@@ -159,7 +161,7 @@ export function heatmap(
   ctx.textAlign = 'center';
   const step = Math.ceil(cols.length / 20);
   for (let c = 0; c < cols.length; c += step) ctx.fillText(String(cols[c]), left + c * cw + cw / 2, top + rows.length * ch + 10);
-  ctx.fillText('block', left + (cols.length * cw) / 2, top + rows.length * ch + 28);
+  ctx.fillText(xName, left + (cols.length * cw) / 2, top + rows.length * ch + 28);
   // Colour bar.
   const bx = left + cols.length * cw + 16;
   const bh = rows.length * ch;
@@ -174,7 +176,7 @@ export function heatmap(
     ctx.fillText(show(hi), bx + 16, top + 6);
     ctx.fillText(show(lo), bx + 16, top + bh - 6);
   }
-  canvas.setAttribute('aria-label', `${label} per block and linear layer`);
+  canvas.setAttribute('aria-label', `${label} per ${xName} and ${rows.length > 0 ? 'row' : 'linear layer'}`);
   canvas.onmousemove = (ev) => {
     const rect = canvas.getBoundingClientRect();
     const x = ((ev.clientX - rect.left) * canvas.width) / rect.width;
@@ -182,11 +184,51 @@ export function heatmap(
     const c = Math.floor((x - left) / cw);
     const r = Math.floor((y - top) / ch);
     if (r >= 0 && r < rows.length && c >= 0 && c < cols.length) {
-      tip.textContent = `block ${cols[c]}, ${rows[r]}: ${label} = ${fmt(value(r, c))}`;
+      tip.textContent = `${xName} ${cols[c]}, ${rows[r]}: ${label} = ${fmt(value(r, c))}`;
     } else {
       tip.textContent = '';
     }
   };
   canvas.onmouseleave = () => (tip.textContent = '');
   return { canvas };
+}
+
+const PALETTE = ['#3b6ea8', '#d9822b', '#2e8b57', '#a23b72', '#6b5ca5', '#8c6d31', '#c0392b', '#16a085'];
+
+export interface Series {
+  label: string;
+  y: (number | null)[];
+  /** Draw as bars (one bar series at most per chart reads well) instead of a line. */
+  bars?: boolean;
+}
+
+/**
+ * Several series over one x axis, as lines with points (or bars for a series that asks).
+ * `log` puts y on a log scale (non-positive values become gaps). Hovering shows every
+ * series' value at that x.
+ */
+export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number[], series: Series[], opts: { log?: boolean; height?: number } = {}): uPlot {
+  el.replaceChildren();
+  const width = Math.max(320, el.clientWidth || 640);
+  const clean = (y: (number | null)[]) => y.map((v) => (v === null || !Number.isFinite(v) || (opts.log && v <= 0) ? null : v));
+  return new uPlot(
+    {
+      width,
+      height: opts.height ?? 240,
+      scales: { x: { time: false }, y: opts.log ? { distr: 3 } : {} },
+      axes: [{ label: xLabel }, { label: yLabel, size: 70 }],
+      series: [
+        { label: xLabel, value: (_u, v) => fmt(v) },
+        ...series.map((s, i) => {
+          const c = PALETTE[i % PALETTE.length];
+          return s.bars
+            ? { label: s.label, stroke: c, fill: c + '66', value: (_u: uPlot, v: number) => fmt(v), points: { show: false }, paths: uPlot.paths.bars!({ size: [0.7, 40] }) }
+            : { label: s.label, stroke: c, width: 2, value: (_u: uPlot, v: number) => fmt(v), points: { show: true, size: 6 }, spanGaps: true };
+        }),
+      ],
+      legend: { live: true },
+    },
+    [x, ...series.map((s) => clean(s.y))] as uPlot.AlignedData,
+    el,
+  );
 }

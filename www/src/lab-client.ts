@@ -96,8 +96,19 @@ export class LabClient {
     this.start();
   }
 
-  /** Sends a request; resolves with its reply, rejects with the worker's error. */
-  async call<T extends Reply['type']>(request: Request, expect: T, onProgress?: Progress): Promise<Extract<Reply, { type: T }>> {
+  private queue: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Sends a request once the requests before it have finished (the labs share one worker
+   * and one run at a time); resolves with its reply, rejects with the worker's error.
+   */
+  call<T extends Reply['type']>(request: Request, expect: T, onProgress?: Progress): Promise<Extract<Reply, { type: T }>> {
+    const run = this.queue.then(() => this.callNow(request, expect, onProgress));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async callNow<T extends Reply['type']>(request: Request, expect: T, onProgress?: Progress): Promise<Extract<Reply, { type: T }>> {
     await this.ready;
     const id = this.nextId++;
     const reply = await new Promise<Reply>((resolve, reject) => {

@@ -59,6 +59,29 @@ export class LayersLab {
   }
 
   private activated = false;
+  private opening: Promise<void> = Promise.resolve();
+  /** Told whenever a model has been opened (the pruning lab shows which). */
+  onOpened?: (source: ModelSource, summary: string) => void;
+
+  /**
+   * The model the worker holds, reopened first if the worker was restarted since; null
+   * when no model is open. Waits for an open in progress.
+   */
+  async ensureOpen(): Promise<ModelSource | null> {
+    this.activate();
+    await this.opening;
+    if (!this.request || !this.source) return null;
+    if (this.openedIn !== this.client.generation) {
+      await this.client.call({ type: 'open-model', request: this.request }, 'model-opened', this.onProgress);
+      this.openedIn = this.client.generation;
+    }
+    return this.source;
+  }
+
+  /** Opens a model dropped or picked elsewhere (the pruning tab's own picker). */
+  openFiles(files: File[]): Promise<void> {
+    return this.open({ kind: 'files', files });
+  }
 
   /** Called when the tab is first shown: opens the model the URL names (or the built-in). */
   activate(): void {
@@ -137,8 +160,13 @@ export class LayersLab {
   };
 
   /** Opens a model; on failure the previous model and its charts stay. */
-  async open(request: OpenRequest): Promise<void> {
-    if (this.busy) return;
+  open(request: OpenRequest): Promise<void> {
+    if (this.busy) return this.opening;
+    this.opening = this.openNow(request);
+    return this.opening;
+  }
+
+  private async openNow(request: OpenRequest): Promise<void> {
     this.setBusy(true);
     this.showError(null);
     this.status.textContent = 'Opening the model…';
@@ -149,17 +177,19 @@ export class LayersLab {
       this.openedIn = this.client.generation;
       const info = reply.opened.info;
       const h = info.hyper;
-      $('model-summary').textContent =
+      const summary =
         `${info.file}: ${info.format === 'Gguf' ? 'GGUF' : 'safetensors'}, ${info.arch_name} (${info.arch}), ` +
         `${info.blocks} blocks, ${info.tensors} tensors, ${info.params.toLocaleString('en-US')} parameters` +
         (h.hidden ? `, hidden ${h.hidden}` : '') +
         (h.heads ? `, ${h.heads} heads` : '') +
         (h.kv_heads && h.kv_heads !== h.heads ? ` (${h.kv_heads} KV)` : '') +
         (reply.companions.length ? `; with ${reply.companions.join(', ')}` : '');
+      $('model-summary').textContent = summary;
+      this.onOpened?.(reply.source, summary);
       $('model-notice').hidden = !info.notice;
       $('model-notice').textContent = info.notice ?? '';
       this.setBusy(false);
-      await this.compute();
+      void this.compute();
     } catch (e) {
       this.setBusy(false);
       this.progress.value = 0;

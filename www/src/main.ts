@@ -4,6 +4,7 @@
 import { ComputeCheck } from './compute-check';
 import { LabClient } from './lab-client';
 import { LayersLab } from './layers';
+import { PruneLab } from './prune';
 import type { BackendInfo } from './protocol';
 
 const backendLine = document.getElementById('backend') as HTMLParagraphElement;
@@ -23,6 +24,7 @@ const client = new LabClient(wanted === 'cpu' || wanted === 'gpu' ? wanted : 'au
 });
 
 const layers = new LayersLab(client);
+const prune = new PruneLab(client, layers);
 new ComputeCheck(client);
 
 // Tabs: the URL's `tab` picks one; switching keeps every lab's state.
@@ -38,9 +40,11 @@ function showTab(name: string): void {
   p.set('tab', name);
   history.replaceState(null, '', `${location.pathname}?${p}`);
   if (name === 'layers') layers.activate();
+  if (name === 'prune') prune.activate();
 }
 for (const t of tabs) t.addEventListener('click', () => showTab(t.dataset.tab ?? 'layers'));
-showTab(params.get('tab') === 'compute' ? 'compute' : 'layers');
+const first = params.get('tab');
+showTab(first === 'compute' || first === 'prune' ? first : 'layers');
 
 client.ready.catch((e: Error) => {
   backendLine.textContent = 'Backend: none';

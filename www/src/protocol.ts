@@ -75,12 +75,83 @@ export interface StatsOptions {
   per_column: boolean;
 }
 
+/** A text for calibration or evaluation: one served beside the page, a dropped file, a path. */
+export type TextSource =
+  | { kind: 'builtin'; name: string }
+  | { kind: 'file'; name: string; size: number }
+  | { kind: 'path'; path: string };
+
+export interface PplOptions {
+  seqlen: number;
+  max_windows: number | null;
+  batch: number;
+}
+
+export type Method = 'magnitude' | 'wanda' | 'sparsegpt';
+
+/** src/prune/driver.rs PruneOptions. */
+export interface PruneOptions {
+  method: Method;
+  sparsity: number;
+  nm: [number, number] | null;
+  owl: { hyper_m: number; lamda: number } | null;
+  nsamples: number;
+  seqlen: number;
+  calib_seed: number | null;
+  batch: number;
+  eval: PplOptions;
+  dense_ppl: boolean;
+  outlier_sweep: number[];
+}
+
+/** The pruning lab's part of an experiment: the options and which texts. */
+export interface PruneSpec extends PruneOptions {
+  calib_text: TextSource;
+  eval_text: TextSource;
+}
+
 /** The versioned experiment (src/experiment.rs): what the URL, the CLI and reports share. */
 export interface Experiment {
   version: 1;
-  lab: 'layers';
+  lab: 'layers' | 'prune';
   model: ModelSource;
   stats: StatsOptions;
+  prune?: PruneSpec | null;
+}
+
+export interface LinearReport {
+  role: string;
+  tensor: string;
+  rows: number;
+  cols: number;
+  achieved_sparsity: number;
+  outlier_ratio: number;
+}
+
+export interface BlockReport {
+  index: number;
+  outlier_ratio: number;
+  sparsity: number;
+  nm_n: number | null;
+  achieved_sparsity: number;
+  linears: LinearReport[];
+}
+
+export interface PruneReport {
+  experiment?: Experiment | null;
+  options: PruneOptions;
+  outlier_m: number;
+  blocks: BlockReport[];
+  outlier_sweep: { m: number[]; blocks: number[][] };
+  allocation_uniform: number[];
+  perplexity: { dense: number | null; pruned: number; windows: number; seqlen: number; predicted_tokens: number; text_tokens: number } | null;
+  achieved_sparsity: number;
+  pruned_weights: number;
+  linear_weights: number;
+  calibration: { text_tokens: number; windows: number; seqlen: number; starts: number[] };
+  notices: string[];
+  timings: { dense_pass: number; prune: number; perplexity_dense: number | null; perplexity_pruned: number | null; total: number };
+  backend?: BackendInfo;
 }
 
 export interface Hyper {
@@ -159,6 +230,9 @@ export type ToWorker =
   | { type: 'reduce'; id: number; request: ReduceRequest }
   | { type: 'open-model'; id: number; request: OpenRequest }
   | { type: 'model-stats'; id: number; experiment: Experiment }
+  | { type: 'prune'; id: number; experiment: Experiment; calib: string; eval: string }
+  | { type: 'prune-export'; id: number }
+  | { type: 'prune-histograms'; id: number; tensor: string; bins: number }
   | { type: 'cancel' }
   | { type: 'lose-device' };
 
@@ -170,4 +244,7 @@ export type FromWorker =
   | { type: 'error'; id: number; message: string; backend: BackendInfo }
   | { type: 'device-lost'; lost: boolean; backend: BackendInfo }
   | { type: 'model-opened'; id: number; opened: Opened; source: ModelSource; companions: string[] }
-  | { type: 'model-report'; id: number; report: ModelReport; backend: BackendInfo };
+  | { type: 'model-report'; id: number; report: ModelReport; backend: BackendInfo }
+  | { type: 'prune-report'; id: number; report: PruneReport; backend: BackendInfo }
+  | { type: 'pruned-model'; id: number; bytes: Uint8Array; config: string | null; name: string }
+  | { type: 'tensor-histograms'; id: number; before: Histogram; after: Histogram };

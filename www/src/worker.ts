@@ -3,7 +3,7 @@
 // the lab yields to this worker's event loop at every step.
 
 import init, { Lab } from '../pkg/layerlab.js';
-import type { FromWorker, ToWorker, BackendInfo, ModelSource, OpenRequest, Opened } from './protocol';
+import type { FromWorker, ToWorker, BackendInfo, Histogram, ModelSource, OpenRequest, Opened } from './protocol';
 import { fileSource, urlSource, type JsSource } from './sources';
 
 const scope = self as unknown as DedicatedWorkerGlobalScope;
@@ -37,24 +37,26 @@ async function adapterName(): Promise<string> {
 const MODEL_EXT = /\.(gguf|safetensors)$/i;
 
 /** The model file among the user's files, its config.json, and the names of the rest. */
-function pickFiles(files: File[]): { model: File; config: File | null; companions: string[] } {
+function pickFiles(files: File[]): { model: File; config: File | null; tokenizer: File | null; companions: string[] } {
   const models = files.filter((f) => MODEL_EXT.test(f.name));
   if (models.length === 0) {
-    if (files.length === 1) return { model: files[0], config: null, companions: [] };
+    if (files.length === 1) return { model: files[0], config: null, tokenizer: null, companions: [] };
     throw new Error(`none of ${files.map((f) => f.name).join(', ')} is a .gguf or .safetensors file`);
   }
   if (models.length > 1) {
     throw new Error(`several model files were given (${models.map((f) => f.name).join(', ')}); give one (sharded checkpoints are not supported yet)`);
   }
   const config = files.find((f) => f.name === 'config.json') ?? null;
+  const tokenizer = files.find((f) => f.name === 'tokenizer.json') ?? null;
   const companions = files.filter((f) => f !== models[0]).map((f) => f.name);
-  return { model: models[0], config, companions };
+  return { model: models[0], config, tokenizer, companions };
 }
 
 async function openModel(l: Lab, id: number, request: OpenRequest): Promise<void> {
   let source: JsSource;
   let described: ModelSource;
   let config: string | undefined;
+  let tokenizer: string | undefined;
   let companions: string[] = [];
   if (request.kind === 'url') {
     source = await urlSource(request.url, (done, total) =>
@@ -64,10 +66,11 @@ async function openModel(l: Lab, id: number, request: OpenRequest): Promise<void
     const picked = pickFiles(request.files);
     source = fileSource(picked.model);
     config = picked.config ? new FileReaderSync().readAsText(picked.config) : undefined;
+    tokenizer = picked.tokenizer ? new FileReaderSync().readAsText(picked.tokenizer) : undefined;
     companions = picked.companions;
     described = { kind: 'file', name: picked.model.name, size: picked.model.size };
   }
-  const opened = l.open_model(source, config) as Opened;
+  const opened = l.open_model(source, config, tokenizer) as Opened;
   post({ type: 'model-opened', id, opened, source: described, companions });
 }
 
@@ -114,6 +117,33 @@ scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
       await answer(l, msg.id, async (onProgress) => {
         const report = await l.model_stats(msg.experiment, onProgress);
         post({ type: 'model-report', id: msg.id, report, backend: backendOf(l) });
+      });
+      break;
+    }
+    case 'prune': {
+      const l = lab;
+      if (!l) return;
+      await answer(l, msg.id, async (onProgress) => {
+        const report = await l.prune(msg.experiment, msg.calib, msg.eval, onProgress);
+        post({ type: 'prune-report', id: msg.id, report, backend: backendOf(l) });
+      });
+      break;
+    }
+    case 'prune-export': {
+      const l = lab;
+      if (!l) return;
+      await answer(l, msg.id, async () => {
+        const out = l.pruned_model() as { bytes: Uint8Array; config: string | null; name: string };
+        scope.postMessage({ type: 'pruned-model', id: msg.id, ...out } satisfies FromWorker, [out.bytes.buffer]);
+      });
+      break;
+    }
+    case 'prune-histograms': {
+      const l = lab;
+      if (!l) return;
+      await answer(l, msg.id, async () => {
+        const h = l.prune_histograms(msg.tensor, msg.bins) as { before: Histogram; after: Histogram };
+        post({ type: 'tensor-histograms', id: msg.id, ...h });
       });
       break;
     }
