@@ -121,7 +121,9 @@ mod tests {
             .to_string()
             .contains("version 99"));
         let p = Experiment::prune(
-            ModelSource::Path { path: "m.gguf".into() },
+            ModelSource::Path {
+                path: "m.gguf".into(),
+            },
             PruneSpec {
                 options: PruneOptions {
                     nm: Some((2, 4)),

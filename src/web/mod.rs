@@ -17,11 +17,11 @@ use crate::io::{ByteSource, Format, ModelFile};
 use crate::model::llama::{to_vec, Llama};
 use crate::model::{describe, ModelDesc};
 use crate::prune::driver::{export_safetensors, hf_config, prune_model, PruneReport, PruneRun};
-use crate::stats::Histogram;
-use crate::tokenizer::TextTokenizer;
 use crate::stats::model::{model_info, model_stats};
+use crate::stats::Histogram;
 use crate::stats::{tensor_stats, StatsOptions};
 use crate::synth::{weights, SynthSpec};
+use crate::tokenizer::TextTokenizer;
 use crate::LabError;
 
 /// Most values the page's compute check accepts (1 GiB of f32 would not leave room for
