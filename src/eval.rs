@@ -91,7 +91,10 @@ pub async fn perplexity(
     opts: &PplOptions,
     ctl: &dyn RunControl,
 ) -> Result<PplReport> {
-    perplexity_with(model, ids, opts, ctl, "perplexity", &|i| model.load_block(i)).await
+    perplexity_with(model, ids, opts, ctl, "perplexity", &|i| {
+        model.load_block(i)
+    })
+    .await
 }
 
 /// Perplexity with each block's weights from `blocks(i)` instead of the file: the pruned

@@ -315,20 +315,19 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let started = std::time::Instant::now();
             let nm = nm.as_deref().map(parse_nm).transpose()?;
-            let sparsity = match (sparsity, nm) {
-                (Some(_), Some(_)) => {
-                    return Err(LabError::invalid(
+            let sparsity =
+                match (sparsity, nm) {
+                    (Some(_), Some(_)) => return Err(LabError::invalid(
                         "give either --sparsity or --nm, not both (N:M sets the sparsity to N/M)",
-                    ))
-                }
-                (Some(s), None) => s,
-                (None, Some((n, m))) => n as f64 / m as f64,
-                (None, None) => {
-                    return Err(LabError::invalid(
-                        "say how much to prune: --sparsity S (in [0, 1)) or --nm N:M",
-                    ))
-                }
-            };
+                    )),
+                    (Some(s), None) => s,
+                    (None, Some((n, m))) => n as f64 / m as f64,
+                    (None, None) => {
+                        return Err(LabError::invalid(
+                            "say how much to prune: --sparsity S (in [0, 1)) or --nm N:M",
+                        ))
+                    }
+                };
             let opts = PruneOptions {
                 method,
                 sparsity,
@@ -368,9 +367,12 @@ async fn run(cli: Cli) -> Result<()> {
             let tokenizer = load_tokenizer(&file, &path)?;
             let llama = Llama::new(&src, &file, config.as_ref())?;
             let calib_ids = tokenizer.encode(&calib_text)?;
-            let eval_ids = eval_text.as_deref().map(|t| tokenizer.encode(t)).transpose()?;
-            let run = prune_model(&llama, &calib_ids, eval_ids.as_deref(), &opts, &Progress)
-                .await?;
+            let eval_ids = eval_text
+                .as_deref()
+                .map(|t| tokenizer.encode(t))
+                .transpose()?;
+            let run =
+                prune_model(&llama, &calib_ids, eval_ids.as_deref(), &opts, &Progress).await?;
             let output = PruneOutput {
                 model: path.display().to_string(),
                 calib: calib.display().to_string(),

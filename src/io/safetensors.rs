@@ -317,7 +317,10 @@ mod write_tests {
         assert_eq!(header_len % 8, 0);
         let src = MemSource::new("t.safetensors", bytes);
         let f = open(&src).unwrap();
-        assert_eq!(f.metadata.get("format").and_then(|m| m.as_str()), Some("pt"));
+        assert_eq!(
+            f.metadata.get("format").and_then(|m| m.as_str()),
+            Some("pt")
+        );
         let b = f.tensor("b.weight").unwrap();
         assert_eq!(b.shape, vec![2, 3]);
         assert_eq!(f.read_f32(&src, b).unwrap(), a.to_vec());

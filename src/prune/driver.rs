@@ -37,9 +37,7 @@ use serde_json::{json, Value};
 use web_time::Instant;
 
 use super::allocation;
-use super::masks::{
-    apply_mask, count_zeros, magnitude_mask, wanda_mask, Pattern, ScalerRow,
-};
+use super::masks::{apply_mask, count_zeros, magnitude_mask, wanda_mask, Pattern, ScalerRow};
 use super::outliers::{outlier_sweep, LinearStats};
 use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use crate::compute::backend::checkpoint;
@@ -325,9 +323,10 @@ impl PruneRun {
     /// Block `index` as the pruned model has it: norms from the file, linears pruned.
     pub fn block_weights(&self, model: &Llama<'_>, index: usize) -> Result<BlockWeights> {
         let mut w = model.load_block(index)?;
-        let pruned = self.blocks.get(index).ok_or_else(|| {
-            LabError::invalid(format!("the pruning run has no block {index}"))
-        })?;
+        let pruned = self
+            .blocks
+            .get(index)
+            .ok_or_else(|| LabError::invalid(format!("the pruning run has no block {index}")))?;
         for lin in &pruned.linears {
             w.set_weight(&lin.role, lin.weight.clone())?;
         }
@@ -635,8 +634,7 @@ pub async fn prune_model(
                     apply_mask(what, &mut weight, &mask)?;
                 }
                 Method::Wanda => {
-                    let mask =
-                        wanda_mask(what, &weight, rows, cols, stats.scaler(role)?, pattern)?;
+                    let mask = wanda_mask(what, &weight, rows, cols, stats.scaler(role)?, pattern)?;
                     apply_mask(what, &mut weight, &mask)?;
                 }
                 Method::SparseGpt => {
@@ -896,7 +894,10 @@ mod tests {
 
     #[test]
     fn consecutive_and_seeded_windows() {
-        assert_eq!(calibration_starts(100, 3, 10, None).unwrap(), vec![0, 10, 20]);
+        assert_eq!(
+            calibration_starts(100, 3, 10, None).unwrap(),
+            vec![0, 10, 20]
+        );
         let e = calibration_starts(25, 3, 10, None).unwrap_err().to_string();
         assert!(e.contains("has 25 tokens; 3 windows of 10 need 30"), "{e}");
         let a = calibration_starts(100, 5, 10, Some(7)).unwrap();
@@ -926,10 +927,7 @@ mod tests {
             ..ok.clone()
         })
         .contains("nsamples"));
-        assert_eq!(
-            "SparseGPT".parse::<Method>().unwrap(),
-            Method::SparseGpt
-        );
+        assert_eq!("SparseGPT".parse::<Method>().unwrap(), Method::SparseGpt);
         assert!("obs"
             .parse::<Method>()
             .unwrap_err()
