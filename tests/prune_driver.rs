@@ -448,6 +448,8 @@ fn owl_nm_groups_zero_exactly_n() {
             seqlen: 32,
             ..PplOptions::default()
         },
+        // The sweep is checked above; here it would only cost time.
+        outlier_sweep: Vec::new(),
         ..PruneOptions::default()
     };
     let run = pollster::block_on(prune_model(&model, &ids, None, &opts, &Silent)).unwrap();
