@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::prune::driver::PruneOptions;
 use crate::stats::StatsOptions;
 
 /// Bumped when a field changes meaning; readers refuse versions they do not know.
@@ -26,6 +27,8 @@ pub enum ModelSource {
 pub enum LabKind {
     /// Per-layer statistics of a model's weights.
     Layers,
+    /// Prune a model (magnitude, Wanda, SparseGPT, OWL) and compare perplexities.
+    Prune,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +37,9 @@ pub struct Experiment {
     pub lab: LabKind,
     pub model: ModelSource,
     pub stats: StatsOptions,
+    /// The pruning run's settings (lab "prune"); absent in links of the other labs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneOptions>,
 }
 
 impl Experiment {
@@ -43,6 +49,18 @@ impl Experiment {
             lab: LabKind::Layers,
             model,
             stats,
+            prune: None,
+        }
+    }
+
+    /// A pruning run's experiment: the model and every option of the run.
+    pub fn prune(model: ModelSource, prune: PruneOptions) -> Self {
+        Experiment {
+            version: EXPERIMENT_VERSION,
+            lab: LabKind::Prune,
+            model,
+            stats: StatsOptions::default(),
+            prune: Some(prune),
         }
     }
 
@@ -75,6 +93,16 @@ mod tests {
         let text = serde_json::to_string(&e).unwrap();
         assert!(text.contains(r#""kind":"url""#), "{text}");
         assert_eq!(Experiment::from_json(&text).unwrap(), e);
+        assert!(!text.contains("prune"), "{text}");
+        let p = Experiment::prune(
+            ModelSource::Path {
+                path: "m.gguf".into(),
+            },
+            PruneOptions::default(),
+        );
+        let ptext = serde_json::to_string(&p).unwrap();
+        assert!(ptext.contains(r#""lab":"prune""#), "{ptext}");
+        assert_eq!(Experiment::from_json(&ptext).unwrap(), p);
         let future = text.replace(r#""version":1"#, r#""version":99"#);
         assert!(Experiment::from_json(&future)
             .unwrap_err()

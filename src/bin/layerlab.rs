@@ -381,8 +381,14 @@ async fn run(cli: Cli) -> Result<()> {
                 report: run.report.clone(),
             };
             if let Some(out_path) = &out {
+                let experiment = Experiment::prune(
+                    ModelSource::Path {
+                        path: output.model.clone(),
+                    },
+                    opts.clone(),
+                );
                 let extra = serde_json::json!({
-                    "model": output.model,
+                    "experiment": experiment,
                     "calib": output.calib,
                     "options": opts,
                 });
