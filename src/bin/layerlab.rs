@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use layerlab::compute::RunControl;
 use layerlab::compute::{Backend, BackendChoice, Matrix, Silent};
 use layerlab::eval::{perplexity, PplOptions, PplReport};
-use layerlab::experiment::{Experiment, ModelSource};
+use layerlab::experiment::{Experiment, ModelSource, PruneSpec, TextSource};
 use layerlab::io::{FileSource, Format, ModelFile};
 use layerlab::model::describe;
 use layerlab::model::llama::Llama;
@@ -124,9 +124,12 @@ enum Command {
         /// Calibration windows.
         #[arg(long, default_value_t = 16)]
         nsamples: usize,
-        /// Tokens per calibration and evaluation window.
+        /// Tokens per calibration window (and per evaluation window, unless --eval-seqlen).
         #[arg(long, default_value_t = 256)]
         seqlen: usize,
+        /// Tokens per evaluation window (default: --seqlen).
+        #[arg(long)]
+        eval_seqlen: Option<usize>,
         /// Draw the calibration windows at random offsets with this seed (default:
         /// consecutive windows from the start).
         #[arg(long)]
@@ -306,6 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
             eval,
             nsamples,
             seqlen,
+            eval_seqlen,
             calib_seed,
             max_eval_windows,
             batch,
@@ -338,7 +342,7 @@ async fn run(cli: Cli) -> Result<()> {
                 calib_seed,
                 batch,
                 eval: PplOptions {
-                    seqlen,
+                    seqlen: eval_seqlen.unwrap_or(seqlen),
                     max_windows: max_eval_windows,
                     batch,
                 },
@@ -373,7 +377,26 @@ async fn run(cli: Cli) -> Result<()> {
                 .transpose()?;
             let run =
                 prune_model(&llama, &calib_ids, eval_ids.as_deref(), &opts, &Progress).await?;
+            let text = |p: &Path| TextSource::Path {
+                path: p.display().to_string(),
+            };
+            let experiment = Experiment::prune(
+                ModelSource::Path {
+                    path: path.display().to_string(),
+                },
+                PruneSpec {
+                    options: opts.clone(),
+                    calib_text: text(&calib),
+                    eval_text: eval.as_deref().map_or(
+                        TextSource::Path {
+                            path: String::new(),
+                        },
+                        text,
+                    ),
+                },
+            );
             let output = PruneOutput {
+                experiment,
                 model: path.display().to_string(),
                 calib: calib.display().to_string(),
                 eval: eval.as_ref().map(|p| p.display().to_string()),
@@ -381,11 +404,7 @@ async fn run(cli: Cli) -> Result<()> {
                 report: run.report.clone(),
             };
             if let Some(out_path) = &out {
-                let extra = serde_json::json!({
-                    "model": output.model,
-                    "calib": output.calib,
-                    "options": opts,
-                });
+                let extra = serde_json::json!({ "experiment": output.experiment });
                 let f = std::fs::File::create(out_path).map_err(|e| {
                     LabError::Io(format!("cannot create {}: {e}", out_path.display()))
                 })?;
@@ -451,9 +470,10 @@ struct PplOutput {
     report: PplReport,
 }
 
-/// What `layerlab prune --json` writes.
+/// What `layerlab prune --json` writes (the page's report has the same fields).
 #[derive(serde::Serialize)]
 struct PruneOutput {
+    experiment: Experiment,
     model: String,
     calib: String,
     eval: Option<String>,
