@@ -45,12 +45,12 @@ fn linear(
     let r0 = wid.y * TILE;
     let tx = lid.x;
     let ty = lid.y;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    // acc_i[j] = y[r0 + ty + 16 i, o0 + tx + 16 j]: four vec4 registers (no arrays, which
+    // some drivers keep in memory when indexed in a loop).
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < params.k; k0 += BK) {
         // 1024 values per tile, 4 per invocation; e = li + 256 s is (row e / 16, kk e % 16),
         // so 16 adjacent invocations read 16 consecutive k of one row.
@@ -72,31 +72,34 @@ fn linear(
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            var a: array<f32, 4>;
-            var b: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[kk * TILE + ty + 16u * i];
-                b[i] = ws[kk * TILE + tx + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] += a[i] * b[j];
-                }
-            }
+            let at = kk * TILE;
+            let b = vec4<f32>(ws[at + tx], ws[at + tx + 16u], ws[at + tx + 32u], ws[at + tx + 48u]);
+            acc0 += xs[at + ty] * b;
+            acc1 += xs[at + ty + 16u] * b;
+            acc2 += xs[at + ty + 32u] * b;
+            acc3 += xs[at + ty + 48u] * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let r = r0 + ty + 16u * i;
-        for (var j = 0u; j < 4u; j++) {
-            let c = o0 + tx + 16u * j;
-            if (r < params.n && c < params.o) {
-                var v = acc[i][j];
-                if (params.has_bias == 1u) {
-                    v += bias[c];
-                }
-                y[r * params.o + c] = v;
+    store(r0 + ty, o0 + tx, acc0);
+    store(r0 + ty + 16u, o0 + tx, acc1);
+    store(r0 + ty + 32u, o0 + tx, acc2);
+    store(r0 + ty + 48u, o0 + tx, acc3);
+}
+
+// Writes y[r, c + 16 j] = acc[j] (+ bias) for the columns inside y.
+fn store(r: u32, c: u32, acc: vec4<f32>) {
+    if (r >= params.n) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let cj = c + 16u * j;
+        if (cj < params.o) {
+            var v = acc[j];
+            if (params.has_bias == 1u) {
+                v += bias[cj];
             }
+            y[r * params.o + cj] = v;
         }
     }
 }

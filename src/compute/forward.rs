@@ -571,6 +571,12 @@ impl<'a> Recorder<'a> {
             failure.get_or_insert(LabError::GpuFailed(format!("out of GPU memory: {e}")));
         }
         if let Some(f) = failure {
+            // A lost device makes every later call invalid; say so rather than quote the
+            // first validation error it caused. (Natively the loss is only reported from a
+            // poll; in the browser, by the event loop.)
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = self.ctx.device.poll(wgpu::PollType::Poll);
+            self.ctx.check()?;
             return Err(f);
         }
         self.ctx.check()?;
