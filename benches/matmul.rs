@@ -51,7 +51,7 @@ fn main() {
     let wm = Matrix::new(&w, O, K).unwrap();
 
     let twin = best(runs, || {
-        std::hint::black_box(cpu_forward::linear(xm, wm, None));
+        std::hint::black_box(cpu_forward::linear(xm, wm, None).unwrap());
     });
     let xt = Tensor::from_vec(x.clone(), (N, K), &Device::Cpu).unwrap();
     let wt = Tensor::from_vec(w.clone(), (O, K), &Device::Cpu).unwrap();

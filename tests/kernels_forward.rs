@@ -95,7 +95,8 @@ fn linear_matches_cpu_twin_and_candle() {
             Matrix::new(&abs_x, n, k).unwrap(),
             Matrix::new(&abs_w, o, k).unwrap(),
             None,
-        );
+        )
+        .unwrap();
         let candle = {
             let xt = Tensor::from_vec(x.clone(), (n, k), &Device::Cpu).unwrap();
             let wt = Tensor::from_vec(w.clone(), (o, k), &Device::Cpu).unwrap();
@@ -105,7 +106,7 @@ fn linear_matches_cpu_twin_and_candle() {
         };
         for with_bias in [false, true] {
             let bias = with_bias.then_some(&b[..]);
-            let twin = cpu_forward::linear(xm, wm, bias);
+            let twin = cpu_forward::linear(xm, wm, bias).unwrap();
             let got = on_gpu(&gpu, |rec| {
                 let xg = rec.upload(xm)?;
                 let wg = rec.upload(wm)?;

@@ -5,14 +5,28 @@
 //! Where a kernel's order of reduction is cheap to copy, the twin copies it (the matmul's
 //! k = 0..K sum, RMSNorm's 256 strided partials and tree fold), so the two differ only by
 //! fused multiply-adds and by WGSL's looser `exp`, `sqrt` and division.
+//!
+//! The slice-based twins (`rope`, `causal_attention`, ...) trust their shapes, as the
+//! kernels' wrappers check them: a slice shorter than its shape says panics.
 
 use super::forward::{AttentionShape, HeadLayout};
 use super::Matrix;
+use crate::{LabError, Result};
 
 /// Twin of `matmul.wgsl::linear`: y (N, O) = x (N, K) W (O, K)^T (+ b), each output one f32
 /// sum over k in order, then the bias.
-pub fn linear(x: Matrix, w: Matrix, bias: Option<&[f32]>) -> Vec<f32> {
-    assert_eq!(x.cols, w.cols, "linear: inner dims differ");
+pub fn linear(x: Matrix, w: Matrix, bias: Option<&[f32]>) -> Result<Vec<f32>> {
+    if x.cols != w.cols || bias.is_some_and(|b| b.len() != w.rows) {
+        return Err(LabError::invalid(format!(
+            "linear: x is [{}, {}], W [{}, {}] and the bias has {:?} values; x and W need \
+             the same columns, the bias one value per row of W",
+            x.rows,
+            x.cols,
+            w.rows,
+            w.cols,
+            bias.map(<[f32]>::len)
+        )));
+    }
     let (k, o) = (x.cols, w.rows);
     let mut y = vec![0f32; x.rows * o];
     let row = |(xr, yr): (&[f32], &mut [f32])| {
@@ -49,7 +63,7 @@ pub fn linear(x: Matrix, w: Matrix, bias: Option<&[f32]>) -> Vec<f32> {
             y.chunks_exact_mut(o)
                 .for_each(|r| r.copy_from_slice(&b[..o]));
         }
-        return y;
+        return Ok(y);
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -58,7 +72,7 @@ pub fn linear(x: Matrix, w: Matrix, bias: Option<&[f32]>) -> Vec<f32> {
     }
     #[cfg(target_arch = "wasm32")]
     x.data.chunks(k).zip(y.chunks_mut(o)).for_each(row);
-    y
+    Ok(y)
 }
 
 /// Twin of `norm.wgsl::rms_norm`: per row, 256 partial sums of x^2 (partial i takes
