@@ -11,7 +11,9 @@
 //! - attention: 1e-5 of the largest |v|;
 //! - Wanda masks: exactly `masks::wanda_mask`, flag for flag, ties included;
 //! - a SmolLM2 block (GPU vs `Llama::block_forward`): 1e-5 of the largest |value|, for the
-//!   output and for every input the Observer sees.
+//!   output and for every input the Observer sees;
+//! - losing the device mid-block: `GpuFailed`, never a panic; through `block_forward_on`,
+//!   the block redone on the CPU with each Observer call made once.
 
 mod common;
 
@@ -20,9 +22,10 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use common::{gpu, uniform};
 use layerlab::compute::forward::{AttentionShape, HeadLayout, Recorder};
+use layerlab::compute::Backend;
 use layerlab::compute::{cpu_forward, GpuContext, Matrix};
 use layerlab::io::{FileSource, ModelFile};
-use layerlab::model::gpu_forward::block_forward_gpu;
+use layerlab::model::gpu_forward::{block_forward_gpu, block_forward_on};
 use layerlab::model::llama::{rms_norm, to_vec, Llama, Observer, Rope};
 use layerlab::prune::masks::{wanda_mask, Pattern};
 use layerlab::tokenizer::TextTokenizer;
@@ -483,4 +486,42 @@ fn losing_the_device_mid_block_is_an_error_not_a_panic() {
         Pattern::Unstructured { sparsity: 0.5 },
     ));
     assert!(matches!(e, Err(LabError::GpuFailed(_))), "{e:?}");
+}
+
+#[test]
+fn a_block_whose_gpu_is_lost_is_redone_on_the_cpu() {
+    let gpu = gpu();
+    let path = model_path();
+    let src = FileSource::open(&path).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+    let model = Llama::new(&src, &file, None).unwrap();
+    let ends = model.load_ends().unwrap();
+    let ids: Vec<u32> = (0..9).map(|i| 200 + 41 * i).collect();
+    let x = model.embed(&ends, &[&ids]).unwrap();
+    let rope = Rope::new(9, model.config.head_dim, model.config.rope_theta).unwrap();
+    let w = model.load_block(0).unwrap();
+    let mut want_obs = Record::default();
+    let want = model.block_forward(&w, &x, &rope, &mut want_obs).unwrap();
+
+    // A healthy GPU: the Observer sees the GPU's calls once the block is done.
+    let backend = Backend::with_gpu(gpu.clone());
+    let mut obs = Record::default();
+    let (out, notice) = run(block_forward_on(&backend, &model, &w, &x, &rope, &mut obs)).unwrap();
+    assert!(notice.is_none());
+    assert_close(
+        "GPU block",
+        &to_vec(&out).unwrap(),
+        &to_vec(&want).unwrap(),
+        1e-5,
+    );
+    assert_eq!(obs.calls.len(), 5);
+
+    // A lost GPU: the block is redone on the CPU, each Observer call made once.
+    gpu.destroy();
+    let mut obs = Record::default();
+    let (out, notice) = run(block_forward_on(&backend, &model, &w, &x, &rope, &mut obs)).unwrap();
+    assert!(notice.unwrap().contains("finished on the CPU"));
+    assert_eq!(backend.info().kind, "cpu");
+    assert_eq!(to_vec(&out).unwrap(), to_vec(&want).unwrap());
+    assert_eq!(obs.calls, want_obs.calls);
 }

@@ -182,3 +182,57 @@ pub async fn block_forward_resident(
     obs.block_output(i, &out)?;
     Ok(out)
 }
+
+/// Observer calls held back until the GPU block has finished, so that a block that fails
+/// half-way on the GPU and is redone on the CPU shows each input to the real Observer once.
+#[derive(Default)]
+struct HeldCalls {
+    /// (roles, x) of each linear_input; the block output comes from the return value.
+    inputs: Vec<(Vec<String>, Tensor)>,
+}
+
+impl Observer for HeldCalls {
+    fn linear_input(&mut self, _block: usize, roles: &[&str], x: &Tensor) -> Result<()> {
+        self.inputs
+            .push((roles.iter().map(|r| r.to_string()).collect(), x.clone()));
+        Ok(())
+    }
+}
+
+/// One block on the backend's GPU, or its CPU: `Llama::block_forward`'s result and Observer
+/// calls either way. If the GPU fails mid-block (device lost, validation or memory error),
+/// the GPU is disabled on `backend` (its line says why), the block is redone on the CPU and
+/// the returned notice says so; the Observer sees only the finished block's calls.
+pub async fn block_forward_on(
+    backend: &crate::compute::Backend,
+    model: &Llama<'_>,
+    w: &BlockWeights,
+    x: &Tensor,
+    rope: &Rope,
+    obs: &mut dyn Observer,
+) -> Result<(Tensor, Option<String>)> {
+    let mut notice = None;
+    if let Some(gpu) = backend.gpu() {
+        let mut held = HeldCalls::default();
+        match block_forward_gpu(&gpu, model, w, x, rope, &mut held).await {
+            Ok(out) => {
+                for (roles, t) in &held.inputs {
+                    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                    obs.linear_input(w.index, &roles, t)?;
+                }
+                obs.block_output(w.index, &out)?;
+                return Ok((out, None));
+            }
+            Err(LabError::GpuFailed(msg)) => {
+                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
+                notice = Some(format!(
+                    "The GPU failed in block {} ({msg}); the run finished on the CPU.",
+                    w.index
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let out = model.block_forward(w, x, rope, obs)?;
+    Ok((out, notice))
+}
