@@ -12,7 +12,8 @@
 //! - `synth`: seeded synthetic tensors, identical on every target.
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
 //! - `model`: architectures: which tensors form which block, and the model's sizes;
-//!   `model::llama`, the LLaMA-family forward pass on the CPU, block by block.
+//!   `model::llama`, the LLaMA-family forward pass on the CPU, block by block;
+//!   `model::gpu_forward`, the same block on the GPU (`compute::forward`'s kernels).
 //! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
 //! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.

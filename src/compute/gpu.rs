@@ -59,8 +59,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Device, queue and compiled pipelines. Cloning is cheap (handles are reference-counted).
 #[derive(Clone)]
 pub struct GpuContext {
-    device: wgpu::Device,
-    queue: wgpu::Queue,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     max_binding_bytes: u64,
     modules: Arc<Mutex<HashMap<&'static str, wgpu::ShaderModule>>>,
@@ -106,9 +106,9 @@ struct CentralPartial {
 
 /// A chunk of a tensor resident in a GPU storage buffer, viewed as `[rows, cols]`.
 pub struct GpuMatrix {
-    buffer: wgpu::Buffer,
-    rows: usize,
-    cols: usize,
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
 }
 
 impl GpuMatrix {
@@ -118,6 +118,11 @@ impl GpuMatrix {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// `[rows, cols]`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
     }
 }
 
@@ -262,7 +267,11 @@ impl GpuContext {
     }
 
     /// The compiled pipeline for one entry point of a shader, compiled on first use.
-    fn pipeline(&self, shader: &Shader, entry: &'static str) -> Result<wgpu::ComputePipeline> {
+    pub(crate) fn pipeline(
+        &self,
+        shader: &Shader,
+        entry: &'static str,
+    ) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = lock(&self.pipelines).get(&(shader.name, entry)) {
             return Ok(p.clone());
         }
@@ -303,7 +312,12 @@ impl GpuContext {
         // A zero-sized binding is invalid; an empty matrix gets one unused value.
         self.check()?;
         let contents: &[f32] = if m.data.is_empty() { &[0.0] } else { m.data };
-        let buffer = self.buffer_with("tensor chunk", contents, wgpu::BufferUsages::STORAGE);
+        // COPY_SRC: the forward pass reads some inputs back (`forward::Recorder::read`).
+        let buffer = self.buffer_with(
+            "tensor chunk",
+            contents,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        );
         Ok(GpuMatrix {
             buffer,
             rows: m.rows,
@@ -313,7 +327,7 @@ impl GpuContext {
 
     /// A buffer holding `values`, written through the queue. (wgpu's `create_buffer_init`
     /// maps at creation and panics on a lost device; this reports through `check` instead.)
-    fn buffer_with<T: Pod>(
+    pub(crate) fn buffer_with<T: Pod>(
         &self,
         label: &str,
         values: &[T],
@@ -355,7 +369,7 @@ impl GpuContext {
     /// Runs one dispatch with `bindings` at @binding(0..) and reads `count` records of `T`
     /// back from `out`. Errors raised on the way (validation, out of memory, device lost)
     /// come back as `GpuFailed`.
-    async fn dispatch_read<T: Pod>(
+    pub(crate) async fn dispatch_read<T: Pod>(
         &self,
         shader: &Shader,
         entry: &'static str,
@@ -412,7 +426,7 @@ impl GpuContext {
         Ok(values)
     }
 
-    async fn read_mapped<T: Pod>(&self, staging: &wgpu::Buffer) -> Result<Vec<T>> {
+    pub(crate) async fn read_mapped<T: Pod>(&self, staging: &wgpu::Buffer) -> Result<Vec<T>> {
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);

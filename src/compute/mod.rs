@@ -1,9 +1,11 @@
-//! Compute layer: the reduction kernels, on the GPU (wgpu: WebGPU in the browser, Vulkan
-//! natively) and on the CPU.
+//! Compute layer: the reduction kernels (`gpu`, `cpu`), the forward-pass kernels
+//! (`forward`, `cpu_forward`) and Wanda's mask selection (`select`), on the GPU (wgpu:
+//! WebGPU in the browser, Vulkan natively) and on the CPU.
 //!
 //! Every kernel exists twice with the same signature: a WGSL entry point in `shaders/`
-//! driven from `gpu::GpuContext`, and its CPU twin in `cpu`, which is both the fallback and
-//! the reference the parity tests compare against. Shapes: a tensor is a flat `&[f32]`,
+//! driven from `gpu::GpuContext` (or a `forward::Recorder`), and its CPU twin in `cpu` or
+//! `cpu_forward`, which is both the fallback and the reference the parity tests compare
+//! against. Shapes: a tensor is a flat `&[f32]`,
 //! viewed as `[rows, cols]` row-major (`Matrix`); a vector is `[1, n]`.
 //!
 //! `Backend` picks the GPU when it comes up and falls back to the CPU, with the reason,
@@ -11,7 +13,10 @@
 
 pub mod backend;
 pub mod cpu;
+pub mod cpu_forward;
+pub mod forward;
 pub mod gpu;
+pub mod select;
 
 pub use backend::{Backend, BackendChoice, BackendInfo, RunControl, Silent};
 pub use gpu::GpuContext;

@@ -281,8 +281,10 @@ impl Observer for NoObserver {}
 /// cos and sin of the RoPE angles for positions 0..T: (T, D), each half the same.
 /// angle(t, i) = t * theta^(-2i/D), i < D/2 (computed in f64).
 pub struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+    /// (T, D)
+    pub cos: Tensor,
+    /// (T, D)
+    pub sin: Tensor,
 }
 
 impl Rope {

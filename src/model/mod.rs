@@ -18,6 +18,7 @@
 //! | opt    | [model.]decoder.layers.N.self_attn.q_proj, fc1   |                         |
 //! | bert   | [bert.]encoder.layer.N.attention.self.query      | blk.N.attn_q, ffn_up    |
 
+pub mod gpu_forward;
 pub mod llama;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,0 +1,619 @@
+//! The GPU side of the transformer forward pass: linear, RMSNorm, RoPE, causal attention,
+//! SwiGLU and the residual add, each a WGSL kernel whose CPU twin is in `cpu_forward`.
+//!
+//! Shapes (as in `model::llama`): B windows of T tokens, N = B T rows, C hidden, H query
+//! heads, KV key/value heads, D head dim, F FFN width. Every tensor is a `GpuMatrix`
+//! (f32, row-major `[rows, cols]`); q, k, v and the attention output are token-major
+//! `(N, heads D)` = (B, T, heads, D), the layout the linear layers write, so no transpose
+//! is ever needed on the GPU.
+//!
+//! A `Recorder` records kernels into one command buffer and submits only when a result is
+//! read back (`read`): intermediates stay on the GPU. It holds an out-of-memory and a
+//! validation error scope open between submissions, so a bad dispatch or a lost device
+//! comes back from the next `read` (or `finish`) as `LabError::GpuFailed`, never a panic.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::gpu::{GpuContext, GpuMatrix, Shader};
+use super::Matrix;
+use crate::{LabError, Result};
+
+pub const MATMUL: Shader = Shader {
+    name: "matmul.wgsl",
+    source: include_str!("../../shaders/matmul.wgsl"),
+};
+pub const NORM: Shader = Shader {
+    name: "norm.wgsl",
+    source: include_str!("../../shaders/norm.wgsl"),
+};
+pub const ROPE: Shader = Shader {
+    name: "rope.wgsl",
+    source: include_str!("../../shaders/rope.wgsl"),
+};
+pub const ATTENTION: Shader = Shader {
+    name: "attention.wgsl",
+    source: include_str!("../../shaders/attention.wgsl"),
+};
+pub const ELEMENTWISE: Shader = Shader {
+    name: "elementwise.wgsl",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+};
+
+/// Edge of the output tile one matmul workgroup computes (`TILE` in matmul.wgsl).
+const MATMUL_TILE: usize = 64;
+/// Invocations per workgroup of the flat (elementwise, RoPE) and per-row kernels.
+const WG: usize = 256;
+/// Most workgroups along one dispatch dimension (WebGPU's default limit).
+const MAX_GROUPS: usize = 65535;
+/// Largest head dim the attention kernel takes (4 output dims per invocation, 64 of them).
+pub const MAX_HEAD_DIM: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct LinearParams {
+    n: u32,
+    k: u32,
+    o: u32,
+    has_bias: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct NormParams {
+    rows: u32,
+    cols: u32,
+    inv_c: f32,
+    eps: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RopeParams {
+    batch: u32,
+    heads: u32,
+    t: u32,
+    d: u32,
+    stride_b: u32,
+    stride_h: u32,
+    stride_t: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct AttentionParams {
+    t: u32,
+    heads: u32,
+    kv_heads: u32,
+    d: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct FlatParams {
+    len: u32,
+    _pad: [u32; 3],
+}
+
+/// Where element (b, h, t, d) of a (B, heads, T, D) tensor sits: b stride_b + h stride_h +
+/// t stride_t + d.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadLayout {
+    pub batch: usize,
+    pub heads: usize,
+    pub t: usize,
+    pub d: usize,
+    pub stride_b: usize,
+    pub stride_h: usize,
+    pub stride_t: usize,
+}
+
+impl HeadLayout {
+    /// Contiguous (B, heads, T, D).
+    pub fn heads_major(batch: usize, heads: usize, t: usize, d: usize) -> Self {
+        HeadLayout {
+            batch,
+            heads,
+            t,
+            d,
+            stride_b: heads * t * d,
+            stride_h: t * d,
+            stride_t: d,
+        }
+    }
+
+    /// (B, T, heads, D): the output of a linear layer, (N, heads D).
+    pub fn token_major(batch: usize, heads: usize, t: usize, d: usize) -> Self {
+        HeadLayout {
+            batch,
+            heads,
+            t,
+            d,
+            stride_b: t * heads * d,
+            stride_h: d,
+            stride_t: heads * d,
+        }
+    }
+
+    /// Values a tensor with this layout spans.
+    pub fn len(&self) -> usize {
+        self.batch * self.heads * self.t * self.d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Flat offset of (b, h, t, 0).
+    #[inline]
+    pub fn at(&self, b: usize, h: usize, t: usize) -> usize {
+        b * self.stride_b + h * self.stride_h + t * self.stride_t
+    }
+}
+
+/// The sizes of one causal attention call: B windows of T tokens, H query heads reading
+/// KV key/value heads (H a multiple of KV), head dim D.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub d: usize,
+}
+
+impl AttentionShape {
+    pub fn check(&self) -> Result<()> {
+        let s = self;
+        if s.batch == 0 || s.t == 0 || s.heads == 0 || s.kv_heads == 0 || s.d == 0 {
+            return Err(LabError::invalid(format!(
+                "attention needs non-zero sizes; found B {} T {} H {} KV {} D {}",
+                s.batch, s.t, s.heads, s.kv_heads, s.d
+            )));
+        }
+        if s.heads % s.kv_heads != 0 {
+            return Err(LabError::invalid(format!(
+                "{} query heads cannot share {} key/value heads evenly",
+                s.heads, s.kv_heads
+            )));
+        }
+        if s.d > MAX_HEAD_DIM {
+            return Err(LabError::invalid(format!(
+                "the attention kernel takes head dims up to {MAX_HEAD_DIM}; found {}",
+                s.d
+            )));
+        }
+        if s.t > MAX_GROUPS || s.heads > MAX_GROUPS || s.batch > MAX_GROUPS {
+            return Err(LabError::invalid(format!(
+                "attention over B {} T {} H {} is too large for one dispatch",
+                s.batch, s.t, s.heads
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Workgroups for `n` work items of `per` each, as a 2-D grid when one dimension is not
+/// enough: the kernels compute item = (wid.y * nwg.x + wid.x) * per + lid.
+fn flat_grid(n: usize, per: usize) -> Result<[u32; 3]> {
+    let groups = n.div_ceil(per).max(1);
+    let x = groups.min(MAX_GROUPS);
+    let y = groups.div_ceil(x);
+    if y > MAX_GROUPS {
+        return Err(LabError::invalid(format!(
+            "{n} work items are too many for one dispatch"
+        )));
+    }
+    Ok([x as u32, y as u32, 1])
+}
+
+fn as_u32(what: &str, n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        LabError::invalid(format!(
+            "{what}: {n} is beyond what a GPU kernel indexes (u32)"
+        ))
+    })
+}
+
+/// Kernels recorded into one command buffer, submitted when a result is read back.
+pub struct Recorder<'a> {
+    ctx: &'a GpuContext,
+    encoder: wgpu::CommandEncoder,
+    /// [out of memory, validation], pushed in that order, popped in reverse.
+    scopes: Vec<wgpu::ErrorScopeGuard>,
+    /// Bound where a kernel's optional input (a bias) is absent.
+    dummy: wgpu::Buffer,
+}
+
+impl<'a> Recorder<'a> {
+    pub fn new(ctx: &'a GpuContext) -> Result<Self> {
+        ctx.check()?;
+        let scopes = Self::push_scopes(ctx);
+        let dummy = ctx.buffer_with("no bias", &[0f32], wgpu::BufferUsages::STORAGE);
+        Ok(Recorder {
+            ctx,
+            encoder: ctx.device.create_command_encoder(&Default::default()),
+            scopes,
+            dummy,
+        })
+    }
+
+    fn push_scopes(ctx: &GpuContext) -> Vec<wgpu::ErrorScopeGuard> {
+        vec![
+            ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
+            ctx.device.push_error_scope(wgpu::ErrorFilter::Validation),
+        ]
+    }
+
+    /// Copies `m` to the GPU.
+    pub fn upload(&mut self, m: Matrix) -> Result<GpuMatrix> {
+        self.ctx.upload(m)
+    }
+
+    /// An uninitialised `[rows, cols]` output (every kernel writes all of its output).
+    fn output(&self, rows: usize, cols: usize) -> Result<GpuMatrix> {
+        self.ctx.check()?;
+        let bytes = (rows * cols * 4) as u64;
+        if bytes > self.ctx.max_binding_elements() as u64 * 4 {
+            return Err(LabError::invalid(format!(
+                "a [{rows}, {cols}] intermediate of {bytes} bytes exceeds this GPU's storage \
+                 binding limit of {} bytes",
+                self.ctx.max_binding_elements() * 4
+            )));
+        }
+        let buffer = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("intermediate"),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        Ok(GpuMatrix { buffer, rows, cols })
+    }
+
+    /// Records one dispatch of `entry` with `bindings` at @binding(0..) and `params` last.
+    fn dispatch<P: Pod>(
+        &mut self,
+        shader: &Shader,
+        entry: &'static str,
+        bindings: &[&wgpu::Buffer],
+        params: &P,
+        groups: [u32; 3],
+    ) -> Result<()> {
+        self.ctx.check()?;
+        let pipeline = self.ctx.pipeline(shader, entry)?;
+        let params = self.ctx.buffer_with(
+            "params",
+            std::slice::from_ref(params),
+            wgpu::BufferUsages::UNIFORM,
+        );
+        let layout = pipeline.get_bind_group_layout(0);
+        let entries: Vec<wgpu::BindGroupEntry> = bindings
+            .iter()
+            .copied()
+            .chain(std::iter::once(&params))
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        let bind_group = self
+            .ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &layout,
+                entries: &entries,
+            });
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        Ok(())
+    }
+
+    /// y = x W^T (+ b): x (N, K), W (O, K), b (O) -> y (N, O). Kernel: matmul.wgsl.
+    pub fn linear(
+        &mut self,
+        x: &GpuMatrix,
+        w: &GpuMatrix,
+        bias: Option<&GpuMatrix>,
+    ) -> Result<GpuMatrix> {
+        if x.cols != w.cols {
+            return Err(LabError::invalid(format!(
+                "linear: x is [{}, {}] but W is [{}, {}]; their columns must agree",
+                x.rows, x.cols, w.rows, w.cols
+            )));
+        }
+        if let Some(b) = bias {
+            if b.len() != w.rows {
+                return Err(LabError::invalid(format!(
+                    "linear: the bias has {} values for {} outputs",
+                    b.len(),
+                    w.rows
+                )));
+            }
+        }
+        let (gx, gy) = (
+            w.rows.div_ceil(MATMUL_TILE).max(1),
+            x.rows.div_ceil(MATMUL_TILE).max(1),
+        );
+        if gx > MAX_GROUPS || gy > MAX_GROUPS {
+            return Err(LabError::invalid(format!(
+                "linear: [{}, {}] x [{}, {}]^T is too large for one dispatch",
+                x.rows, x.cols, w.rows, w.cols
+            )));
+        }
+        let y = self.output(x.rows, w.rows)?;
+        let p = LinearParams {
+            n: as_u32("linear rows", x.rows)?,
+            k: as_u32("linear inner dim", x.cols)?,
+            o: as_u32("linear outputs", w.rows)?,
+            has_bias: bias.is_some() as u32,
+        };
+        let b = bias.map_or(&self.dummy, |b| &b.buffer).clone();
+        if !y.is_empty() {
+            self.dispatch(
+                &MATMUL,
+                "linear",
+                &[&x.buffer, &w.buffer, &b, &y.buffer],
+                &p,
+                [gx as u32, gy as u32, 1],
+            )?;
+        }
+        Ok(y)
+    }
+
+    /// Each row of x (rows, C) -> x / sqrt(mean(x^2) + eps) * w, w (C). Kernel: norm.wgsl.
+    pub fn rms_norm(&mut self, x: &GpuMatrix, w: &GpuMatrix, eps: f32) -> Result<GpuMatrix> {
+        if w.len() != x.cols {
+            return Err(LabError::invalid(format!(
+                "rms_norm: {} weights for rows of {}",
+                w.len(),
+                x.cols
+            )));
+        }
+        let y = self.output(x.rows, x.cols)?;
+        let p = NormParams {
+            rows: as_u32("rms_norm rows", x.rows)?,
+            cols: as_u32("rms_norm width", x.cols)?,
+            inv_c: 1.0 / x.cols as f32,
+            eps,
+        };
+        if !y.is_empty() {
+            let groups = flat_grid(x.rows, 1)?;
+            self.dispatch(
+                &NORM,
+                "rms_norm",
+                &[&x.buffer, &w.buffer, &y.buffer],
+                &p,
+                groups,
+            )?;
+        }
+        Ok(y)
+    }
+
+    /// Rotates x in place (half-split RoPE); `cos`, `sin` are (T, D) tables from the host.
+    /// Kernel: rope.wgsl.
+    pub fn rope(
+        &mut self,
+        x: &GpuMatrix,
+        layout: HeadLayout,
+        cos: &GpuMatrix,
+        sin: &GpuMatrix,
+    ) -> Result<()> {
+        let l = layout;
+        if l.d % 2 != 0 {
+            return Err(LabError::invalid(format!(
+                "rope: head dim {} is odd; RoPE needs pairs",
+                l.d
+            )));
+        }
+        let table = l.t * l.d;
+        if cos.len() < table || sin.len() < table {
+            return Err(LabError::invalid(format!(
+                "rope: the tables cover {} positions, the tensor has {}",
+                cos.len().min(sin.len()) / l.d.max(1),
+                l.t
+            )));
+        }
+        let last = if l.is_empty() {
+            0
+        } else {
+            l.at(l.batch - 1, l.heads - 1, l.t - 1) + l.d
+        };
+        if last > x.len() {
+            return Err(LabError::invalid(format!(
+                "rope: the layout {l:?} reaches value {last} of a tensor of {}",
+                x.len()
+            )));
+        }
+        let pairs = l.len() / 2;
+        if pairs == 0 {
+            return Ok(());
+        }
+        let p = RopeParams {
+            batch: as_u32("rope batch", l.batch)?,
+            heads: as_u32("rope heads", l.heads)?,
+            t: as_u32("rope tokens", l.t)?,
+            d: as_u32("rope head dim", l.d)?,
+            stride_b: as_u32("rope stride", l.stride_b)?,
+            stride_h: as_u32("rope stride", l.stride_h)?,
+            stride_t: as_u32("rope stride", l.stride_t)?,
+            _pad: 0,
+        };
+        as_u32("rope values", last)?;
+        let groups = flat_grid(pairs, WG)?;
+        self.dispatch(
+            &ROPE,
+            "rope",
+            &[&x.buffer, &cos.buffer, &sin.buffer],
+            &p,
+            groups,
+        )
+    }
+
+    /// Causal grouped-query attention: q (N, H D), k and v (N, KV D), token-major ->
+    /// a (N, H D). Kernel: attention.wgsl.
+    pub fn causal_attention(
+        &mut self,
+        q: &GpuMatrix,
+        k: &GpuMatrix,
+        v: &GpuMatrix,
+        s: AttentionShape,
+    ) -> Result<GpuMatrix> {
+        s.check()?;
+        let n = s.batch * s.t;
+        let want = |m: &GpuMatrix, heads: usize, what: &str| -> Result<()> {
+            if m.len() != n * heads * s.d {
+                return Err(LabError::invalid(format!(
+                    "attention: {what} is [{}, {}], expected [{n}, {}]",
+                    m.rows,
+                    m.cols,
+                    heads * s.d
+                )));
+            }
+            Ok(())
+        };
+        want(q, s.heads, "q")?;
+        want(k, s.kv_heads, "k")?;
+        want(v, s.kv_heads, "v")?;
+        as_u32("attention values", q.len())?;
+        let a = self.output(n, s.heads * s.d)?;
+        let p = AttentionParams {
+            t: s.t as u32,
+            heads: s.heads as u32,
+            kv_heads: s.kv_heads as u32,
+            d: s.d as u32,
+            scale: (1.0 / (s.d as f64).sqrt()) as f32,
+            _pad: [0; 3],
+        };
+        self.dispatch(
+            &ATTENTION,
+            "causal_attention",
+            &[&q.buffer, &k.buffer, &v.buffer, &a.buffer],
+            &p,
+            [s.t as u32, s.heads as u32, s.batch as u32],
+        )?;
+        Ok(a)
+    }
+
+    fn elementwise(
+        &mut self,
+        entry: &'static str,
+        a: &GpuMatrix,
+        b: &GpuMatrix,
+    ) -> Result<GpuMatrix> {
+        if (a.rows, a.cols) != (b.rows, b.cols) {
+            return Err(LabError::invalid(format!(
+                "{entry}: shapes [{}, {}] and [{}, {}] differ",
+                a.rows, a.cols, b.rows, b.cols
+            )));
+        }
+        let out = self.output(a.rows, a.cols)?;
+        if !out.is_empty() {
+            let p = FlatParams {
+                len: as_u32(entry, a.len())?,
+                _pad: [0; 3],
+            };
+            let groups = flat_grid(a.len(), WG)?;
+            self.dispatch(
+                &ELEMENTWISE,
+                entry,
+                &[&a.buffer, &b.buffer, &out.buffer],
+                &p,
+                groups,
+            )?;
+        }
+        Ok(out)
+    }
+
+    /// silu(g) * u, elementwise (the SwiGLU FFN's hidden state).
+    pub fn swiglu(&mut self, g: &GpuMatrix, u: &GpuMatrix) -> Result<GpuMatrix> {
+        self.elementwise("swiglu", g, u)
+    }
+
+    /// a + b, elementwise (the residual stream).
+    pub fn residual_add(&mut self, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
+        self.elementwise("residual_add", a, b)
+    }
+
+    /// Submits what was recorded and reports errors raised since the last submission; the
+    /// scopes are opened again for what follows.
+    async fn submit(&mut self) -> Result<()> {
+        let encoder = std::mem::replace(
+            &mut self.encoder,
+            self.ctx.device.create_command_encoder(&Default::default()),
+        );
+        self.ctx.queue.submit([encoder.finish()]);
+        let validation = self.scopes.pop();
+        let oom = self.scopes.pop();
+        let mut failure = None;
+        if let Some(e) = match validation {
+            Some(s) => s.pop().await,
+            None => None,
+        } {
+            failure = Some(LabError::GpuFailed(e.to_string()));
+        }
+        if let Some(e) = match oom {
+            Some(s) => s.pop().await,
+            None => None,
+        } {
+            failure.get_or_insert(LabError::GpuFailed(format!("out of GPU memory: {e}")));
+        }
+        if let Some(f) = failure {
+            // A lost device makes every later call invalid; say so rather than quote the
+            // first validation error it caused. (Natively the loss is only reported from a
+            // poll; in the browser, by the event loop.)
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = self.ctx.device.poll(wgpu::PollType::Poll);
+            self.ctx.check()?;
+            return Err(f);
+        }
+        self.ctx.check()?;
+        self.scopes = Self::push_scopes(self.ctx);
+        Ok(())
+    }
+
+    /// Runs everything recorded so far and reads `m` back.
+    pub async fn read(&mut self, m: &GpuMatrix) -> Result<Vec<f32>> {
+        self.ctx.check()?;
+        let bytes = m.buffer.size();
+        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.encoder
+            .copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
+        self.submit().await?;
+        let mut values: Vec<f32> = self.ctx.read_mapped(&staging).await?;
+        values.truncate(m.len());
+        Ok(values)
+    }
+
+    /// Runs everything recorded and reports any error it raised.
+    pub async fn finish(mut self) -> Result<()> {
+        self.submit().await
+    }
+}
+
+impl Drop for Recorder<'_> {
+    /// wgpu requires error scopes to be closed in reverse order (it panics otherwise); a
+    /// `Vec` would drop them front to back.
+    fn drop(&mut self) {
+        while let Some(scope) = self.scopes.pop() {
+            drop(scope);
+        }
+    }
+}

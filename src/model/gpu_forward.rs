@@ -1,0 +1,238 @@
+//! One LLaMA-family block on the GPU: what `Llama::block_forward` computes, with the
+//! kernels of `compute::forward`, the intermediates kept on the GPU.
+//!
+//! Shapes as in `llama`: x (B,T,C), N = B T. Every linear reads and writes (N, features)
+//! row-major, so q (N, H D), k and v (N, KV D) are token-major (B,T,heads,D); RoPE rotates
+//! them in place in that layout and attention writes (N, H D), the heads side by side as
+//! Wo expects. Nothing is transposed.
+//!
+//! ```text
+//! h = rms_norm(x, attn_norm)                          -> read back: Observer (q, k, v)
+//! q, k, v = linear(h, Wq|Wk|Wv); rope(q), rope(k)
+//! a = causal_attention(q, k, v)                       -> read back: Observer (o)
+//! x1 = x + linear(a, Wo)
+//! h2 = rms_norm(x1, ffn_norm)                         -> read back: Observer (gate, up)
+//! m = swiglu(linear(h2, Wgate), linear(h2, Wup))      -> read back: Observer (down)
+//! x2 = x1 + linear(m, Wdown)                          -> read back: Observer, the result
+//! ```
+//!
+//! The only readbacks are the four linear inputs the Observer sees (the pruning lab's
+//! statistics) and the block's output. A lost device or a validation error surfaces at the
+//! next readback as `LabError::GpuFailed`.
+
+use candle_core::{Device, Tensor};
+
+use super::llama::{to_vec, BlockWeights, Linear, Llama, Observer, Rope};
+use crate::compute::forward::{AttentionShape, HeadLayout, Recorder};
+use crate::compute::gpu::GpuMatrix;
+use crate::compute::{GpuContext, Matrix};
+use crate::{LabError, Result};
+
+fn ce(e: candle_core::Error) -> LabError {
+    LabError::invalid(format!("the GPU forward pass failed: {e}"))
+}
+
+/// A tensor's values as an `[rows, cols]` matrix on the GPU.
+fn upload(ctx: &GpuContext, t: &Tensor, rows: usize, cols: usize) -> Result<GpuMatrix> {
+    let v = to_vec(t)?;
+    ctx.upload(Matrix::new(&v, rows, cols)?)
+}
+
+/// One linear layer's weight (out, in) and bias (out) on the GPU.
+pub struct GpuLinear {
+    pub weight: GpuMatrix,
+    pub bias: Option<GpuMatrix>,
+}
+
+impl GpuLinear {
+    pub fn upload(ctx: &GpuContext, l: &Linear) -> Result<GpuLinear> {
+        let (out, inp) = l.weight.dims2().map_err(ce)?;
+        let bias = match &l.bias {
+            Some(b) => Some(upload(ctx, b, 1, out)?),
+            None => None,
+        };
+        Ok(GpuLinear {
+            weight: upload(ctx, &l.weight, out, inp)?,
+            bias,
+        })
+    }
+}
+
+/// One block's weights resident on the GPU (uploaded once, usable for many batches).
+pub struct GpuBlock {
+    pub index: usize,
+    pub attn_norm: GpuMatrix,
+    pub q: GpuLinear,
+    pub k: GpuLinear,
+    pub v: GpuLinear,
+    pub o: GpuLinear,
+    pub ffn_norm: GpuMatrix,
+    pub gate: GpuLinear,
+    pub up: GpuLinear,
+    pub down: GpuLinear,
+}
+
+impl GpuBlock {
+    pub fn upload(ctx: &GpuContext, w: &BlockWeights) -> Result<GpuBlock> {
+        let norm = |t: &Tensor| -> Result<GpuMatrix> {
+            let c = t.elem_count();
+            upload(ctx, t, 1, c)
+        };
+        Ok(GpuBlock {
+            index: w.index,
+            attn_norm: norm(&w.attn_norm)?,
+            q: GpuLinear::upload(ctx, &w.q)?,
+            k: GpuLinear::upload(ctx, &w.k)?,
+            v: GpuLinear::upload(ctx, &w.v)?,
+            o: GpuLinear::upload(ctx, &w.o)?,
+            ffn_norm: norm(&w.ffn_norm)?,
+            gate: GpuLinear::upload(ctx, &w.gate)?,
+            up: GpuLinear::upload(ctx, &w.up)?,
+            down: GpuLinear::upload(ctx, &w.down)?,
+        })
+    }
+}
+
+/// `Llama::block_forward` on the GPU: x (B,T,C) -> (B,T,C), the same Observer calls with
+/// the same (N, in) inputs. Uploads the block's weights first; see `block_forward_resident`
+/// to reuse them.
+pub async fn block_forward_gpu(
+    ctx: &GpuContext,
+    model: &Llama<'_>,
+    w: &BlockWeights,
+    x: &Tensor,
+    rope: &Rope,
+    obs: &mut dyn Observer,
+) -> Result<Tensor> {
+    let block = GpuBlock::upload(ctx, w)?;
+    block_forward_resident(ctx, model, &block, x, rope, obs).await
+}
+
+/// `block_forward_gpu` with the weights already on the GPU.
+pub async fn block_forward_resident(
+    ctx: &GpuContext,
+    model: &Llama<'_>,
+    w: &GpuBlock,
+    x: &Tensor,
+    rope: &Rope,
+    obs: &mut dyn Observer,
+) -> Result<Tensor> {
+    let c = &model.config;
+    let (b, t, cc) = x.dims3().map_err(ce)?;
+    if cc != c.hidden {
+        return Err(LabError::invalid(format!(
+            "block {}: the input is (B,T,{cc}); the model's hidden width is {}",
+            w.index, c.hidden
+        )));
+    }
+    let (nh, nkv, d) = (c.heads, c.kv_heads, c.head_dim);
+    let n = b * t;
+    let (rope_t, rope_d) = rope.cos.dims2().map_err(ce)?;
+    if rope_t < t || rope_d != d {
+        return Err(LabError::invalid(format!(
+            "block {}: the RoPE tables are ({rope_t}, {rope_d}); T = {t} tokens of head \
+             dim {d} need ({t}, {d})",
+            w.index
+        )));
+    }
+    let i = w.index;
+    let eps = c.rms_eps as f32;
+    let cpu = Device::Cpu;
+    let tensor = |v: Vec<f32>, cols: usize| Tensor::from_vec(v, (n, cols), &cpu).map_err(ce);
+
+    let mut rec = Recorder::new(ctx)?;
+    let xs = rec.upload(Matrix::new(&to_vec(x)?, n, cc)?)?;
+    let cos = rec.upload(Matrix::new(&to_vec(&rope.cos)?, rope_t, d)?)?;
+    let sin = rec.upload(Matrix::new(&to_vec(&rope.sin)?, rope_t, d)?)?;
+    let linear = |rec: &mut Recorder, x: &GpuMatrix, l: &GpuLinear| {
+        rec.linear(x, &l.weight, l.bias.as_ref())
+    };
+
+    // Attention.
+    let h = rec.rms_norm(&xs, &w.attn_norm, eps)?;
+    obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
+    let q = linear(&mut rec, &h, &w.q)?;
+    let k = linear(&mut rec, &h, &w.k)?;
+    let v = linear(&mut rec, &h, &w.v)?;
+    rec.rope(&q, HeadLayout::token_major(b, nh, t, d), &cos, &sin)?;
+    rec.rope(&k, HeadLayout::token_major(b, nkv, t, d), &cos, &sin)?;
+    let shape = AttentionShape {
+        batch: b,
+        t,
+        heads: nh,
+        kv_heads: nkv,
+        d,
+    };
+    let a = rec.causal_attention(&q, &k, &v, shape)?;
+    obs.linear_input(i, &["o"], &tensor(rec.read(&a).await?, nh * d)?)?;
+    let attn_out = linear(&mut rec, &a, &w.o)?;
+    let x1 = rec.residual_add(&xs, &attn_out)?;
+
+    // MLP (SwiGLU).
+    let h2 = rec.rms_norm(&x1, &w.ffn_norm, eps)?;
+    obs.linear_input(i, &["gate", "up"], &tensor(rec.read(&h2).await?, cc)?)?;
+    let g = linear(&mut rec, &h2, &w.gate)?;
+    let u = linear(&mut rec, &h2, &w.up)?;
+    let m = rec.swiglu(&g, &u)?;
+    obs.linear_input(i, &["down"], &tensor(rec.read(&m).await?, c.ffn)?)?;
+    let mlp_out = linear(&mut rec, &m, &w.down)?;
+    let x2 = rec.residual_add(&x1, &mlp_out)?;
+    let out = Tensor::from_vec(rec.read(&x2).await?, (b, t, cc), &cpu).map_err(ce)?;
+    rec.finish().await?;
+    obs.block_output(i, &out)?;
+    Ok(out)
+}
+
+/// Observer calls held back until the GPU block has finished, so that a block that fails
+/// half-way on the GPU and is redone on the CPU shows each input to the real Observer once.
+#[derive(Default)]
+struct HeldCalls {
+    /// (roles, x) of each linear_input; the block output comes from the return value.
+    inputs: Vec<(Vec<String>, Tensor)>,
+}
+
+impl Observer for HeldCalls {
+    fn linear_input(&mut self, _block: usize, roles: &[&str], x: &Tensor) -> Result<()> {
+        self.inputs
+            .push((roles.iter().map(|r| r.to_string()).collect(), x.clone()));
+        Ok(())
+    }
+}
+
+/// One block on the backend's GPU, or its CPU: `Llama::block_forward`'s result and Observer
+/// calls either way. If the GPU fails mid-block (device lost, validation or memory error),
+/// the GPU is disabled on `backend` (its line says why), the block is redone on the CPU and
+/// the returned notice says so; the Observer sees only the finished block's calls.
+pub async fn block_forward_on(
+    backend: &crate::compute::Backend,
+    model: &Llama<'_>,
+    w: &BlockWeights,
+    x: &Tensor,
+    rope: &Rope,
+    obs: &mut dyn Observer,
+) -> Result<(Tensor, Option<String>)> {
+    let mut notice = None;
+    if let Some(gpu) = backend.gpu() {
+        let mut held = HeldCalls::default();
+        match block_forward_gpu(&gpu, model, w, x, rope, &mut held).await {
+            Ok(out) => {
+                for (roles, t) in &held.inputs {
+                    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+                    obs.linear_input(w.index, &roles, t)?;
+                }
+                obs.block_output(w.index, &out)?;
+                return Ok((out, None));
+            }
+            Err(LabError::GpuFailed(msg)) => {
+                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
+                notice = Some(format!(
+                    "The GPU failed in block {} ({msg}); the run finished on the CPU.",
+                    w.index
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let out = model.block_forward(w, x, rope, obs)?;
+    Ok((out, notice))
+}
