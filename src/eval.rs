@@ -20,7 +20,8 @@ use candle_core::{Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use crate::compute::backend::checkpoint;
-use crate::compute::RunControl;
+use crate::compute::{Backend, RunControl};
+use crate::model::gpu_forward::block_forward_on;
 use crate::model::llama::{BlockWeights, Llama, NoObserver, Rope};
 use crate::{LabError, Result};
 
@@ -58,6 +59,9 @@ pub struct PplReport {
     pub seqlen: usize,
     /// NLL of each window.
     pub window_nll: Vec<f64>,
+    /// Things the user should know (a GPU that failed mid-run, and the CPU finished).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<String>,
 }
 
 fn ce(e: candle_core::Error) -> LabError {
@@ -91,7 +95,8 @@ pub async fn perplexity(
     opts: &PplOptions,
     ctl: &dyn RunControl,
 ) -> Result<PplReport> {
-    perplexity_with(model, ids, opts, ctl, "perplexity", &|i| {
+    let cpu = Backend::cpu("the CPU was asked for");
+    perplexity_with(&cpu, model, ids, opts, ctl, "perplexity", &|i| {
         model.load_block(i)
     })
     .await
@@ -99,8 +104,11 @@ pub async fn perplexity(
 
 /// Perplexity with each block's weights from `blocks(i)` instead of the file: the pruned
 /// model's evaluation (`prune::driver`), which swaps in pruned linears. The embedding, the
-/// final norm and the head still come from `model`. Progress is reported as `stage`.
+/// final norm and the head still come from `model`. Progress is reported as `stage`. The
+/// blocks run on `backend`'s GPU when it has one (`block_forward_on`: a GPU failure
+/// finishes the run on the CPU, with a notice), else on the CPU.
 pub async fn perplexity_with(
+    backend: &Backend,
     model: &Llama<'_>,
     ids: &[u32],
     opts: &PplOptions,
@@ -114,13 +122,17 @@ pub async fn perplexity_with(
     let ends = model.load_ends()?;
     let rope = Rope::new(opts.seqlen, model.config.head_dim, model.config.rope_theta)?;
     let mut window_nll = Vec::with_capacity(wins.len());
+    let mut notices = Vec::new();
     ctl.progress(stage, 0, total);
     for batch in wins.chunks(opts.batch.max(1)) {
         let mut x = model.embed(&ends, batch)?;
         for i in 0..layers {
             checkpoint(ctl).await?;
             let w = blocks(i)?;
-            x = model.block_forward(&w, &x, &rope, &mut NoObserver)?;
+            let (out, notice) =
+                block_forward_on(backend, model, &w, &x, &rope, &mut NoObserver).await?;
+            x = out;
+            notices.extend(notice);
         }
         for (b, win) in batch.iter().enumerate() {
             checkpoint(ctl).await?;
@@ -156,5 +168,6 @@ pub async fn perplexity_with(
         windows: wins.len(),
         seqlen: opts.seqlen,
         window_nll,
+        notices,
     })
 }

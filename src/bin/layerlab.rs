@@ -7,14 +7,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use layerlab::compute::RunControl;
-use layerlab::compute::{Backend, BackendChoice, Matrix, Silent};
+use layerlab::compute::{Backend, BackendChoice, BackendInfo, Matrix, Silent};
 use layerlab::eval::{perplexity, PplOptions, PplReport};
 use layerlab::experiment::{Experiment, ModelSource, PruneSpec, TextSource};
 use layerlab::io::{FileSource, Format, ModelFile};
 use layerlab::model::describe;
 use layerlab::model::llama::Llama;
 use layerlab::prune::driver::{
-    export_safetensors, hf_config, prune_model, Method, OwlOptions, PruneOptions, PruneReport,
+    export_safetensors, hf_config, prune_model_on, Method, OwlOptions, PruneOptions, PruneReport,
 };
 use layerlab::stats::model::{model_stats, ModelReport};
 use layerlab::stats::{tensor_stats, StatsOptions, StatsRun};
@@ -147,6 +147,10 @@ enum Command {
         /// model a config.json is written beside it.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Where the forward passes and Wanda's selection run: auto (a real GPU, else the
+        /// CPU), gpu (even a software one) or cpu.
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
         /// Write the report as JSON to this file ("-" for standard output).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -315,6 +319,7 @@ async fn run(cli: Cli) -> Result<()> {
             batch,
             no_dense,
             out,
+            backend,
             json,
         } => {
             let started = std::time::Instant::now();
@@ -375,8 +380,16 @@ async fn run(cli: Cli) -> Result<()> {
                 .as_deref()
                 .map(|t| tokenizer.encode(t))
                 .transpose()?;
-            let run =
-                prune_model(&llama, &calib_ids, eval_ids.as_deref(), &opts, &Progress).await?;
+            let b = Backend::new(backend).await?;
+            let run = prune_model_on(
+                &b,
+                &llama,
+                &calib_ids,
+                eval_ids.as_deref(),
+                &opts,
+                &Progress,
+            )
+            .await?;
             let text = |p: &Path| TextSource::Path {
                 path: p.display().to_string(),
             };
@@ -402,6 +415,7 @@ async fn run(cli: Cli) -> Result<()> {
                 eval: eval.as_ref().map(|p| p.display().to_string()),
                 tokenizer: tokenizer.describe.clone(),
                 report: run.report.clone(),
+                backend: b.info(),
             };
             if let Some(out_path) = &out {
                 let extra = serde_json::json!({ "experiment": output.experiment });
@@ -480,6 +494,7 @@ struct PruneOutput {
     tokenizer: String,
     #[serde(flatten)]
     report: PruneReport,
+    backend: BackendInfo,
 }
 
 /// "N:M" -> (N, M), 0 <= N < M.

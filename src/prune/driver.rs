@@ -41,9 +41,10 @@ use super::masks::{apply_mask, count_zeros, magnitude_mask, wanda_mask, Pattern,
 use super::outliers::{outlier_sweep, LinearStats};
 use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use crate::compute::backend::checkpoint;
-use crate::compute::RunControl;
+use crate::compute::{Backend, RunControl};
 use crate::eval::{perplexity_with, PplOptions, PplReport};
 use crate::io::safetensors::{write_f32, F32Tensor};
+use crate::model::gpu_forward::block_forward_on;
 use crate::model::llama::{to_vec, BlockWeights, Llama, NoObserver, Observer, Rope};
 use crate::{LabError, Result};
 
@@ -341,9 +342,28 @@ impl PruneRun {
         opts: &PplOptions,
         ctl: &dyn RunControl,
     ) -> Result<PplReport> {
-        perplexity_with(model, ids, opts, ctl, "perplexity (pruned)", &|i| {
-            self.block_weights(model, i)
-        })
+        let cpu = Backend::cpu("the CPU was asked for");
+        self.perplexity_on(&cpu, model, ids, opts, ctl).await
+    }
+
+    /// `perplexity` on `backend` (its GPU where there is one).
+    pub async fn perplexity_on(
+        &self,
+        backend: &Backend,
+        model: &Llama<'_>,
+        ids: &[u32],
+        opts: &PplOptions,
+        ctl: &dyn RunControl,
+    ) -> Result<PplReport> {
+        perplexity_with(
+            backend,
+            model,
+            ids,
+            opts,
+            ctl,
+            "perplexity (pruned)",
+            &|i| self.block_weights(model, i),
+        )
         .await
     }
 }
@@ -493,6 +513,69 @@ pub async fn prune_model(
     opts: &PruneOptions,
     ctl: &dyn RunControl,
 ) -> Result<PruneRun> {
+    let cpu = Backend::cpu("the CPU was asked for");
+    prune_model_on(&cpu, model, calib_ids, eval_ids, opts, ctl).await
+}
+
+/// One block on `backend` (see `block_forward_on`); a GPU failure's notice is kept.
+async fn forward(
+    backend: &Backend,
+    model: &Llama<'_>,
+    w: &BlockWeights,
+    x: &Tensor,
+    rope: &Rope,
+    obs: &mut dyn Observer,
+    notices: &mut Vec<String>,
+) -> Result<Tensor> {
+    let (out, notice) = block_forward_on(backend, model, w, x, rope, obs).await?;
+    notices.extend(notice);
+    Ok(out)
+}
+
+/// Wanda's mask on `backend`'s GPU where there is one (the same mask as the CPU's, see
+/// `compute::select`), else on the CPU; a GPU failure finishes on the CPU and says so.
+async fn wanda_mask_on(
+    backend: &Backend,
+    what: &str,
+    weight: &[f32],
+    rows: usize,
+    cols: usize,
+    scaler: &[f32],
+    pattern: Pattern,
+) -> Result<(super::masks::Mask, Option<String>)> {
+    let mut notice = None;
+    if let Some(gpu) = backend.gpu() {
+        match gpu
+            .wanda_mask(what, weight, rows, cols, scaler, pattern)
+            .await
+        {
+            Err(LabError::GpuFailed(msg)) => {
+                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
+                notice = Some(format!(
+                    "The GPU failed while masking {what} ({msg}); the run finished on the CPU."
+                ));
+            }
+            other => return other.map(|m| (m, None)),
+        }
+    }
+    Ok((
+        wanda_mask(what, weight, rows, cols, scaler, pattern)?,
+        notice,
+    ))
+}
+
+/// `prune_model` with the forward passes and Wanda's selection on `backend`: its GPU where
+/// it has one (WebGPU in the browser, Vulkan natively), else the CPU. Same numbers up to
+/// f32 rounding (the kernels' parity tests), same report.
+pub async fn prune_model_on(
+    backend: &Backend,
+    model: &Llama<'_>,
+    calib_ids: &[u32],
+    eval_ids: Option<&[u32]>,
+    opts: &PruneOptions,
+    ctl: &dyn RunControl,
+) -> Result<PruneRun> {
+    let mut gpu_notices: Vec<String> = Vec::new();
     let started = Instant::now();
     opts.check()?;
     let layers = model.config.layers;
@@ -545,7 +628,7 @@ pub async fn prune_model(
         for x in xs.iter_mut() {
             checkpoint(ctl).await?;
             stats.windows = x.dim(0).map_err(ce)?;
-            *x = model.block_forward(&w, x, &rope, &mut stats)?;
+            *x = forward(backend, model, &w, x, &rope, &mut stats, &mut gpu_notices).await?;
         }
         let ratios = block_outliers(&w, &linear_names(i)?, &stats, &ms)?;
         let at_m = ratios.last().expect("M is in the sweep");
@@ -610,7 +693,7 @@ pub async fn prune_model(
                 stats.windows = x.dim(0).map_err(ce)?;
                 // Only the statistics matter here; the block's output is recomputed below
                 // with the pruned weights.
-                model.block_forward(&w, x, &rope, &mut stats)?;
+                forward(backend, model, &w, x, &rope, &mut stats, &mut gpu_notices).await?;
             }
         }
         let names = linear_names(i)?;
@@ -634,7 +717,10 @@ pub async fn prune_model(
                     apply_mask(what, &mut weight, &mask)?;
                 }
                 Method::Wanda => {
-                    let mask = wanda_mask(what, &weight, rows, cols, stats.scaler(role)?, pattern)?;
+                    let scaler = stats.scaler(role)?;
+                    let (mask, notice) =
+                        wanda_mask_on(backend, what, &weight, rows, cols, scaler, pattern).await?;
+                    gpu_notices.extend(notice);
                     apply_mask(what, &mut weight, &mask)?;
                 }
                 Method::SparseGpt => {
@@ -673,7 +759,16 @@ pub async fn prune_model(
         if needs_activations && i + 1 < layers {
             for x in xs.iter_mut() {
                 checkpoint(ctl).await?;
-                *x = model.block_forward(&w, x, &rope, &mut NoObserver)?;
+                *x = forward(
+                    backend,
+                    model,
+                    &w,
+                    x,
+                    &rope,
+                    &mut NoObserver,
+                    &mut gpu_notices,
+                )
+                .await?;
             }
         }
         zeros_all += zeros_block;
@@ -728,17 +823,27 @@ pub async fn prune_model(
     if let Some(ids) = eval_ids {
         let dense = if opts.dense_ppl {
             let t = Instant::now();
-            let r = perplexity_with(model, ids, &opts.eval, ctl, "perplexity (dense)", &|i| {
-                model.load_block(i)
-            })
+            let r = perplexity_with(
+                backend,
+                model,
+                ids,
+                &opts.eval,
+                ctl,
+                "perplexity (dense)",
+                &|i| model.load_block(i),
+            )
             .await?;
             run.report.timings.perplexity_dense = Some(t.elapsed().as_secs_f64());
+            gpu_notices.extend(r.notices);
             Some(r.perplexity)
         } else {
             None
         };
         let t = Instant::now();
-        let r = run.perplexity(model, ids, &opts.eval, ctl).await?;
+        let r = run
+            .perplexity_on(backend, model, ids, &opts.eval, ctl)
+            .await?;
+        gpu_notices.extend(r.notices);
         run.report.timings.perplexity_pruned = Some(t.elapsed().as_secs_f64());
         run.report.perplexity = Some(PerplexitySummary {
             dense,
@@ -748,6 +853,11 @@ pub async fn prune_model(
             predicted_tokens: r.predicted_tokens,
             text_tokens: r.text_tokens,
         });
+    }
+    for n in gpu_notices {
+        if !run.report.notices.contains(&n) {
+            run.report.notices.push(n);
+        }
     }
     run.report.timings.total = started.elapsed().as_secs_f64();
     Ok(run)

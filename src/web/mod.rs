@@ -16,7 +16,7 @@ use crate::experiment::Experiment;
 use crate::io::{ByteSource, Format, ModelFile};
 use crate::model::llama::{to_vec, Llama};
 use crate::model::{describe, ModelDesc};
-use crate::prune::driver::{export_safetensors, hf_config, prune_model, PruneReport, PruneRun};
+use crate::prune::driver::{export_safetensors, hf_config, prune_model_on, PruneReport, PruneRun};
 use crate::stats::model::{model_info, model_stats};
 use crate::stats::Histogram;
 use crate::stats::{tensor_stats, StatsOptions};
@@ -369,9 +369,16 @@ impl Lab {
             let tok = model.tokenizer().map_err(to_js_err)?;
             let calib_ids = tok.encode(&calib).map_err(to_js_err)?;
             let eval_ids = tok.encode(&eval).map_err(to_js_err)?;
-            let run = prune_model(&llama, &calib_ids, Some(&eval_ids), &spec.options, &ctl)
-                .await
-                .map_err(to_js_err)?;
+            let run = prune_model_on(
+                &self.backend,
+                &llama,
+                &calib_ids,
+                Some(&eval_ids),
+                &spec.options,
+                &ctl,
+            )
+            .await
+            .map_err(to_js_err)?;
             (run, tok.describe.clone())
         };
         let out = to_js(&PagePruneReport {
