@@ -220,10 +220,13 @@ fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Every Observer call: (block, roles, dims, values).
+/// One Observer call: (block, roles, dims, values).
+type Input = (usize, Vec<String>, Vec<usize>, Vec<f32>);
+
+/// Every Observer call.
 #[derive(Default)]
 struct Capture {
-    inputs: Vec<(usize, Vec<String>, Vec<usize>, Vec<f32>)>,
+    inputs: Vec<Input>,
 }
 
 impl Observer for Capture {
