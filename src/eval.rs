@@ -1,4 +1,5 @@
-//! Evaluation: perplexity of a LLaMA-family model on a text, as METHODS.md defines it.
+//! Evaluation: perplexity of a causal LM (LLaMA family, GPT-2, OPT: `model::causal`) on a
+//! text, as METHODS.md defines it.
 //!
 //! ```text
 //! ids = tokenise(text)                        once; BOS first only if the tokeniser says so
@@ -8,7 +9,7 @@
 //! ```
 //!
 //! Windows run through the model in batches of `batch` windows, block by block (each
-//! block's weights read once per batch, `Llama::block_forward` on (B,T,C)); logits are
+//! block's weights read once per batch, `CausalLm::block_forward` on (B,T,C)); logits are
 //! formed one window at a time ((T,V) is the largest tensor). Between blocks and between
 //! windows the run reports progress and stops when cancelled.
 //!
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
-use crate::model::gpu_forward::block_forward_on;
-use crate::model::llama::{BlockWeights, Llama, NoObserver, Rope};
+use crate::model::causal::{block_forward_on_any, Block, CausalLm};
+use crate::model::llama::NoObserver;
 use crate::{LabError, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,7 +91,7 @@ pub fn windows(ids: &[u32], seqlen: usize, max_windows: Option<usize>) -> Result
 
 /// Perplexity of `model` on the token ids of a text.
 pub async fn perplexity(
-    model: &Llama<'_>,
+    model: &dyn CausalLm,
     ids: &[u32],
     opts: &PplOptions,
     ctl: &dyn RunControl,
@@ -105,22 +106,23 @@ pub async fn perplexity(
 /// Perplexity with each block's weights from `blocks(i)` instead of the file: the pruned
 /// model's evaluation (`prune::driver`), which swaps in pruned linears. The embedding, the
 /// final norm and the head still come from `model`. Progress is reported as `stage`. The
-/// blocks run on `backend`'s GPU when it has one (`block_forward_on`: a GPU failure
-/// finishes the run on the CPU, with a notice), else on the CPU.
+/// blocks of a LLaMA-family model run on `backend`'s GPU when it has one
+/// (`block_forward_on`: a GPU failure finishes the run on the CPU, with a notice), else on
+/// the CPU; GPT-2 and OPT blocks always run on the CPU.
 pub async fn perplexity_with(
     backend: &Backend,
-    model: &Llama<'_>,
+    model: &dyn CausalLm,
     ids: &[u32],
     opts: &PplOptions,
     ctl: &dyn RunControl,
     stage: &str,
-    blocks: &dyn Fn(usize) -> Result<BlockWeights>,
+    blocks: &dyn Fn(usize) -> Result<Block>,
 ) -> Result<PplReport> {
     let wins = windows(ids, opts.seqlen, opts.max_windows)?;
     let total = wins.len() as u64;
-    let layers = model.config.layers;
+    let layers = model.layers();
     let ends = model.load_ends()?;
-    let rope = Rope::new(opts.seqlen, model.config.head_dim, model.config.rope_theta)?;
+    let rope = model.rope(opts.seqlen)?;
     let mut window_nll = Vec::with_capacity(wins.len());
     let mut notices = Vec::new();
     ctl.progress(stage, 0, total);
@@ -130,7 +132,8 @@ pub async fn perplexity_with(
             checkpoint(ctl).await?;
             let w = blocks(i)?;
             let (out, notice) =
-                block_forward_on(backend, model, &w, &x, &rope, &mut NoObserver).await?;
+                block_forward_on_any(backend, model, &w, &x, rope.as_ref(), &mut NoObserver)
+                    .await?;
             x = out;
             notices.extend(notice);
         }

@@ -13,7 +13,9 @@
 //! - `io`: byte sources (native files, memory, browser files and URLs) and model readers.
 //! - `model`: architectures: which tensors form which block, and the model's sizes;
 //!   `model::llama`, the LLaMA-family forward pass on the CPU, block by block;
-//!   `model::gpu_forward`, the same block on the GPU (`compute::forward`'s kernels).
+//!   `model::gpt2_opt`, GPT-2's and OPT's, the same way; `model::causal`, the one
+//!   interface (`CausalLm`) the pruning driver, perplexity and export use for all three;
+//!   `model::gpu_forward`, a LLaMA block on the GPU (`compute::forward`'s kernels).
 //! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
 //! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.

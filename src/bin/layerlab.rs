@@ -11,8 +11,8 @@ use layerlab::compute::{Backend, BackendChoice, BackendInfo, Matrix, Silent};
 use layerlab::eval::{perplexity, PplOptions, PplReport};
 use layerlab::experiment::{Experiment, ModelSource, PruneSpec, TextSource};
 use layerlab::io::{FileSource, Format, ModelFile};
+use layerlab::model::causal::load_causal_lm;
 use layerlab::model::describe;
-use layerlab::model::llama::Llama;
 use layerlab::prune::driver::{
     export_safetensors, hf_config, prune_model_on, Method, OwlOptions, PruneOptions, PruneReport,
 };
@@ -64,8 +64,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Perplexity of a LLaMA-family model on a text (CPU, f32): the text is tokenised once
-    /// and cut into consecutive windows of --seqlen tokens (remainder dropped), each scored
+    /// Perplexity of a LLaMA-family, GPT-2 or OPT model on a text (CPU, f32; GPT-2 and OPT
+    /// from safetensors with config.json): the text is tokenised once and cut into consecutive windows of --seqlen tokens (remainder dropped), each scored
     /// on its own; ppl = exp(total NLL / predicted tokens). BOS only where the model's
     /// tokeniser asks for it (GGUF tokenizer.ggml.add_bos_token).
     Ppl {
@@ -88,8 +88,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Prune every linear layer of a LLaMA-family model block by block (magnitude, Wanda or
-    /// SparseGPT, optionally with OWL's per-block sparsity), then compare perplexities.
+    /// Prune every linear layer of a LLaMA-family, GPT-2 or OPT model block by block
+    /// (magnitude, Wanda or SparseGPT, optionally with OWL's per-block sparsity), then compare perplexities.
     /// Calibration: --nsamples windows of --seqlen tokens from the start of --calib (or at
     /// seeded random offsets). Evaluation as `ppl` (consecutive windows, each alone).
     Prune {
@@ -262,14 +262,14 @@ async fn run(cli: Cli) -> Result<()> {
                 _ => None,
             };
             let tokenizer = load_tokenizer(&file, &path)?;
-            let llama = Llama::new(&src, &file, config.as_ref())?;
+            let lm = load_causal_lm(&src, &file, config.as_ref())?;
             let ids = tokenizer.encode(&text)?;
             let opts = PplOptions {
                 seqlen,
                 max_windows,
                 batch,
             };
-            let report = perplexity(&llama, &ids, &opts, &Progress).await?;
+            let report = perplexity(lm.as_ref(), &ids, &opts, &Progress).await?;
             let out = PplOutput {
                 model: path.display().to_string(),
                 eval: eval.display().to_string(),
@@ -374,7 +374,7 @@ async fn run(cli: Cli) -> Result<()> {
                 _ => None,
             };
             let tokenizer = load_tokenizer(&file, &path)?;
-            let llama = Llama::new(&src, &file, config.as_ref())?;
+            let lm = load_causal_lm(&src, &file, config.as_ref())?;
             let calib_ids = tokenizer.encode(&calib_text)?;
             let eval_ids = eval_text
                 .as_deref()
@@ -383,7 +383,7 @@ async fn run(cli: Cli) -> Result<()> {
             let b = Backend::new(backend).await?;
             let run = prune_model_on(
                 &b,
-                &llama,
+                lm.as_ref(),
                 &calib_ids,
                 eval_ids.as_deref(),
                 &opts,
@@ -423,10 +423,10 @@ async fn run(cli: Cli) -> Result<()> {
                     LabError::Io(format!("cannot create {}: {e}", out_path.display()))
                 })?;
                 let mut w = std::io::BufWriter::new(f);
-                export_safetensors(&llama, &run, &extra, &mut w)?;
+                export_safetensors(lm.as_ref(), &run, &extra, &mut w)?;
                 if file.format == Format::Gguf {
                     let cfg = out_path.with_file_name("config.json");
-                    write_json(&cfg, &hf_config(&llama))?;
+                    write_json(&cfg, &hf_config(lm.as_ref()))?;
                 }
             }
             let to_stdout = json.as_ref().is_none_or(|p| p.as_os_str() != "-");

@@ -199,8 +199,9 @@ impl Observer for HeldCalls {
     }
 }
 
-/// One block on the backend's GPU, or its CPU: `Llama::block_forward`'s result and Observer
-/// calls either way. If the GPU fails mid-block (device lost, validation or memory error),
+/// One LLaMA-family block on the backend's GPU, or its CPU: `Llama::block_forward`'s
+/// result and Observer calls either way. (GPT-2 and OPT have no GPU block: callers go
+/// through `causal::block_forward_on_any`, which runs them on the CPU.) If the GPU fails mid-block (device lost, validation or memory error),
 /// the GPU is disabled on `backend` (its line says why), the block is redone on the CPU and
 /// the returned notice says so; the Observer sees only the finished block's calls.
 pub async fn block_forward_on(

@@ -80,7 +80,7 @@ impl LlamaConfig {
         let bad = |msg: String| LabError::BadFile(format!("{name}: {msg}"));
         if desc.arch != Arch::Llama {
             return Err(bad(format!(
-                "the forward pass runs LLaMA-family models; this is '{}'",
+                "the forward pass runs LLaMA-family, GPT-2 and OPT models; this is '{}'",
                 desc.arch_name
             )));
         }
@@ -252,7 +252,8 @@ impl BlockWeights {
     }
 }
 
-/// The embedding, final norm and LM head: what the first and last step need.
+/// The embedding, final norm and LM head: what the first and last step need. Shared by
+/// every family (`model::causal`): LLaMA leaves the two learned-position fields `None`.
 pub struct Ends {
     /// (V, C)
     pub embed: Tensor,
@@ -260,6 +261,10 @@ pub struct Ends {
     pub final_norm: Tensor,
     /// (V, C); the embedding itself when the head is tied.
     pub head: Tensor,
+    /// GPT-2 `wpe`, OPT `embed_positions`: (P, C), learned absolute positions.
+    pub positions: Option<Tensor>,
+    /// LayerNorm's bias of the final norm (GPT-2 `ln_f.bias`, OPT `final_layer_norm.bias`).
+    pub final_norm_bias: Option<Tensor>,
 }
 
 /// Sees what flows through the blocks; the pruning lab's statistics hook. `x` is (N, in),
@@ -337,7 +342,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 }
 
 /// Softmax over the last dim, max subtracted first.
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1).map_err(ce)?;
     let e = x.broadcast_sub(&m).map_err(ce)?.exp().map_err(ce)?;
     let s = e.sum_keepdim(D::Minus1).map_err(ce)?;
@@ -523,6 +528,8 @@ impl<'a> Llama<'a> {
             embed,
             final_norm,
             head,
+            positions: None,
+            final_norm_bias: None,
         })
     }
 

@@ -18,6 +18,8 @@
 //! | opt    | [model.]decoder.layers.N.self_attn.q_proj, fc1   |                         |
 //! | bert   | [bert.]encoder.layer.N.attention.self.query      | blk.N.attn_q, ffn_up    |
 
+pub mod causal;
+pub mod gpt2_opt;
 pub mod gpu_forward;
 pub mod llama;
 

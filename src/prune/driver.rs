@@ -1,4 +1,5 @@
-//! The sequential pruning driver: a whole LLaMA-family model pruned block by block
+//! The sequential pruning driver: a whole causal LM (LLaMA family, GPT-2, OPT; see
+//! `model::causal`) pruned block by block
 //! (METHODS.md "Sequential block processing"), with OWL's allocation, the dense model's
 //! outlier distribution for the page's charts, perplexity before and after, and the pruned
 //! weights for export.
@@ -13,13 +14,19 @@
 //! allocation s_l = OWL(D, S, lambda) | OWL N:M(D, N, M, lambda) | S for every block
 //! prune pass x = embed(windows); for l < L:
 //!              stats = ScalerRow (Wanda) | Hessian (SparseGPT) of block l's inputs on x
-//!              prune q,k,v,o,gate,up,down of block l at s_l with those statistics
+//!              prune the block's linears at s_l with those statistics
+//!              (LLaMA q,k,v,o,gate,up,down; GPT-2 c_attn,c_proj,c_fc,mlp_c_proj;
+//!              OPT q,k,v,out,fc1,fc2)
 //!              x = block_l(x) with the PRUNED weights      (error carries to block l + 1)
 //! evaluate   perplexity(dense), perplexity(pruned weights swapped in)
 //! ```
 //!
-//! q, k and v share one input statistic, as do gate and up (`Observer::linear_input` hands
-//! each distinct input once). Only one block's file weights are resident at a time; the
+//! Linears that share an input share one statistic (LLaMA q,k,v and gate,up; OPT q,k,v):
+//! `Observer::linear_input` hands each distinct input once, with the roles that read it.
+//! GPT-2's Conv1D weights are (out, in) here like every other linear (transposed on load
+//! and back on export), so "row" means output row for every family. Forward passes of
+//! LLaMA blocks run on the backend's GPU where there is one; GPT-2 and OPT blocks on the
+//! CPU. Only one block's file weights are resident at a time; the
 //! pruned linears of every block are kept (f32, Hugging Face row order: GGUF q/k rows are
 //! un-permuted on load) because the result is the pruned model. Magnitude pruning needs no
 //! activations, so its prune pass reads and prunes the weights without any forward.
@@ -33,7 +40,7 @@ use candle_core::Tensor;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use web_time::Instant;
 
 use super::allocation;
@@ -43,9 +50,9 @@ use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
 use crate::eval::{perplexity_with, PplOptions, PplReport};
-use crate::io::safetensors::{write_f32, F32Tensor};
-use crate::model::gpu_forward::block_forward_on;
-use crate::model::llama::{to_vec, BlockWeights, Llama, NoObserver, Observer, Rope};
+use crate::io::safetensors::write_f32;
+use crate::model::causal::{block_forward_on_any, Block, CausalLm};
+use crate::model::llama::{to_vec, NoObserver, Observer, Rope};
 use crate::{LabError, Result};
 
 /// Which score decides what is pruned (METHODS.md).
@@ -212,13 +219,15 @@ impl PruneOptions {
 /// One pruned linear layer: the weights that replace the file's.
 #[derive(Clone, Debug)]
 pub struct PrunedLinear {
-    /// q, k, v, o, gate, up, down.
+    /// The family's role: q, k, v, o, gate, up, down (LLaMA); c_attn, c_proj, c_fc,
+    /// mlp_c_proj (GPT-2); q, k, v, out, fc1, fc2 (OPT).
     pub role: String,
     /// The file's tensor name ("blk.3.attn_q.weight").
     pub tensor: String,
     pub rows: usize,
     pub cols: usize,
-    /// (rows, cols) row-major f32, Hugging Face row order (GGUF q/k un-permuted).
+    /// (rows, cols) = (out, in) row-major f32, Hugging Face row order (GGUF q/k
+    /// un-permuted); GPT-2's Conv1D weights are transposed back only on export.
     pub weight: Vec<f32>,
 }
 
@@ -322,7 +331,7 @@ pub struct PruneRun {
 
 impl PruneRun {
     /// Block `index` as the pruned model has it: norms from the file, linears pruned.
-    pub fn block_weights(&self, model: &Llama<'_>, index: usize) -> Result<BlockWeights> {
+    pub fn block_weights(&self, model: &dyn CausalLm, index: usize) -> Result<Block> {
         let mut w = model.load_block(index)?;
         let pruned = self
             .blocks
@@ -337,7 +346,7 @@ impl PruneRun {
     /// Perplexity of the pruned model (eval.rs's computation, pruned blocks swapped in).
     pub async fn perplexity(
         &self,
-        model: &Llama<'_>,
+        model: &dyn CausalLm,
         ids: &[u32],
         opts: &PplOptions,
         ctl: &dyn RunControl,
@@ -350,7 +359,7 @@ impl PruneRun {
     pub async fn perplexity_on(
         &self,
         backend: &Backend,
-        model: &Llama<'_>,
+        model: &dyn CausalLm,
         ids: &[u32],
         opts: &PplOptions,
         ctl: &dyn RunControl,
@@ -414,34 +423,31 @@ enum Stat {
     Hessian(Hessian),
 }
 
-/// Collects one statistic per distinct input of a block: 0 = q,k,v; 1 = o; 2 = gate,up;
-/// 3 = down.
+/// Collects one statistic per distinct input of a block, keyed by the roles that read it
+/// (as `Observer::linear_input` names them: LLaMA q,k,v | o | gate,up | down).
 struct Collector {
-    stats: Vec<Option<Stat>>,
+    stats: Vec<(Vec<String>, Stat)>,
     hessian: bool,
     /// Windows in the batch now running (Wanda's running mean counts windows).
     windows: usize,
 }
 
-fn input_group(role: &str) -> usize {
-    match role {
-        "q" | "k" | "v" => 0,
-        "o" => 1,
-        "gate" | "up" => 2,
-        _ => 3,
-    }
-}
-
 impl Collector {
     fn new(hessian: bool) -> Self {
         Collector {
-            stats: (0..4).map(|_| None).collect(),
+            stats: Vec::new(),
             hessian,
             windows: 0,
         }
     }
+    fn stat(&self, role: &str) -> Option<&Stat> {
+        self.stats
+            .iter()
+            .find(|(roles, _)| roles.iter().any(|r| r == role))
+            .map(|(_, s)| s)
+    }
     fn scaler(&self, role: &str) -> Result<&[f32]> {
-        match &self.stats[input_group(role)] {
+        match self.stat(role) {
             Some(Stat::Scaler(s)) => Ok(&s.scaler_row),
             _ => Err(LabError::invalid(format!(
                 "no activation statistics were collected for the '{role}' linear"
@@ -449,7 +455,7 @@ impl Collector {
         }
     }
     fn hessian(&self, role: &str) -> Result<&Hessian> {
-        match &self.stats[input_group(role)] {
+        match self.stat(role) {
             Some(Stat::Hessian(h)) => Ok(h),
             _ => Err(LabError::invalid(format!(
                 "no Hessian was collected for the '{role}' linear"
@@ -460,17 +466,22 @@ impl Collector {
 
 impl Observer for Collector {
     fn linear_input(&mut self, _block: usize, roles: &[&str], x: &Tensor) -> Result<()> {
-        let g = input_group(roles[0]);
         let cols = x.dim(1).map_err(ce)?;
         let data = to_vec(x)?;
-        let slot = self.stats[g].get_or_insert_with(|| {
-            if self.hessian {
-                Stat::Hessian(Hessian::new(cols))
-            } else {
-                Stat::Scaler(ScalerRow::new(cols))
+        let k = match self.stats.iter().position(|(r, _)| r == roles) {
+            Some(k) => k,
+            None => {
+                let stat = if self.hessian {
+                    Stat::Hessian(Hessian::new(cols))
+                } else {
+                    Stat::Scaler(ScalerRow::new(cols))
+                };
+                self.stats
+                    .push((roles.iter().map(|r| r.to_string()).collect(), stat));
+                self.stats.len() - 1
             }
-        });
-        match slot {
+        };
+        match &mut self.stats[k].1 {
             Stat::Scaler(s) => s.add_batch(&data, self.windows),
             Stat::Hessian(h) => h.add_batch(&data),
         }
@@ -479,19 +490,22 @@ impl Observer for Collector {
 
 /// The dense outlier ratios of one block: its linears' weights with their scaler rows.
 fn block_outliers(
-    w: &BlockWeights,
+    w: &Block,
+    roles: &[&str],
     names: &[String],
     stats: &Collector,
     ms: &[f64],
 ) -> Result<Vec<super::outliers::OutlierRatios>> {
-    let mut weights = Vec::with_capacity(7);
-    for role in BlockWeights::ROLES {
-        let lin = w.linear(role).expect("a LLaMA role");
+    let mut weights = Vec::with_capacity(roles.len());
+    for role in roles {
+        let lin = w.linear(role).ok_or_else(|| {
+            LabError::invalid(format!("block {} has no '{role}' linear", w.index()))
+        })?;
         let (rows, cols) = lin.weight.dims2().map_err(ce)?;
         weights.push((to_vec(&lin.weight)?, rows, cols));
     }
-    let mut linears = Vec::with_capacity(7);
-    for (k, role) in BlockWeights::ROLES.iter().enumerate() {
+    let mut linears = Vec::with_capacity(roles.len());
+    for (k, role) in roles.iter().enumerate() {
         linears.push(LinearStats {
             name: &names[k],
             weight: &weights[k].0,
@@ -507,7 +521,7 @@ fn block_outliers(
 /// evaluates the dense (if `opts.dense_ppl`) and pruned model on `eval_ids`.
 /// `calib_ids` and `eval_ids` are the token ids of the whole texts.
 pub async fn prune_model(
-    model: &Llama<'_>,
+    model: &dyn CausalLm,
     calib_ids: &[u32],
     eval_ids: Option<&[u32]>,
     opts: &PruneOptions,
@@ -517,17 +531,17 @@ pub async fn prune_model(
     prune_model_on(&cpu, model, calib_ids, eval_ids, opts, ctl).await
 }
 
-/// One block on `backend` (see `block_forward_on`); a GPU failure's notice is kept.
+/// One block on `backend` (see `block_forward_on_any`); a GPU failure's notice is kept.
 async fn forward(
     backend: &Backend,
-    model: &Llama<'_>,
-    w: &BlockWeights,
+    model: &dyn CausalLm,
+    w: &Block,
     x: &Tensor,
-    rope: &Rope,
+    rope: Option<&Rope>,
     obs: &mut dyn Observer,
     notices: &mut Vec<String>,
 ) -> Result<Tensor> {
-    let (out, notice) = block_forward_on(backend, model, w, x, rope, obs).await?;
+    let (out, notice) = block_forward_on_any(backend, model, w, x, rope, obs).await?;
     notices.extend(notice);
     Ok(out)
 }
@@ -569,7 +583,7 @@ async fn wanda_mask_on(
 /// f32 rounding (the kernels' parity tests), same report.
 pub async fn prune_model_on(
     backend: &Backend,
-    model: &Llama<'_>,
+    model: &dyn CausalLm,
     calib_ids: &[u32],
     eval_ids: Option<&[u32]>,
     opts: &PruneOptions,
@@ -578,7 +592,8 @@ pub async fn prune_model_on(
     let mut gpu_notices: Vec<String> = Vec::new();
     let started = Instant::now();
     opts.check()?;
-    let layers = model.config.layers;
+    let layers = model.layers();
+    let roles = model.roles();
     let starts = calibration_starts(calib_ids.len(), opts.nsamples, opts.seqlen, opts.calib_seed)?;
     let windows: Vec<&[u32]> = starts
         .iter()
@@ -586,7 +601,8 @@ pub async fn prune_model_on(
         .collect();
     let batch = opts.batch.max(1);
     let ends = model.load_ends()?;
-    let rope = Rope::new(opts.seqlen, model.config.head_dim, model.config.rope_theta)?;
+    let rope = model.rope(opts.seqlen)?;
+    let rope = rope.as_ref();
     let embed = |ends| -> Result<Vec<Tensor>> {
         windows
             .chunks(batch)
@@ -594,8 +610,8 @@ pub async fn prune_model_on(
             .collect()
     };
     let linear_names = |i: usize| -> Result<Vec<String>> {
-        let b = &model.desc.blocks[i];
-        BlockWeights::ROLES
+        let b = &model.desc().blocks[i];
+        roles
             .iter()
             .map(|role| {
                 b.linears
@@ -628,9 +644,9 @@ pub async fn prune_model_on(
         for x in xs.iter_mut() {
             checkpoint(ctl).await?;
             stats.windows = x.dim(0).map_err(ce)?;
-            *x = forward(backend, model, &w, x, &rope, &mut stats, &mut gpu_notices).await?;
+            *x = forward(backend, model, &w, x, rope, &mut stats, &mut gpu_notices).await?;
         }
-        let ratios = block_outliers(&w, &linear_names(i)?, &stats, &ms)?;
+        let ratios = block_outliers(&w, roles, &linear_names(i)?, &stats, &ms)?;
         let at_m = ratios.last().expect("M is in the sweep");
         dense_block.push(at_m.block);
         dense_linear.push(at_m.per_linear.iter().map(|(_, d)| *d).collect::<Vec<_>>());
@@ -693,7 +709,7 @@ pub async fn prune_model_on(
                 stats.windows = x.dim(0).map_err(ce)?;
                 // Only the statistics matter here; the block's output is recomputed below
                 // with the pruned weights.
-                forward(backend, model, &w, x, &rope, &mut stats, &mut gpu_notices).await?;
+                forward(backend, model, &w, x, rope, &mut stats, &mut gpu_notices).await?;
             }
         }
         let names = linear_names(i)?;
@@ -703,11 +719,13 @@ pub async fn prune_model_on(
                 sparsity: block_sparsity[i],
             },
         };
-        let mut pruned = Vec::with_capacity(7);
-        let mut linears = Vec::with_capacity(7);
+        let mut pruned = Vec::with_capacity(roles.len());
+        let mut linears = Vec::with_capacity(roles.len());
         let (mut zeros_block, mut weights_block) = (0usize, 0usize);
-        for (k, role) in BlockWeights::ROLES.iter().enumerate() {
-            let lin = w.linear(role).expect("a LLaMA role");
+        for (k, role) in roles.iter().enumerate() {
+            let lin = w
+                .linear(role)
+                .ok_or_else(|| LabError::invalid(format!("block {i} has no '{role}' linear")))?;
             let (rows, cols) = lin.weight.dims2().map_err(ce)?;
             let mut weight = to_vec(&lin.weight)?;
             let what = &names[k];
@@ -764,7 +782,7 @@ pub async fn prune_model_on(
                     model,
                     &w,
                     x,
-                    &rope,
+                    rope,
                     &mut NoObserver,
                     &mut gpu_notices,
                 )
@@ -863,93 +881,21 @@ pub async fn prune_model_on(
     Ok(run)
 }
 
-/// The Hugging Face name of a LLaMA linear role.
-fn hf_linear(role: &str) -> &'static str {
-    match role {
-        "q" => "self_attn.q_proj",
-        "k" => "self_attn.k_proj",
-        "v" => "self_attn.v_proj",
-        "o" => "self_attn.o_proj",
-        "gate" => "mlp.gate_proj",
-        "up" => "mlp.up_proj",
-        _ => "mlp.down_proj",
-    }
-}
-
-/// Writes the pruned model as one safetensors file with Hugging Face LLaMA names, all F32:
+/// Writes the pruned model as one safetensors file with the family's Hugging Face names,
+/// all F32 (`CausalLm::export_tensors`: LLaMA `model.layers.{i}...`, GPT-2
+/// `transformer.h.{i}...` with its Conv1D weights back in (in, out), OPT
+/// `model.decoder.layers.{i}...`); the LM head only when the source has its own.
 ///
-/// ```text
-/// model.embed_tokens.weight                                (V, C)
-/// model.layers.{i}.input_layernorm.weight                  (C)
-/// model.layers.{i}.self_attn.{q,k,v,o}_proj.weight (+.bias where the model has one)
-/// model.layers.{i}.post_attention_layernorm.weight         (C)
-/// model.layers.{i}.mlp.{gate,up,down}_proj.weight
-/// model.norm.weight                                        (C)
-/// lm_head.weight                                           (V, C), only when not tied
-/// ```
-///
-/// q/k rows are in Hugging Face's order (GGUF's llama.cpp permutation undone). The
-/// `__metadata__` holds `format: pt` (transformers refuses files without it) and, under
+/// The `__metadata__` holds `format: pt` (transformers refuses files without it) and, under
 /// `layerlab`, `extra` (e.g. the experiment) as JSON. For transformers to load the folder it
 /// also needs a config.json: [`hf_config`] gives one.
 pub fn export_safetensors(
-    model: &Llama<'_>,
+    model: &dyn CausalLm,
     run: &PruneRun,
     extra: &Value,
     out: &mut dyn std::io::Write,
 ) -> Result<()> {
-    let ends = model.load_ends()?;
-    let c = &model.config;
-    let t = |name: String, shape: Vec<usize>, data: Vec<f32>| F32Tensor {
-        name,
-        shape,
-        data: data.into(),
-    };
-    let mut tensors = vec![t(
-        "model.embed_tokens.weight".into(),
-        vec![c.vocab, c.hidden],
-        to_vec(&ends.embed)?,
-    )];
-    for i in 0..c.layers {
-        let w = run.block_weights(model, i)?;
-        let p = format!("model.layers.{i}");
-        tensors.push(t(
-            format!("{p}.input_layernorm.weight"),
-            vec![c.hidden],
-            to_vec(&w.attn_norm)?,
-        ));
-        for role in BlockWeights::ROLES {
-            if role == "gate" {
-                tensors.push(t(
-                    format!("{p}.post_attention_layernorm.weight"),
-                    vec![c.hidden],
-                    to_vec(&w.ffn_norm)?,
-                ));
-            }
-            let lin = w.linear(role).expect("a LLaMA role");
-            let stem = format!("{p}.{}", hf_linear(role));
-            tensors.push(t(
-                format!("{stem}.weight"),
-                lin.weight.dims().to_vec(),
-                to_vec(&lin.weight)?,
-            ));
-            if let Some(b) = &lin.bias {
-                tensors.push(t(format!("{stem}.bias"), b.dims().to_vec(), to_vec(b)?));
-            }
-        }
-    }
-    tensors.push(t(
-        "model.norm.weight".into(),
-        vec![c.hidden],
-        to_vec(&ends.final_norm)?,
-    ));
-    if model.desc.head.is_some() {
-        tensors.push(t(
-            "lm_head.weight".into(),
-            vec![c.vocab, c.hidden],
-            to_vec(&ends.head)?,
-        ));
-    }
+    let tensors = model.export_tensors(&|i| run.block_weights(model, i))?;
     let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         ("layerlab".to_string(), extra.to_string()),
@@ -960,42 +906,8 @@ pub fn export_safetensors(
 /// A Hugging Face config.json for the exported model, from the model's own sizes: what
 /// transformers needs to load a GGUF source's export (a safetensors source has its own
 /// config.json, which stays valid: only weights changed).
-pub fn hf_config(model: &Llama<'_>) -> Value {
-    let c = &model.config;
-    let (arch, model_type) = if model.desc.arch_name == "qwen2" {
-        ("Qwen2ForCausalLM", "qwen2")
-    } else {
-        ("LlamaForCausalLM", "llama")
-    };
-    let has_bias = model.desc.blocks.first().is_some_and(|b| {
-        b.linears
-            .iter()
-            .any(|l| matches!(l.role.as_str(), "q" | "k" | "v") && l.bias.is_some())
-    });
-    let mut v = json!({
-        "architectures": [arch],
-        "model_type": model_type,
-        "hidden_size": c.hidden,
-        "intermediate_size": c.ffn,
-        "num_attention_heads": c.heads,
-        "num_key_value_heads": c.kv_heads,
-        "num_hidden_layers": c.layers,
-        "head_dim": c.head_dim,
-        "vocab_size": c.vocab,
-        "rms_norm_eps": c.rms_eps,
-        "rope_theta": c.rope_theta,
-        "hidden_act": "silu",
-        "tie_word_embeddings": model.desc.head.is_none(),
-        "torch_dtype": "float32",
-    });
-    if model_type == "llama" {
-        v["attention_bias"] = json!(has_bias);
-        v["mlp_bias"] = json!(false);
-    }
-    if let Some(ctx) = model.desc.hyper.context {
-        v["max_position_embeddings"] = json!(ctx);
-    }
-    v
+pub fn hf_config(model: &dyn CausalLm) -> Value {
+    model.hf_config()
 }
 
 #[cfg(test)]

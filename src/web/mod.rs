@@ -14,7 +14,8 @@ use wasm_bindgen::JsCast;
 use crate::compute::{cpu, Backend, BackendChoice, Bins, GpuContext, Matrix, RunControl};
 use crate::experiment::Experiment;
 use crate::io::{ByteSource, Format, ModelFile};
-use crate::model::llama::{to_vec, Llama};
+use crate::model::causal::{load_causal_lm, CausalLm};
+use crate::model::llama::to_vec;
 use crate::model::{describe, ModelDesc};
 use crate::prune::driver::{export_safetensors, hf_config, prune_model_on, PruneReport, PruneRun};
 use crate::stats::model::{model_info, model_stats};
@@ -177,8 +178,9 @@ struct OpenModel {
 }
 
 impl OpenModel {
-    fn llama(&self) -> crate::Result<Llama<'_>> {
-        Llama::new(&self.source, &self.file, self.config.as_ref())
+    /// The model for the forward pass: LLaMA family, GPT-2 or OPT, as the file declares.
+    fn causal_lm(&self) -> crate::Result<Box<dyn CausalLm + '_>> {
+        load_causal_lm(&self.source, &self.file, self.config.as_ref())
     }
 
     fn tokenizer(&self) -> crate::Result<TextTokenizer> {
@@ -365,13 +367,13 @@ impl Lab {
             on_progress: &on_progress,
         };
         let (run, tokenizer) = {
-            let llama = model.llama().map_err(to_js_err)?;
+            let lm = model.causal_lm().map_err(to_js_err)?;
             let tok = model.tokenizer().map_err(to_js_err)?;
             let calib_ids = tok.encode(&calib).map_err(to_js_err)?;
             let eval_ids = tok.encode(&eval).map_err(to_js_err)?;
             let run = prune_model_on(
                 &self.backend,
-                &llama,
+                lm.as_ref(),
                 &calib_ids,
                 Some(&eval_ids),
                 &spec.options,
@@ -403,12 +405,12 @@ impl Lab {
         let last = last
             .as_ref()
             .ok_or_else(|| JsValue::from_str("run a pruning experiment first"))?;
-        let llama = last.model.llama().map_err(to_js_err)?;
+        let lm = last.model.causal_lm().map_err(to_js_err)?;
         let extra = serde_json::json!({ "experiment": last.experiment });
         let mut bytes = Vec::new();
-        export_safetensors(&llama, &last.run, &extra, &mut bytes).map_err(to_js_err)?;
+        export_safetensors(lm.as_ref(), &last.run, &extra, &mut bytes).map_err(to_js_err)?;
         let config = (last.model.file.format == Format::Gguf)
-            .then(|| serde_json::to_string_pretty(&hf_config(&llama)).unwrap_or_default());
+            .then(|| serde_json::to_string_pretty(&hf_config(lm.as_ref())).unwrap_or_default());
         let o = &last.run.report.options;
         let stem = last
             .model
@@ -452,8 +454,8 @@ impl Lab {
                     .map(|l| (b.index, l))
             })
             .ok_or_else(|| JsValue::from_str(&format!("{tensor} was not pruned in this run")))?;
-        let llama = last.model.llama().map_err(to_js_err)?;
-        let dense = llama.load_block(index).map_err(to_js_err)?;
+        let lm = last.model.causal_lm().map_err(to_js_err)?;
+        let dense = lm.load_block(index).map_err(to_js_err)?;
         let before = dense
             .linear(&lin.role)
             .ok_or_else(|| JsValue::from_str(&format!("block {index} has no {}", lin.role)))
