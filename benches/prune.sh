@@ -36,7 +36,7 @@ ensure_torch_baseline() {
   "${pip[@]}" filelock==4.3.1 typing-extensions==4.16.0 sympy==1.14.0 networkx==3.6.1 \
     jinja2==3.1.6 fsspec==2026.9.0 numpy==2.4.6 psutil==7.2.2 pyyaml==6.0.4 packaging==26.4 \
     transformers==5.24.0 gguf==0.19.0 tokenizers==0.23.3 safetensors==0.8.0 2>&1 \
-    | grep -v "which is not installed\|but you have setuptools" || true
+    | grep -v "which is not installed\|but you have setuptools\|dependency resolver does not" || true
   "$venv/bin/python" benches/torch_cuda_stubs.py
   "$venv/bin/python" -c "import torch, transformers; assert not torch.cuda.is_available(); torch.ones(2) @ torch.ones(2)"
   touch "$stamp"
