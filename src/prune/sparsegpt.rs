@@ -19,10 +19,10 @@
 //!   W[:, i2..] -= Err1 @ Hinv[i1..i2, i2..]
 //! ```
 //!
-//! Precision: H is accumulated in f32, like the authors'. The factorisation (Cholesky,
-//! triangular inverse, second Cholesky) runs in f64 in one cols x cols buffer (8 cols^2
-//! bytes: 0.5 GB for cols = 8192), then Hinv is stored in f32 and the column loop runs in
-//! f32, as the authors' does. The scale of H (2/n with n = tokens, where the authors' n counts
+//! Precision: H is accumulated in f32, like the authors'. The factorisation runs in f64
+//! (one Cholesky of the reversed H and one triangular inverse, see
+//! `upper_cholesky_of_inverse`; 8 cols^2 bytes: 0.5 GB for cols = 8192), then Hinv is stored
+//! in f32 and the column loop runs in f32, as the authors' does. The scale of H (2/n with n = tokens, where the authors' n counts
 //! sequences) cancels: the mask uses ratios of Hinv's diagonal and the update is
 //! `err * Hinv[c, :]` with err divided by Hinv_cc.
 //!
@@ -229,18 +229,7 @@ pub fn sparsegpt_prune(
             opts.percdamp
         ))
     };
-    cholesky_lower_in_place(&mut a, n).map_err(|_| not_pd())?;
-    invert_lower_in_place(&mut a, n);
-    gram_of_lower_in_place(&mut a, n);
-    cholesky_lower_in_place(&mut a, n).map_err(|_| not_pd())?;
-    // Hinv = L2^T, upper.
-    let mut hinv = vec![0f32; n * n];
-    for i in 0..n {
-        for j in i..n {
-            hinv[i * n + j] = a[j * n + i] as f32;
-        }
-    }
-    drop(a);
+    let hinv = upper_cholesky_of_inverse(a, n).map_err(|_| not_pd())?;
 
     let bs = opts.blocksize;
     let mut mask = Mask::empty(rows, cols);
@@ -342,14 +331,61 @@ pub fn sparsegpt_prune(
     })
 }
 
+/// U, upper triangular with U^T U = H^-1 (torch's `cholesky(cholesky_inverse(cholesky(H)),
+/// upper=True)`), from one Cholesky factorisation and one triangular inverse instead of
+/// two factorisations, an inverse and a product. With J the reversal permutation
+/// (J_ij = [i + j = n - 1]): factor J H J = L L^T (L lower); then H = R R^T with R = J L J
+/// upper, so H^-1 = (R^-1)^T R^-1 and U = R^-1 = J L^-1 J. Returned in f32, row-major.
+/// Err when H is not positive definite (a pivot that is not a positive finite number).
+fn upper_cholesky_of_inverse(h: Vec<f64>, n: usize) -> std::result::Result<Vec<f32>, ()> {
+    let rev = |i: usize| n - 1 - i;
+    let mut a = vec![0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            a[i * n + j] = h[rev(i) * n + rev(j)];
+        }
+    }
+    drop(h);
+    cholesky_lower_in_place(&mut a, n)?;
+    // L^-1 column by column: x = L^-1 e_j solves L x = e_j by forward substitution,
+    // x_i = -(sum_{j<=k<i} L_ik x_k) / L_ii for i > j: contiguous rows of L against x.
+    let mut u = vec![0f32; n * n];
+    let mut x = vec![0f64; n];
+    for j in 0..n {
+        x[j] = 1.0 / a[j * n + j];
+        for i in j + 1..n {
+            x[i] = -dot(&a[i * n + j..i * n + i], &x[j..i]) / a[i * n + i];
+        }
+        // (L^-1)_ij = x_i lands at U[rev(i), rev(j)], rev(i) <= rev(j): upper.
+        for (i, &v) in x.iter().enumerate().skip(j) {
+            u[rev(i) * n + rev(j)] = v as f32;
+        }
+    }
+    Ok(u)
+}
+
+/// sum_k a_k b_k in f64 with four independent partial sums (which the compiler can keep in
+/// SIMD registers; a single running sum is a chain of dependent adds).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..4 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
 /// A = L L^T in place (row-oriented Cholesky-Banachiewicz); reads and writes the lower
 /// triangle only. Err when a pivot is not a positive finite number.
 fn cholesky_lower_in_place(a: &mut [f64], n: usize) -> std::result::Result<(), ()> {
     for i in 0..n {
         for j in 0..=i {
             let (ri, rj) = (i * n, j * n);
-            let dot: f64 = (0..j).map(|k| a[ri + k] * a[rj + k]).sum();
-            let s = a[ri + j] - dot;
+            let s = a[ri + j] - dot(&a[ri..ri + j], &a[rj..rj + j]);
             if i == j {
                 if !(s > 0.0 && s.is_finite()) {
                     return Err(());
@@ -361,45 +397,6 @@ fn cholesky_lower_in_place(a: &mut [f64], n: usize) -> std::result::Result<(), (
         }
     }
     Ok(())
-}
-
-/// L -> L^-1 in place on the lower triangle, column by column:
-/// `M_jj = 1/L_jj`, `M_ij = -(sum_{k=j}^{i-1} L_ik M_kj) / L_ii` for i > j. Column j reads
-/// L in columns >= j (not yet overwritten) and M in column j (already written).
-fn invert_lower_in_place(a: &mut [f64], n: usize) {
-    for j in 0..n {
-        a[j * n + j] = 1.0 / a[j * n + j];
-        for i in j + 1..n {
-            let s: f64 = (j..i).map(|k| a[i * n + k] * a[k * n + j]).sum();
-            a[i * n + j] = -s / a[i * n + i];
-        }
-    }
-}
-
-/// V (lower) -> the lower triangle of V^T V, which is H^-1 when V = L^-1:
-/// `(V^T V)_ij = sum_{k >= i} V_ki V_kj` for i >= j. V^T is first copied to the upper
-/// triangle so every sum is a dot product of two contiguous rows of V^T.
-fn gram_of_lower_in_place(a: &mut [f64], n: usize) {
-    for i in 0..n {
-        for k in i + 1..n {
-            a[i * n + k] = a[k * n + i];
-        }
-    }
-    // Row i of V^T: a[i][i..n]. The diagonal is shared, so its results wait in `diag`.
-    let mut diag = vec![0f64; n];
-    for i in 0..n {
-        for j in 0..=i {
-            let s: f64 = (i..n).map(|k| a[i * n + k] * a[j * n + k]).sum();
-            if i == j {
-                diag[i] = s;
-            } else {
-                a[i * n + j] = s;
-            }
-        }
-    }
-    for i in 0..n {
-        a[i * n + i] = diag[i];
-    }
 }
 
 #[cfg(test)]
@@ -414,20 +411,54 @@ mod tests {
 
     #[test]
     fn factorisation_gives_the_upper_cholesky_factor_of_the_inverse() {
-        // H = [[4, 2], [2, 3]]; H^-1 = [[3, -2], [-2, 4]] / 8.
-        let mut a = vec![4.0, 2.0, 2.0, 3.0];
-        cholesky_lower_in_place(&mut a, 2).unwrap();
-        invert_lower_in_place(&mut a, 2);
-        gram_of_lower_in_place(&mut a, 2);
-        assert!((a[0] - 3.0 / 8.0).abs() < 1e-15);
-        assert!((a[2] + 2.0 / 8.0).abs() < 1e-15);
-        assert!((a[3] - 4.0 / 8.0).abs() < 1e-15);
-        cholesky_lower_in_place(&mut a, 2).unwrap();
-        // U = L2^T with U^T U = H^-1.
-        let (u00, u01, u11) = (a[0], a[2], a[3]);
-        assert!((u00 * u00 - 3.0 / 8.0).abs() < 1e-15);
-        assert!((u00 * u01 + 2.0 / 8.0).abs() < 1e-15);
-        assert!((u01 * u01 + u11 * u11 - 4.0 / 8.0).abs() < 1e-15);
+        // H = [[4, 2], [2, 3]]; H^-1 = [[3, -2], [-2, 4]] / 8 = U^T U, U upper:
+        // U_00^2 = 3/8, U_00 U_01 = -2/8, U_01^2 + U_11^2 = 4/8.
+        let u = upper_cholesky_of_inverse(vec![4.0, 2.0, 2.0, 3.0], 2).unwrap();
+        let (u00, u01, u10, u11) = (u[0] as f64, u[1] as f64, u[2] as f64, u[3] as f64);
+        assert_eq!(u10, 0.0);
+        assert!(u00 > 0.0 && u11 > 0.0);
+        assert!((u00 * u00 - 3.0 / 8.0).abs() < 1e-7);
+        assert!((u00 * u01 + 2.0 / 8.0).abs() < 1e-7);
+        assert!((u01 * u01 + u11 * u11 - 4.0 / 8.0).abs() < 1e-7);
+        // A random SPD 37 x 37 H: U^T U H = I to f32 precision.
+        let n = 37;
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((rng >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+        };
+        let b: Vec<f64> = (0..n * n).map(|_| next()).collect();
+        let mut h = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                h[i * n + j] = (0..n).map(|k| b[i * n + k] * b[j * n + k]).sum::<f64>()
+                    + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let u = upper_cholesky_of_inverse(h.clone(), n).unwrap();
+        for i in 0..n {
+            for j in 0..i {
+                assert_eq!(u[i * n + j], 0.0, "U[{i},{j}] below the diagonal");
+            }
+        }
+        for i in 0..n {
+            for j in 0..n {
+                // (U^T U H)_ij = sum_k (U^T U)_ik H_kj.
+                let v: f64 = (0..n)
+                    .map(|k| {
+                        let hinv_ik: f64 = (0..n)
+                            .map(|m| u[m * n + i] as f64 * u[m * n + k] as f64)
+                            .sum();
+                        hinv_ik * h[k * n + j]
+                    })
+                    .sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-4, "(H^-1 H)[{i},{j}] = {v}");
+            }
+        }
+        assert!(upper_cholesky_of_inverse(vec![1.0, 2.0, 2.0, 1.0], 2).is_err());
     }
 
     #[test]
