@@ -1,5 +1,6 @@
-// Takes the README's screenshot: the layer view on the built-in model, in headless Chromium.
-// Usage: node scripts/screenshot.mjs SITE_DIR OUT.png [QUERY]
+// Takes the README's screenshot in headless Chromium: the layer view on the built-in model,
+// or, with a QUERY holding tab=prune, a pruning run on it (the run starts and the shot waits
+// for it). Usage: node scripts/screenshot.mjs SITE_DIR OUT.png [QUERY]
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,9 +19,18 @@ const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir()
 const page = context.pages()[0] ?? (await context.newPage());
 await page.goto(`http://127.0.0.1:${server.address().port}/${query}`);
 await page.waitForFunction(() => document.getElementById('backend')?.dataset.kind !== '');
-await page.waitForFunction(() => document.getElementById('layers-status')?.textContent === 'Done.', null, { timeout: 300_000 });
-await page.hover('#heatmap', { position: { x: 120, y: 60 } });
-await page.screenshot({ path: out, clip: { x: 0, y: 0, width: 1200, height: 1500 } });
+if (query.includes('tab=prune')) {
+  await page.waitForFunction(() => /^Model: /.test(document.getElementById('prune-model')?.textContent ?? ''), null, { timeout: 300_000 });
+  await page.click('#prune-run');
+  await page.waitForFunction(() => document.getElementById('prune-status')?.textContent === 'Done.', null, { timeout: 900_000 });
+  await page.hover('#prune-heatmap', { position: { x: 120, y: 60 } });
+  const top = await page.$eval('#prune-result', (e) => e.getBoundingClientRect().top + window.scrollY);
+  await page.screenshot({ path: out, clip: { x: 0, y: Math.max(0, top - 700), width: 1200, height: 1500 }, fullPage: true });
+} else {
+  await page.waitForFunction(() => document.getElementById('layers-status')?.textContent === 'Done.', null, { timeout: 300_000 });
+  await page.hover('#heatmap', { position: { x: 120, y: 60 } });
+  await page.screenshot({ path: out, clip: { x: 0, y: 0, width: 1200, height: 1500 } });
+}
 await context.close();
 server.close();
 console.log(`wrote ${out}`);
