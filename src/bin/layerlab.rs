@@ -252,16 +252,15 @@ async fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let started = std::time::Instant::now();
-            let (path, config_path) = resolve_model(&model, None)?;
             let text = std::fs::read_to_string(&eval)
                 .map_err(|e| LabError::Io(format!("cannot read {}: {e}", eval.display())))?;
-            let src = FileSource::open(&path)?;
-            let file = ModelFile::open(&src)?;
-            let config = match (&file.format, &config_path) {
-                (Format::Safetensors, Some(p)) => Some(read_config(p)?),
-                _ => None,
-            };
-            let tokenizer = load_tokenizer(&file, &path)?;
+            let OpenedLm {
+                path,
+                src,
+                file,
+                config,
+                tokenizer,
+            } = open_for_forward(&model)?;
             let lm = load_causal_lm(&src, &file, config.as_ref())?;
             let ids = tokenizer.encode(&text)?;
             let opts = PplOptions {
@@ -360,20 +359,19 @@ async fn run(cli: Cli) -> Result<()> {
                 ));
             }
             opts.check()?;
-            let (path, config_path) = resolve_model(&model, None)?;
             let read_text = |p: &Path| {
                 std::fs::read_to_string(p)
                     .map_err(|e| LabError::Io(format!("cannot read {}: {e}", p.display())))
             };
             let calib_text = read_text(&calib)?;
             let eval_text = eval.as_deref().map(read_text).transpose()?;
-            let src = FileSource::open(&path)?;
-            let file = ModelFile::open(&src)?;
-            let config = match (&file.format, &config_path) {
-                (Format::Safetensors, Some(p)) => Some(read_config(p)?),
-                _ => None,
-            };
-            let tokenizer = load_tokenizer(&file, &path)?;
+            let OpenedLm {
+                path,
+                src,
+                file,
+                config,
+                tokenizer,
+            } = open_for_forward(&model)?;
             let lm = load_causal_lm(&src, &file, config.as_ref())?;
             let calib_ids = tokenizer.encode(&calib_text)?;
             let eval_ids = eval_text
@@ -516,6 +514,34 @@ fn parse_nm(s: &str) -> Result<(usize, usize)> {
 }
 
 /// The model's tokeniser: GGUF metadata, or tokenizer.json beside a safetensors file.
+/// A model opened for the forward pass: the file, its header, the config.json beside a
+/// safetensors file, and the tokeniser (GGUF metadata or tokenizer.json).
+struct OpenedLm {
+    path: PathBuf,
+    src: FileSource,
+    file: ModelFile,
+    config: Option<serde_json::Value>,
+    tokenizer: TextTokenizer,
+}
+
+fn open_for_forward(model: &Path) -> Result<OpenedLm> {
+    let (path, config_path) = resolve_model(model, None)?;
+    let src = FileSource::open(&path)?;
+    let file = ModelFile::open(&src)?;
+    let config = match (&file.format, &config_path) {
+        (Format::Safetensors, Some(p)) => Some(read_config(p)?),
+        _ => None,
+    };
+    let tokenizer = load_tokenizer(&file, &path)?;
+    Ok(OpenedLm {
+        path,
+        src,
+        file,
+        config,
+        tokenizer,
+    })
+}
+
 fn load_tokenizer(file: &ModelFile, path: &Path) -> Result<TextTokenizer> {
     match file.format {
         Format::Gguf => TextTokenizer::from_gguf(file, &path.display().to_string()),

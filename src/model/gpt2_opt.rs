@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 
 use crate::io::safetensors::F32Tensor;
 use crate::io::{ByteSource, Format, ModelFile};
-use crate::model::llama::{softmax_last, to_vec, Ends, Linear, Observer};
+use crate::model::llama::{causal_attend, to_vec, Ends, Linear, Observer};
 use crate::model::{describe, Arch, ModelDesc};
 use crate::{LabError, Result};
 
@@ -618,20 +618,8 @@ impl<'a> Gpt2Opt<'a> {
                 .and_then(|q| q.matmul(&k.t()?))
                 .map_err(ce)?
         };
-        let mask: Vec<f32> = (0..t * t)
-            .map(|p| {
-                if p % t > p / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).map_err(ce)?;
-        let p = softmax_last(&scores.broadcast_add(&mask).map_err(ce)?)?;
-        let a = p
-            .matmul(&v)
-            .and_then(|a| a.transpose(1, 2))
+        let a = causal_attend(&scores, &v)?
+            .transpose(1, 2)
             .and_then(|a| a.reshape((b * t, cc)))
             .map_err(ce)?;
         obs.linear_input(i, &[out_role], &a)?;

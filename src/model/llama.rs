@@ -341,8 +341,27 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
         .map_err(ce)
 }
 
+/// softmax(scores + causal mask) v, where the mask is -inf above the diagonal (position t
+/// attends to positions <= t only): scores (B,H,T,T), v (B,H,T,D) -> (B,H,T,D).
+pub(crate) fn causal_attend(scores: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let t = scores.dim(D::Minus1).map_err(ce)?;
+    let mask: Vec<f32> = (0..t * t)
+        .map(|p| {
+            if p % t > p / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).map_err(ce)?;
+    softmax_last(&scores.broadcast_add(&mask).map_err(ce)?)?
+        .matmul(v)
+        .map_err(ce)
+}
+
 /// Softmax over the last dim, max subtracted first.
-pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let m = x.max_keepdim(D::Minus1).map_err(ce)?;
     let e = x.broadcast_sub(&m).map_err(ce)?.exp().map_err(ce)?;
     let s = e.sum_keepdim(D::Minus1).map_err(ce)?;
@@ -604,21 +623,9 @@ impl<'a> Llama<'a> {
             .map_err(ce)?
             .affine(1.0 / (d as f64).sqrt(), 0.0)
             .map_err(ce)?;
-        let mask: Vec<f32> = (0..t * t)
-            .map(|p| {
-                if p % t > p / t {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu).map_err(ce)?;
-        let p = softmax_last(&scores.broadcast_add(&mask).map_err(ce)?)?;
         // a (B,H,T,D) -> (N, H D), heads side by side as Wo expects.
-        let a = p
-            .matmul(&v)
-            .and_then(|a| a.transpose(1, 2))
+        let a = causal_attend(&scores, &v)?
+            .transpose(1, 2)
             .and_then(|a| a.reshape((b * t, nh * d)))
             .map_err(ce)?;
         obs.linear_input(i, &["o"], &a)?;

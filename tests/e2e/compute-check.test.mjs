@@ -5,42 +5,19 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { startServer } from '../../scripts/serve.mjs';
-
-const SITE = process.env.LAYERLAB_SITE ?? 'target/site-test';
-const CLI = process.env.LAYERLAB_CLI ?? 'target/debug/layerlab';
-const BASE_FLAGS = [
-  '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync',
-];
+import { CLI, openPage, serveSite } from './browser.mjs';
 
 let server;
 let base;
 before(async () => {
-  server = await startServer(SITE, 0);
-  base = `http://127.0.0.1:${server.address().port}/`;
+  ({ server, base } = await serveSite());
 });
 after(() => server?.close());
 
 async function openLab(flags, query) {
-  const profile = mkdtempSync(join(tmpdir(), 'layerlab-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: '/usr/bin/chromium',
-    headless: true,
-    args: [...BASE_FLAGS, ...flags],
-  });
-  const page = context.pages()[0] ?? (await context.newPage());
-  const problems = [];
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  await page.goto(base + query);
-  await page.waitForFunction(() => document.getElementById('backend')?.dataset.kind !== '', null, { timeout: 60_000 });
-  const close = async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); };
-  return { page, problems, close };
+  const opened = await openPage(base + query, flags);
+  await opened.page.waitForFunction(() => document.getElementById('backend')?.dataset.kind !== '', null, { timeout: 60_000 });
+  return opened;
 }
 
 async function runCheck(page) {

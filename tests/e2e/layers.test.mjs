@@ -9,15 +9,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync,
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { startServer } from '../../scripts/serve.mjs';
+import { CLI, SITE, openPage, serveSite } from './browser.mjs';
 
-const SITE = process.env.LAYERLAB_SITE ?? 'target/site-test';
-const CLI = process.env.LAYERLAB_CLI ?? 'target/debug/layerlab';
 const SMOL = '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
 const MINI = '.cache/models/all-minilm-l6-v2';
-const FLAGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync'];
 
 let server;
 let base;
@@ -25,21 +20,11 @@ before(async () => {
   for (const f of [SMOL, join(MINI, 'model.safetensors'), join(SITE, 'models/SmolLM2-135M-Instruct.Q4_1.gguf')]) {
     assert.ok(existsSync(f), `${f} is missing: run scripts/setup.sh's ensure_models and build the page`);
   }
-  server = await startServer(SITE, 0);
-  base = `http://127.0.0.1:${server.address().port}/`;
+  ({ server, base } = await serveSite());
 });
 after(() => server?.close());
 
-async function open(query) {
-  const profile = mkdtempSync(join(tmpdir(), 'layerlab-chromium-'));
-  const context = await chromium.launchPersistentContext(profile, { executablePath: '/usr/bin/chromium', headless: true, args: FLAGS, acceptDownloads: true });
-  const page = context.pages()[0] ?? (await context.newPage());
-  const problems = [];
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  await page.goto(base + query);
-  return { page, problems, close: async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); } };
-}
+const open = (query) => openPage(base + query);
 
 async function settled(page) {
   await page.waitForFunction(() => {
