@@ -118,6 +118,14 @@ impl Backend {
         *self.cpu_reason.borrow_mut() = Some(reason.into());
     }
 
+    /// After a GPU failure (`msg`) in the middle of a run: stops using the GPU (the backend
+    /// line says why) and returns the notice the run reports once it has finished on the
+    /// CPU; `during` says where, e.g. "in block 3".
+    pub fn gpu_failed(&self, msg: &str, during: &str) -> String {
+        self.disable_gpu(format!("the GPU failed during a run: {msg}"));
+        format!("The GPU failed {during} ({msg}); the run finished on the CPU.")
+    }
+
     pub fn info(&self) -> BackendInfo {
         match &*self.gpu.borrow() {
             Some(gpu) => BackendInfo {

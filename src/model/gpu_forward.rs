@@ -225,11 +225,7 @@ pub async fn block_forward_on(
                 return Ok((out, None));
             }
             Err(LabError::GpuFailed(msg)) => {
-                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
-                notice = Some(format!(
-                    "The GPU failed in block {} ({msg}); the run finished on the CPU.",
-                    w.index
-                ));
+                notice = Some(backend.gpu_failed(&msg, &format!("in block {}", w.index)));
             }
             Err(e) => return Err(e),
         }

@@ -564,10 +564,7 @@ async fn wanda_mask_on(
             .await
         {
             Err(LabError::GpuFailed(msg)) => {
-                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
-                notice = Some(format!(
-                    "The GPU failed while masking {what} ({msg}); the run finished on the CPU."
-                ));
+                notice = Some(backend.gpu_failed(&msg, &format!("while masking {what}")));
             }
             other => return other.map(|m| (m, None)),
         }

@@ -134,10 +134,7 @@ async fn with_fallback<T>(
         match work(&Engine::Gpu(&gpu)).await {
             Ok(out) => return Ok((out, None)),
             Err(LabError::GpuFailed(msg)) => {
-                backend.disable_gpu(format!("the GPU failed during a run: {msg}"));
-                notice = Some(format!(
-                    "The GPU failed during the run ({msg}); the run finished on the CPU."
-                ));
+                notice = Some(backend.gpu_failed(&msg, "during the run"));
             }
             Err(e) => return Err(e),
         }
