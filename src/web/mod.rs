@@ -15,7 +15,6 @@ use crate::compute::{cpu, Backend, BackendChoice, Bins, GpuContext, Matrix, RunC
 use crate::experiment::Experiment;
 use crate::io::{ByteSource, Format, ModelFile};
 use crate::model::causal::{load_causal_lm, CausalLm};
-use crate::model::llama::to_vec;
 use crate::model::{describe, ModelDesc};
 use crate::prune::driver::{export_safetensors, hf_config, prune_model_on, PruneReport, PruneRun};
 use crate::stats::model::{model_info, model_stats};
@@ -443,23 +442,24 @@ impl Lab {
         let last = last
             .as_ref()
             .ok_or_else(|| JsValue::from_str("run a pruning experiment first"))?;
-        let (index, lin) = last
+        let lin = last
             .run
             .blocks
             .iter()
-            .find_map(|b| {
-                b.linears
-                    .iter()
-                    .find(|l| l.tensor == tensor)
-                    .map(|l| (b.index, l))
-            })
+            .find_map(|b| b.linears.iter().find(|l| l.tensor == tensor))
             .ok_or_else(|| JsValue::from_str(&format!("{tensor} was not pruned in this run")))?;
-        let lm = last.model.causal_lm().map_err(to_js_err)?;
-        let dense = lm.load_block(index).map_err(to_js_err)?;
-        let before = dense
-            .linear(&lin.role)
-            .ok_or_else(|| JsValue::from_str(&format!("block {index} has no {}", lin.role)))
-            .and_then(|l| to_vec(&l.weight).map_err(to_js_err))?;
+        // The dense weights straight from the file: a histogram does not depend on the
+        // order of the values, so the q/k un-permutation or GPT-2's transpose that loading
+        // a block applies is not needed, and only this one tensor is read.
+        let model = &last.model;
+        let info = model
+            .file
+            .tensor(&tensor)
+            .ok_or_else(|| JsValue::from_str(&format!("{tensor} is not in the model file")))?;
+        let before = model
+            .file
+            .read_f32(&model.source, info)
+            .map_err(to_js_err)?;
         let after = &lin.weight;
         let (lo, hi) = before
             .iter()
