@@ -23,6 +23,7 @@
 //! - the CLI's --json report equals the library's (timings aside); N:M groups zero exactly N_l.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -98,6 +99,20 @@ fn f64s(v: &Value) -> Vec<f64> {
         .unwrap()
         .iter()
         .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// Block `index`'s pruned linears as the run rebuilds them from the file: role -> (out, in)
+/// row-major weights.
+fn pruned_weights(model: &Llama, run: &PruneRun, index: usize) -> BTreeMap<String, Vec<f32>> {
+    let w = run.block_weights(model, index).unwrap();
+    run.blocks[index]
+        .linears
+        .iter()
+        .map(|pl| {
+            let weight = to_vec(&w.linear(&pl.role).unwrap().weight).unwrap();
+            (pl.role.clone(), weight)
+        })
         .collect()
 }
 
@@ -259,9 +274,10 @@ fn owl_wanda_matches_numpy_and_the_export_reads_back() {
     // Exact counts: every row zeroes floor(cols s_l); the report says what the weights hold.
     let mut zeros_all = 0;
     for (b, pb) in r.blocks.iter().zip(&run.blocks) {
+        let weights = pruned_weights(&model, &run, pb.index);
         for (lr, pl) in b.linears.iter().zip(&pb.linears) {
             let k = prune_count(pl.cols, b.sparsity);
-            for (row_i, row) in pl.weight.chunks_exact(pl.cols).enumerate() {
+            for (row_i, row) in weights[&pl.role].chunks_exact(pl.cols).enumerate() {
                 let z = row.iter().filter(|&&w| w == 0.0).count();
                 assert_eq!(z, k, "block {} {} row {row_i}", b.index, pl.role);
             }
@@ -280,16 +296,17 @@ fn owl_wanda_matches_numpy_and_the_export_reads_back() {
 
     // Masks of the first blocks against the reference's sequential Wanda.
     for pb in &run.blocks[..MASK_BLOCKS] {
+        let weights = pruned_weights(&model, &run, pb.index);
         for pl in &pb.linears {
+            let weight = &weights[&pl.role];
             let bytes = std::fs::read(masks_dir.join(format!("mask_{}_{}.bin", pb.index, pl.role)))
                 .unwrap();
-            let differ = pl
-                .weight
+            let differ = weight
                 .iter()
                 .enumerate()
                 .filter(|(j, w)| (**w == 0.0) != (bytes[j / 8] >> (7 - j % 8) & 1 == 1))
                 .count();
-            let frac = differ as f64 / pl.weight.len() as f64;
+            let frac = differ as f64 / weight.len() as f64;
             assert!(
                 frac < 1e-4,
                 "block {} {}: {differ} mask entries differ",
@@ -346,7 +363,13 @@ fn owl_wanda_matches_numpy_and_the_export_reads_back() {
     assert_eq!(config, hf_config(&model));
     assert_eq!(config["tie_word_embeddings"], true);
     let export_ref = start_reference(&["export", &s(&path), &s(&export), &s(&eval_file), "32"]);
-    check_export_with_layerlab(&export, &cli_dir.join("config.json"), &run, &eval_ids);
+    check_export_with_layerlab(
+        &model,
+        &export,
+        &cli_dir.join("config.json"),
+        &run,
+        &eval_ids,
+    );
     let theirs = finish(export_ref, "prune_driver.py export");
     assert_eq!(theirs["metadata"]["format"], "pt");
     let meta: Value =
@@ -389,11 +412,12 @@ fn owl_wanda_matches_numpy_and_the_export_reads_back() {
         assert_eq!(&got, shape, "{name}");
     }
     for pb in &run.blocks {
+        let weights = pruned_weights(&model, &run, pb.index);
         for pl in &pb.linears {
             let z = theirs["zeros"][hf_name(pb.index, &pl.role)]
                 .as_u64()
                 .unwrap() as usize;
-            assert_eq!(z, pl.weight.iter().filter(|&&w| w == 0.0).count());
+            assert_eq!(z, weights[&pl.role].iter().filter(|&&w| w == 0.0).count());
         }
     }
     assert_eq!(theirs["max_diff_from_gguf"].as_f64().unwrap(), 0.0);
@@ -407,14 +431,21 @@ fn owl_wanda_matches_numpy_and_the_export_reads_back() {
 }
 
 /// LayerLab reads its own export: the same weights bit for bit, and the same perplexity.
-fn check_export_with_layerlab(export: &Path, config: &Path, run: &PruneRun, eval_ids: &[u32]) {
+fn check_export_with_layerlab(
+    source: &Llama,
+    export: &Path,
+    config: &Path,
+    run: &PruneRun,
+    eval_ids: &[u32],
+) {
     let src = FileSource::open(export).unwrap();
     let file = ModelFile::open(&src).unwrap();
     let config: Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
     for pb in run.blocks.iter().step_by(7) {
+        let weights = pruned_weights(source, run, pb.index);
         for pl in &pb.linears {
             let t = file.tensor(&hf_name(pb.index, &pl.role)).unwrap();
-            assert_eq!(file.read_f32(&src, t).unwrap(), pl.weight);
+            assert_eq!(file.read_f32(&src, t).unwrap(), weights[&pl.role]);
         }
     }
     let model = Llama::new(&src, &file, Some(&config)).unwrap();
@@ -469,10 +500,10 @@ fn owl_nm_groups_zero_exactly_n() {
     for (b, pb) in run.report.blocks.iter().zip(&run.blocks) {
         assert_eq!(b.sparsity, ns[b.index] as f64 / 4.0);
         let dense = model.load_block(b.index).unwrap();
+        let weights = pruned_weights(&model, &run, pb.index);
         for pl in &pb.linears {
             let dense = to_vec(&dense.linear(&pl.role).unwrap().weight).unwrap();
-            for (g, (group, d)) in pl
-                .weight
+            for (g, (group, d)) in weights[&pl.role]
                 .chunks_exact(4)
                 .zip(dense.chunks_exact(4))
                 .enumerate()

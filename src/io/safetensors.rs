@@ -226,15 +226,39 @@ pub struct F32Tensor<'a> {
     pub data: std::borrow::Cow<'a, [f32]>,
 }
 
+/// Hands every tensor of a file, in order, to the sink it is given; see [`write_f32_with`].
+pub type TensorProducer<'p> =
+    dyn Fn(&mut dyn FnMut(F32Tensor<'_>) -> Result<()>) -> Result<()> + 'p;
+
 /// Writes `tensors` as a safetensors file to `out`, in the given order, all F32
 /// little-endian, with `metadata` as `__metadata__` (string to string; transformers wants
 /// `{"format": "pt"}`). The header is padded with spaces to a multiple of 8 bytes, as
 /// Hugging Face's writer does, so every tensor starts 8-byte aligned. Works on any
-/// `std::io::Write`: a file natively, a `Vec<u8>` for the page's download.
+/// `std::io::Write`: a file natively, chunks handed to JavaScript for the page's download.
 pub fn write_f32(
     out: &mut dyn std::io::Write,
     tensors: &[F32Tensor],
     metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_f32_with(out, metadata, &|sink| {
+        tensors.iter().try_for_each(|t| {
+            sink(F32Tensor {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                data: std::borrow::Cow::Borrowed(&t.data),
+            })
+        })
+    })
+}
+
+/// [`write_f32`] without holding every tensor at once: `produce` is called twice, first for
+/// the header (names and shapes; the data is dropped), then for the data, which is written
+/// as it comes. Both calls must hand over the same tensors in the same order (checked), so
+/// a model is written one block at a time.
+pub fn write_f32_with(
+    out: &mut dyn std::io::Write,
+    metadata: &BTreeMap<String, String>,
+    produce: &TensorProducer<'_>,
 ) -> Result<()> {
     let mut header = Map::new();
     if !metadata.is_empty() {
@@ -244,8 +268,9 @@ pub fn write_f32(
             .collect();
         header.insert("__metadata__".into(), Value::Object(meta));
     }
+    let mut layout: Vec<(String, Vec<usize>)> = Vec::new();
     let mut offset = 0u64;
-    for t in tensors {
+    produce(&mut |t| {
         let n: usize = t.shape.iter().product();
         if n != t.data.len() {
             return Err(LabError::invalid(format!(
@@ -267,7 +292,9 @@ pub fn write_f32(
             serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
         );
         offset = end;
-    }
+        layout.push((t.name, t.shape));
+        Ok(())
+    })?;
     let mut json = serde_json::to_vec(&Value::Object(header))
         .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
     while json.len() % 8 != 0 {
@@ -278,7 +305,20 @@ pub fn write_f32(
         .map_err(io)?;
     out.write_all(&json).map_err(io)?;
     let mut buf = Vec::with_capacity(1 << 16);
-    for t in tensors {
+    let mut next = layout.iter();
+    produce(&mut |t| {
+        match next.next() {
+            Some((name, shape))
+                if *name == t.name
+                    && *shape == t.shape
+                    && t.data.len() == shape.iter().product::<usize>() => {}
+            _ => {
+                return Err(LabError::invalid(format!(
+                    "{}: the tensors changed between the header and the data",
+                    t.name
+                )))
+            }
+        }
         for chunk in t.data.chunks(1 << 14) {
             buf.clear();
             for v in chunk {
@@ -286,6 +326,12 @@ pub fn write_f32(
             }
             out.write_all(&buf).map_err(io)?;
         }
+        Ok(())
+    })?;
+    if next.next().is_some() {
+        return Err(LabError::invalid(
+            "the tensors changed between the header and the data",
+        ));
     }
     out.flush().map_err(io)
 }

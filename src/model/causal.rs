@@ -87,12 +87,14 @@ pub trait CausalLm {
     fn logits(&self, ends: &Ends, x: &Tensor) -> Result<Tensor>;
     /// The LLaMA model, for the GPU block path.
     fn as_llama(&self) -> Option<&Llama<'_>>;
-    /// Every tensor of the model with Hugging Face names and orientation, each block's
-    /// weights from `block(i)` (the pruned ones on export).
+    /// Every tensor of the model with Hugging Face names and orientation, in file order,
+    /// handed to `sink` one at a time; each block's weights from `block(i)` (the pruned
+    /// ones on export), so one block is resident at a time.
     fn export_tensors(
         &self,
         block: &dyn Fn(usize) -> Result<Block>,
-    ) -> Result<Vec<F32Tensor<'static>>>;
+        sink: &mut dyn FnMut(F32Tensor<'_>) -> Result<()>,
+    ) -> Result<()>;
     /// A Hugging Face config.json for the export.
     fn hf_config(&self) -> Value;
 }
@@ -167,7 +169,8 @@ impl CausalLm for Llama<'_> {
     fn export_tensors(
         &self,
         block: &dyn Fn(usize) -> Result<Block>,
-    ) -> Result<Vec<F32Tensor<'static>>> {
+        sink: &mut dyn FnMut(F32Tensor<'_>) -> Result<()>,
+    ) -> Result<()> {
         let ends = Llama::load_ends(self)?;
         let c = &self.config;
         let t = |name: String, shape: Vec<usize>, data: Vec<f32>| F32Tensor {
@@ -175,54 +178,54 @@ impl CausalLm for Llama<'_> {
             shape,
             data: data.into(),
         };
-        let mut tensors = vec![t(
+        sink(t(
             "model.embed_tokens.weight".into(),
             vec![c.vocab, c.hidden],
             to_vec(&ends.embed)?,
-        )];
+        ))?;
         for i in 0..c.layers {
             let Block::Llama(w) = block(i)? else {
                 return Err(wrong_block(Llama::name(self), "LLaMA"));
             };
             let p = format!("model.layers.{i}");
-            tensors.push(t(
+            sink(t(
                 format!("{p}.input_layernorm.weight"),
                 vec![c.hidden],
                 to_vec(&w.attn_norm)?,
-            ));
+            ))?;
             for role in BlockWeights::ROLES {
                 if role == "gate" {
-                    tensors.push(t(
+                    sink(t(
                         format!("{p}.post_attention_layernorm.weight"),
                         vec![c.hidden],
                         to_vec(&w.ffn_norm)?,
-                    ));
+                    ))?;
                 }
                 let lin = w.linear(role).expect("a LLaMA role");
                 let stem = format!("{p}.{}", hf_llama_linear(role));
-                tensors.push(t(
+                sink(t(
                     format!("{stem}.weight"),
                     lin.weight.dims().to_vec(),
                     to_vec(&lin.weight)?,
-                ));
+                ))?;
                 if let Some(b) = &lin.bias {
-                    tensors.push(t(format!("{stem}.bias"), b.dims().to_vec(), to_vec(b)?));
+                    sink(t(format!("{stem}.bias"), b.dims().to_vec(), to_vec(b)?))?;
                 }
             }
         }
-        tensors.push(t(
+        sink(t(
             "model.norm.weight".into(),
             vec![c.hidden],
             to_vec(&ends.final_norm)?,
-        ));
+        ))?;
         if self.desc.head.is_some() {
-            tensors.push(t(
+            sink(t(
                 "lm_head.weight".into(),
                 vec![c.vocab, c.hidden],
                 to_vec(&ends.head)?,
-            ));
+            ))?;
         }
-        Ok(tensors)
+        Ok(())
     }
 
     /// From the model's own sizes: what transformers needs to load a GGUF source's export.
@@ -327,12 +330,17 @@ impl CausalLm for Gpt2Opt<'_> {
     fn export_tensors(
         &self,
         block: &dyn Fn(usize) -> Result<Block>,
-    ) -> Result<Vec<F32Tensor<'static>>> {
+        sink: &mut dyn FnMut(F32Tensor<'_>) -> Result<()>,
+    ) -> Result<()> {
         let name = Gpt2Opt::name(self).to_string();
-        Gpt2Opt::export_tensors(self, &|i| match block(i)? {
-            Block::Ln(w) => Ok(w),
-            Block::Llama(_) => Err(wrong_block(&name, "GPT-2/OPT")),
-        })
+        Gpt2Opt::export_tensors(
+            self,
+            &|i| match block(i)? {
+                Block::Ln(w) => Ok(w),
+                Block::Llama(_) => Err(wrong_block(&name, "GPT-2/OPT")),
+            },
+            sink,
+        )
     }
     fn hf_config(&self) -> Value {
         Gpt2Opt::hf_config(self)

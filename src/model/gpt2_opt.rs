@@ -697,17 +697,16 @@ impl<'a> Gpt2Opt<'a> {
     pub fn export_tensors(
         &self,
         block: &dyn Fn(usize) -> Result<LnBlock>,
-    ) -> Result<Vec<F32Tensor<'static>>> {
+        sink: &mut dyn FnMut(F32Tensor<'_>) -> Result<()>,
+    ) -> Result<()> {
         let c = &self.config;
         let ends = self.load_ends()?;
-        let mut out = Vec::new();
         let mut push = |name: String, t: &Tensor| -> Result<()> {
-            out.push(F32Tensor {
+            sink(F32Tensor {
                 name,
                 shape: t.dims().to_vec(),
                 data: to_vec(t)?.into(),
-            });
-            Ok(())
+            })
         };
         let gpt2 = c.arch == Arch::Gpt2;
         let positions = ends
@@ -772,7 +771,7 @@ impl<'a> Gpt2Opt<'a> {
         if self.desc.head.is_some() {
             push("lm_head.weight".into(), &ends.head)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// A Hugging Face config.json for the exported model (GPT2LMHeadModel or

@@ -26,9 +26,9 @@
 //! GPT-2's Conv1D weights are (out, in) here like every other linear (transposed on load
 //! and back on export), so "row" means output row for every family. Forward passes of
 //! LLaMA blocks run on the backend's GPU where there is one; GPT-2 and OPT blocks on the
-//! CPU. Only one block's file weights are resident at a time; the
-//! pruned linears of every block are kept (f32, Hugging Face row order: GGUF q/k rows are
-//! un-permuted on load) because the result is the pruned model. Magnitude pruning needs no
+//! CPU. Only one block's file weights are resident at a time; of the pruned model only which
+//! weights are zero is kept (one bit each, plus SparseGPT's updated values: `PrunedLinear`),
+//! and its blocks are rebuilt from the file when evaluated or exported. Magnitude pruning needs no
 //! activations, so its prune pass reads and prunes the weights without any forward.
 //!
 //! The whole file is plain Rust for every target: no threads or files; the clock is
@@ -49,10 +49,10 @@ use super::outliers::{outlier_sweep, LinearStats};
 use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
-use crate::eval::{perplexity_with, PplOptions, PplReport};
-use crate::io::safetensors::write_f32;
+use crate::eval::{perplexity_with, PplOptions, PplReport, Weights};
+use crate::io::safetensors::write_f32_with;
 use crate::model::causal::{block_forward_on_any, Block, CausalLm};
-use crate::model::llama::{to_vec, NoObserver, Observer, Rope};
+use crate::model::llama::{to_vec, Ends, NoObserver, Observer, Rope};
 use crate::{LabError, Result};
 
 /// Which score decides what is pruned (METHODS.md).
@@ -216,7 +216,11 @@ impl PruneOptions {
     }
 }
 
-/// One pruned linear layer: the weights that replace the file's.
+/// One pruned linear layer, kept compactly: which weights are zero after pruning (one bit
+/// each) and, for SparseGPT, which also updates the weights it keeps, the kept values.
+/// Wanda and magnitude keep the file's values, so a pruned 135M model costs 13 MB of bits
+/// instead of 425 MB of f32; the weights themselves are rebuilt from the file block by block
+/// (`PruneRun::block_weights`).
 #[derive(Clone, Debug)]
 pub struct PrunedLinear {
     /// The family's role: q, k, v, o, gate, up, down (LLaMA); c_attn, c_proj, c_fc,
@@ -226,9 +230,91 @@ pub struct PrunedLinear {
     pub tensor: String,
     pub rows: usize,
     pub cols: usize,
-    /// (rows, cols) = (out, in) row-major f32, Hugging Face row order (GGUF q/k
-    /// un-permuted); GPT-2's Conv1D weights are transposed back only on export.
-    pub weight: Vec<f32>,
+    /// Bit j (word j / 64, bit j % 64) is set when weight j of the (out, in) row-major
+    /// matrix, Hugging Face row order (GGUF q/k un-permuted), is zero after pruning.
+    zero: Vec<u64>,
+    /// SparseGPT: the values of the weights whose bit is clear, in row-major order. None:
+    /// they are the file's.
+    kept: Option<Vec<f32>>,
+}
+
+impl PrunedLinear {
+    /// From the pruned weight; `file_values` says whether the weights it keeps are the
+    /// file's unchanged (Wanda, magnitude) or updated (SparseGPT).
+    pub fn new(
+        role: &str,
+        tensor: &str,
+        rows: usize,
+        cols: usize,
+        weight: &[f32],
+        file_values: bool,
+    ) -> Result<Self> {
+        if weight.len() != rows * cols {
+            return Err(LabError::invalid(format!(
+                "{tensor}: {} pruned weights for a {rows} x {cols} linear",
+                weight.len()
+            )));
+        }
+        let mut zero = vec![0u64; weight.len().div_ceil(64)];
+        for (j, w) in weight.iter().enumerate() {
+            if *w == 0.0 {
+                zero[j / 64] |= 1 << (j % 64);
+            }
+        }
+        let kept = (!file_values).then(|| weight.iter().copied().filter(|w| *w != 0.0).collect());
+        Ok(PrunedLinear {
+            role: role.to_string(),
+            tensor: tensor.to_string(),
+            rows,
+            cols,
+            zero,
+            kept,
+        })
+    }
+
+    /// Whether weight `j` (row-major) is zero after pruning (false past the end).
+    pub fn is_zero(&self, j: usize) -> bool {
+        j < self.rows * self.cols
+            && self
+                .zero
+                .get(j / 64)
+                .is_some_and(|w| w >> (j % 64) & 1 == 1)
+    }
+
+    /// Weights that are zero after pruning.
+    pub fn zeros(&self) -> usize {
+        self.zero.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The pruned weight, (rows, cols) row-major, from the file's dense `weight` (the same
+    /// orientation, as `CausalLm::load_block` gives it).
+    pub fn apply(&self, weight: &mut [f32]) -> Result<()> {
+        if weight.len() != self.rows * self.cols {
+            return Err(LabError::invalid(format!(
+                "{}: {} weights for a {} x {} linear",
+                self.tensor,
+                weight.len(),
+                self.rows,
+                self.cols
+            )));
+        }
+        let mut kept = self.kept.as_deref().map(|k| k.iter());
+        for (j, w) in weight.iter_mut().enumerate() {
+            if self.is_zero(j) {
+                *w = 0.0;
+            } else if let Some(k) = kept.as_mut() {
+                *w = *k.next().ok_or_else(|| {
+                    LabError::invalid(format!("{}: too few kept weights", self.tensor))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Heap bytes held.
+    pub fn bytes(&self) -> usize {
+        self.zero.len() * 8 + self.kept.as_ref().map_or(0, |k| k.len() * 4)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -338,7 +424,12 @@ impl PruneRun {
             .get(index)
             .ok_or_else(|| LabError::invalid(format!("the pruning run has no block {index}")))?;
         for lin in &pruned.linears {
-            w.set_weight(&lin.role, lin.weight.clone())?;
+            let dense = w.linear(&lin.role).ok_or_else(|| {
+                LabError::invalid(format!("block {index} has no '{}' linear", lin.role))
+            })?;
+            let mut weight = to_vec(&dense.weight)?;
+            lin.apply(&mut weight)?;
+            w.set_weight(&lin.role, weight)?;
         }
         Ok(w)
     }
@@ -364,14 +455,33 @@ impl PruneRun {
         opts: &PplOptions,
         ctl: &dyn RunControl,
     ) -> Result<PplReport> {
+        let ends = model.load_ends()?;
+        self.perplexity_with_ends(backend, model, &ends, ids, opts, ctl)
+            .await
+    }
+
+    async fn perplexity_with_ends(
+        &self,
+        backend: &Backend,
+        model: &dyn CausalLm,
+        ends: &Ends,
+        ids: &[u32],
+        opts: &PplOptions,
+        ctl: &dyn RunControl,
+    ) -> Result<PplReport> {
+        let blocks = |i| self.block_weights(model, i);
+        let weights = Weights {
+            ends,
+            blocks: &blocks,
+        };
         perplexity_with(
             backend,
             model,
+            weights,
             ids,
             opts,
             ctl,
             "perplexity (pruned)",
-            &|i| self.block_weights(model, i),
         )
         .await
     }
@@ -761,14 +871,15 @@ pub async fn prune_model_on(
                 achieved_sparsity: zeros as f64 / weight.len().max(1) as f64,
                 outlier_ratio: dense_linear[i][k],
             });
-            w.set_weight(role, weight.clone())?;
-            pruned.push(PrunedLinear {
-                role: role.to_string(),
-                tensor: what.clone(),
+            pruned.push(PrunedLinear::new(
+                role,
+                what,
                 rows,
                 cols,
-                weight,
-            });
+                &weight,
+                opts.method != Method::SparseGpt,
+            )?);
+            w.set_weight(role, weight)?;
         }
         drop(stats);
         if needs_activations && i + 1 < layers {
@@ -838,14 +949,19 @@ pub async fn prune_model_on(
     if let Some(ids) = eval_ids {
         let dense = if opts.dense_ppl {
             let t = Instant::now();
+            let blocks = |i| model.load_block(i);
+            let weights = Weights {
+                ends: &ends,
+                blocks: &blocks,
+            };
             let r = perplexity_with(
                 backend,
                 model,
+                weights,
                 ids,
                 &opts.eval,
                 ctl,
                 "perplexity (dense)",
-                &|i| model.load_block(i),
             )
             .await?;
             run.report.timings.perplexity_dense = Some(t.elapsed().as_secs_f64());
@@ -856,7 +972,7 @@ pub async fn prune_model_on(
         };
         let t = Instant::now();
         let r = run
-            .perplexity_on(backend, model, ids, &opts.eval, ctl)
+            .perplexity_with_ends(backend, model, &ends, ids, &opts.eval, ctl)
             .await?;
         gpu_notices.extend(r.notices);
         run.report.timings.perplexity_pruned = Some(t.elapsed().as_secs_f64());
@@ -892,12 +1008,13 @@ pub fn export_safetensors(
     extra: &Value,
     out: &mut dyn std::io::Write,
 ) -> Result<()> {
-    let tensors = model.export_tensors(&|i| run.block_weights(model, i))?;
+    let blocks = |i| run.block_weights(model, i);
     let meta = BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
         ("layerlab".to_string(), extra.to_string()),
     ]);
-    write_f32(out, &tensors, &meta)
+    // Twice through the model (header, then data): one block in memory at a time.
+    write_f32_with(out, &meta, &|sink| model.export_tensors(&blocks, sink))
 }
 
 /// A Hugging Face config.json for the exported model, from the model's own sizes: what
@@ -924,6 +1041,39 @@ mod tests {
         assert!(a.iter().all(|&s| s < 90));
         assert_ne!(a, calibration_starts(100, 5, 10, Some(8)).unwrap());
         assert!(calibration_starts(10, 1, 10, Some(1)).is_err());
+    }
+
+    #[test]
+    fn pruned_linears_rebuild_the_pruned_weights() {
+        // 3 x 43: words straddle rows; the file holds an exact zero that is kept.
+        let file: Vec<f32> = (0..129).map(|j| (j as f32 - 61.0) * 0.25).collect();
+        assert_eq!(file[61], 0.0);
+        let mut pruned = file.clone();
+        for j in (0..129).step_by(3) {
+            pruned[j] = 0.0;
+        }
+        // Wanda / magnitude: the kept weights are the file's.
+        let masked = PrunedLinear::new("q", "t", 3, 43, &pruned, true).unwrap();
+        let mut w = file.clone();
+        masked.apply(&mut w).unwrap();
+        assert_eq!(w, pruned);
+        assert_eq!(masked.zeros(), pruned.iter().filter(|w| **w == 0.0).count());
+        assert_eq!(masked.zeros(), 44);
+        assert!(masked.is_zero(0) && masked.is_zero(61) && !masked.is_zero(1));
+        assert!(!masked.is_zero(129) && !masked.is_zero(usize::MAX));
+        // SparseGPT: the kept weights changed too.
+        let updated: Vec<f32> = pruned
+            .iter()
+            .map(|w| if *w == 0.0 { 0.0 } else { w * 1.5 + 0.125 })
+            .collect();
+        let sgpt = PrunedLinear::new("q", "t", 3, 43, &updated, false).unwrap();
+        let mut w = file.clone();
+        sgpt.apply(&mut w).unwrap();
+        assert_eq!(w, updated);
+        assert!(sgpt.bytes() < updated.len() * 4);
+        // Wrong sizes are errors.
+        assert!(PrunedLinear::new("q", "t", 3, 42, &pruned, true).is_err());
+        assert!(masked.apply(&mut [0.0; 128]).is_err());
     }
 
     #[test]

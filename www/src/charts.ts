@@ -15,12 +15,12 @@ export function fmt(x: number | null | undefined): string {
 }
 
 /** Saves text (CSV unless `type` says otherwise) or a canvas (PNG) as a download. */
-export function download(name: string, data: string | Uint8Array | HTMLCanvasElement, type = 'text/csv'): void {
+export function download(name: string, data: string | Uint8Array | Blob | HTMLCanvasElement, type = 'text/csv'): void {
   const a = document.createElement('a');
   a.download = name;
   const blob = !(data instanceof HTMLCanvasElement);
   if (blob) {
-    a.href = URL.createObjectURL(new Blob([data as BlobPart], { type }));
+    a.href = URL.createObjectURL(data instanceof Blob ? data : new Blob([data as BlobPart], { type }));
   } else {
     a.href = data.toDataURL('image/png');
   }

@@ -246,5 +246,5 @@ export type FromWorker =
   | { type: 'model-opened'; id: number; opened: Opened; source: ModelSource; companions: string[] }
   | { type: 'model-report'; id: number; report: ModelReport; backend: BackendInfo }
   | { type: 'prune-report'; id: number; report: PruneReport; backend: BackendInfo }
-  | { type: 'pruned-model'; id: number; bytes: Uint8Array; config: string | null; name: string }
+  | { type: 'pruned-model'; id: number; file: Blob; config: string | null; name: string }
   | { type: 'tensor-histograms'; id: number; before: Histogram; after: Histogram };

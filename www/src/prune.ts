@@ -448,7 +448,7 @@ export class PruneLab {
     this.status.textContent = 'Writing the pruned model…';
     try {
       const reply = await this.client.call({ type: 'prune-export' }, 'pruned-model');
-      download(reply.name, reply.bytes, 'application/octet-stream');
+      download(reply.name, reply.file, 'application/octet-stream');
       // A GGUF source has no config.json for transformers: offer the one made for it.
       const config = $<HTMLButtonElement>('prune-download-config');
       config.hidden = !reply.config;

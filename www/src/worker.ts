@@ -133,8 +133,11 @@ scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
       const l = lab;
       if (!l) return;
       await answer(l, msg.id, async () => {
-        const out = l.pruned_model() as { bytes: Uint8Array; config: string | null; name: string };
-        scope.postMessage({ type: 'pruned-model', id: msg.id, ...out } satisfies FromWorker, [out.bytes.buffer]);
+        // The file arrives in ~8 MB pieces; a Blob of them is handed over without a copy
+        // (and Chromium may keep a large Blob on disk), so the whole file is never one buffer.
+        const out = l.pruned_model() as { parts: Uint8Array[]; config: string | null; name: string };
+        const file = new Blob(out.parts as BlobPart[], { type: 'application/octet-stream' });
+        post({ type: 'pruned-model', id: msg.id, file, config: out.config, name: out.name });
       });
       break;
     }
