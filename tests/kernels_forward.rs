@@ -9,7 +9,8 @@
 //!   candle's matmul, which sums in another order);
 //! - RMSNorm, RoPE, SwiGLU: 2e-6 of the largest |value|; residual add: exact;
 //! - attention: 1e-5 of the largest |v|;
-//! - Wanda masks: exactly `masks::wanda_mask`, flag for flag, ties included;
+//! - Wanda and magnitude masks: exactly `masks::wanda_mask` / `magnitude_mask`, flag for
+//!   flag, ties included;
 //! - a SmolLM2 block (GPU vs `Llama::block_forward`): 1e-5 of the largest |value|, for the
 //!   output and for every input the Observer sees;
 //! - losing the device mid-block: `GpuFailed`, never a panic; through `block_forward_on`,
@@ -27,7 +28,7 @@ use layerlab::compute::{cpu_forward, GpuContext, Matrix};
 use layerlab::io::{FileSource, ModelFile};
 use layerlab::model::gpu_forward::{block_forward_gpu, block_forward_on};
 use layerlab::model::llama::{rms_norm, to_vec, Llama, Observer, Rope};
-use layerlab::prune::masks::{wanda_mask, Pattern};
+use layerlab::prune::masks::{magnitude_mask, wanda_mask, Pattern};
 use layerlab::tokenizer::TextTokenizer;
 use layerlab::LabError;
 
@@ -366,6 +367,43 @@ fn wanda_masks_equal_the_cpu_masks_exactly() {
     let e = run(gpu.wanda_mask("blk.0.ffn_up", &w, 7, 32, &s, p)).unwrap_err();
     assert!(e.to_string().contains("blk.0.ffn_up"), "{e}");
     eprintln!("wanda: {checked} GPU masks equal to the CPU's");
+}
+
+#[test]
+fn magnitude_masks_equal_the_cpu_masks_exactly() {
+    let gpu = gpu();
+    let mut checked = 0;
+    for (i, &(rows, cols)) in [(1, 1), (3, 8), (7, 33), (17, 257), (64, 576)]
+        .iter()
+        .enumerate()
+    {
+        let seed = 400 + 10 * i as u64;
+        let plain = uniform(seed, rows * cols, -1.0, 1.0);
+        // Few distinct values: the layer-wide threshold falls inside a run of ties.
+        let quantised = tied(seed + 1, rows * cols, 3.0);
+        let mut patterns: Vec<Pattern> = [0.0, 0.1, 0.5, 0.7, 0.999, 1.0]
+            .iter()
+            .map(|&sparsity| Pattern::Unstructured { sparsity })
+            .collect();
+        for (n, m) in [(2, 4), (4, 8), (1, 1)] {
+            if cols % m == 0 {
+                patterns.push(Pattern::NM { n, m });
+            }
+        }
+        for (wname, w) in [("uniform", &plain), ("quantised", &quantised)] {
+            for &p in &patterns {
+                let what = format!("[{rows}, {cols}] {wname} weights, {p:?}");
+                let want = magnitude_mask(&what, w, rows, cols, p).unwrap();
+                let got = run(gpu.magnitude_mask(&what, w, rows, cols, p)).unwrap();
+                assert!(got == want, "{what}: GPU and CPU masks differ");
+                checked += 1;
+            }
+        }
+    }
+    let e = run(gpu.magnitude_mask("blk.0.ffn_up", &[1.0; 6], 2, 3, Pattern::NM { n: 2, m: 4 }))
+        .unwrap_err();
+    assert!(e.to_string().contains("blk.0.ffn_up"), "{e}");
+    eprintln!("magnitude: {checked} GPU masks equal to the CPU's");
 }
 
 const SMOLLM2: &str = ".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -147,7 +147,7 @@ enum Command {
         /// model a config.json is written beside it.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Where the forward passes and Wanda's selection run: auto (a real GPU, else the
+        /// Where the forward passes and Wanda's and magnitude's selection run: auto (a real GPU, else the
         /// CPU), gpu (even a software one) or cpu.
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,

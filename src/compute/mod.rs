@@ -1,5 +1,5 @@
 //! Compute layer: the reduction kernels (`gpu`, `cpu`), the forward-pass kernels
-//! (`forward`, `cpu_forward`) and Wanda's mask selection (`select`), on the GPU (wgpu:
+//! (`forward`, `cpu_forward`) and Wanda's and magnitude's mask selection (`select`), on the GPU (wgpu:
 //! WebGPU in the browser, Vulkan natively) and on the CPU.
 //!
 //! Every kernel exists twice with the same signature: a WGSL entry point in `shaders/`

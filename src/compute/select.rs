@@ -1,5 +1,6 @@
-//! Wanda's mask selection on the GPU (shaders/select.wgsl); its CPU twin is
-//! `prune::masks::wanda_mask`, and the two give the same mask, flag for flag.
+//! Wanda's and magnitude's mask selection on the GPU (shaders/select.wgsl); the CPU twins are
+//! `prune::masks::wanda_mask` and `magnitude_mask`, and each pair gives the same mask, flag
+//! for flag.
 //!
 //! W (rows, cols) and sqrt(scaler_row) (cols) go up; the kernel forms each score
 //! |W_ij| sqrt_s_j with one f32 multiply and picks, per row, the floor(cols s) lowest (or,
@@ -70,6 +71,38 @@ pub fn gpu_exact(weight: &[f32], sqrt_s: &[f32]) -> bool {
 }
 
 impl GpuContext {
+    /// GPU twin of `prune::masks::magnitude_mask`: Wanda's selection with every sqrt_s = 1
+    /// (|W| x 1 is |W| exactly), the whole layer as one row when unstructured (one threshold
+    /// per layer, ties by flat index, as the twin), each row's groups of M for N:M.
+    pub async fn magnitude_mask(
+        &self,
+        what: &str,
+        weight: &[f32],
+        rows: usize,
+        cols: usize,
+        pattern: Pattern,
+    ) -> Result<Mask> {
+        check_shape(what, weight, rows, cols)?;
+        pattern.check(what, cols)?;
+        match pattern {
+            Pattern::NM { .. } => {
+                let ones = vec![1.0f32; cols];
+                self.wanda_mask(what, weight, rows, cols, &ones, pattern)
+                    .await
+            }
+            Pattern::Unstructured { .. } => {
+                let n = weight.len();
+                let ones = vec![1.0f32; n];
+                let m = self.wanda_mask(what, weight, 1, n, &ones, pattern).await?;
+                Ok(Mask {
+                    rows,
+                    cols,
+                    pruned: m.pruned,
+                })
+            }
+        }
+    }
+
     /// GPU twin of `prune::masks::wanda_mask`: the same checks, errors and mask.
     pub async fn wanda_mask(
         &self,

@@ -656,36 +656,38 @@ async fn forward(
     Ok(out)
 }
 
-/// Wanda's mask on `backend`'s GPU where there is one (the same mask as the CPU's, see
-/// `compute::select`), else on the CPU; a GPU failure finishes on the CPU and says so.
-async fn wanda_mask_on(
+/// Wanda's mask (with `scaler`) or magnitude's (None) on `backend`'s GPU where there is one
+/// (the same mask as the CPU's, see `compute::select`), else on the CPU; a GPU failure
+/// finishes on the CPU and says so.
+async fn mask_on(
     backend: &Backend,
     what: &str,
     weight: &[f32],
-    rows: usize,
-    cols: usize,
-    scaler: &[f32],
+    (rows, cols): (usize, usize),
+    scaler: Option<&[f32]>,
     pattern: Pattern,
 ) -> Result<(super::masks::Mask, Option<String>)> {
     let mut notice = None;
     if let Some(gpu) = backend.gpu() {
-        match gpu
-            .wanda_mask(what, weight, rows, cols, scaler, pattern)
-            .await
-        {
+        let on_gpu = match scaler {
+            Some(s) => gpu.wanda_mask(what, weight, rows, cols, s, pattern).await,
+            None => gpu.magnitude_mask(what, weight, rows, cols, pattern).await,
+        };
+        match on_gpu {
             Err(LabError::GpuFailed(msg)) => {
                 notice = Some(backend.gpu_failed(&msg, &format!("while masking {what}")));
             }
             other => return other.map(|m| (m, None)),
         }
     }
-    Ok((
-        wanda_mask(what, weight, rows, cols, scaler, pattern)?,
-        notice,
-    ))
+    let mask = match scaler {
+        Some(s) => wanda_mask(what, weight, rows, cols, s, pattern)?,
+        None => magnitude_mask(what, weight, rows, cols, pattern)?,
+    };
+    Ok((mask, notice))
 }
 
-/// `prune_model` with the forward passes and Wanda's selection on `backend`: its GPU where
+/// `prune_model` with the forward passes and Wanda's and magnitude's selection on `backend`: its GPU where
 /// it has one (WebGPU in the browser, Vulkan natively), else the CPU. Same numbers up to
 /// f32 rounding (the kernels' parity tests), same report.
 pub async fn prune_model_on(
@@ -837,14 +839,14 @@ pub async fn prune_model_on(
             let mut weight = to_vec(&lin.weight)?;
             let what = &names[k];
             match opts.method {
-                Method::Magnitude => {
-                    let mask = magnitude_mask(what, &weight, rows, cols, pattern)?;
-                    apply_mask(what, &mut weight, &mask)?;
-                }
-                Method::Wanda => {
-                    let scaler = stats.scaler(role)?;
+                Method::Magnitude | Method::Wanda => {
+                    let scaler = match opts.method {
+                        Method::Wanda => Some(stats.scaler(role)?),
+                        _ => None,
+                    };
+                    let shape = (rows, cols);
                     let (mask, notice) =
-                        wanda_mask_on(backend, what, &weight, rows, cols, scaler, pattern).await?;
+                        mask_on(backend, what, &weight, shape, scaler, pattern).await?;
                     gpu_notices.extend(notice);
                     apply_mask(what, &mut weight, &mask)?;
                 }
