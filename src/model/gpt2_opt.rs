@@ -572,6 +572,7 @@ impl<'a> Gpt2Opt<'a> {
     /// One block on x (B,T,C) -> (B,T,C).
     pub fn block_forward(&self, w: &LnBlock, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
         let c = &self.config;
+        let input = x;
         let (b, t, cc) = x.dims3().map_err(ce)?;
         let (nh, d) = (c.heads, c.head_dim);
         let i = w.index;
@@ -643,6 +644,9 @@ impl<'a> Gpt2Opt<'a> {
         obs.linear_input(i, &[up], &h)?;
         let m = c.activation.apply(&lin(up)?.forward(&h)?)?;
         obs.linear_input(i, &[down], &m)?;
+        if !obs.wants_output() {
+            return Ok(input.clone());
+        }
         let x = (x + lin(down)?.forward(&m)?.reshape((b, t, cc)).map_err(ce)?).map_err(ce)?;
         obs.block_output(i, &x)?;
         Ok(x)

@@ -277,6 +277,13 @@ pub trait Observer {
     fn block_output(&mut self, _block: usize, _x: &Tensor) -> Result<()> {
         Ok(())
     }
+    /// False when only the linear inputs matter (the pruning pass's statistics, whose block
+    /// output is recomputed with the pruned weights): a CPU block then stops after its last
+    /// linear input, skipping the last linear (a quarter of a LLaMA block's multiply-adds),
+    /// and returns its input unchanged. The GPU block computes everything either way.
+    fn wants_output(&self) -> bool {
+        true
+    }
 }
 
 /// Watches nothing.
@@ -588,6 +595,7 @@ impl<'a> Llama<'a> {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, cc) = x.dims3().map_err(ce)?;
+        let input = x;
         let (nh, nkv, d) = (c.heads, c.kv_heads, c.head_dim);
         let i = w.index;
 
@@ -639,6 +647,9 @@ impl<'a> Llama<'a> {
         let g = w.gate.forward(&h)?.silu().map_err(ce)?;
         let m = (g * w.up.forward(&h)?).map_err(ce)?;
         obs.linear_input(i, &["down"], &m)?;
+        if !obs.wants_output() {
+            return Ok(input.clone());
+        }
         let x = (x + w.down.forward(&m)?.reshape((b, t, cc)).map_err(ce)?).map_err(ce)?;
         obs.block_output(i, &x)?;
         Ok(x)

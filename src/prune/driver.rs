@@ -540,14 +540,17 @@ struct Collector {
     hessian: bool,
     /// Windows in the batch now running (Wanda's running mean counts windows).
     windows: usize,
+    /// Whether the block's output is used (`Observer::wants_output`).
+    output: bool,
 }
 
 impl Collector {
-    fn new(hessian: bool) -> Self {
+    fn new(hessian: bool, output: bool) -> Self {
         Collector {
             stats: Vec::new(),
             hessian,
             windows: 0,
+            output,
         }
     }
     fn stat(&self, role: &str) -> Option<&Stat> {
@@ -595,6 +598,9 @@ impl Observer for Collector {
             Stat::Scaler(s) => s.add_batch(&data, self.windows),
             Stat::Hessian(h) => h.add_batch(&data),
         }
+    }
+    fn wants_output(&self) -> bool {
+        self.output
     }
 }
 
@@ -749,7 +755,7 @@ pub async fn prune_model_on(
     for i in 0..layers {
         checkpoint(ctl).await?;
         let w = model.load_block(i)?;
-        let mut stats = Collector::new(false);
+        let mut stats = Collector::new(false, true);
         for x in xs.iter_mut() {
             checkpoint(ctl).await?;
             stats.windows = x.dim(0).map_err(ce)?;
@@ -811,7 +817,7 @@ pub async fn prune_model_on(
     for i in 0..layers {
         checkpoint(ctl).await?;
         let mut w = model.load_block(i)?;
-        let mut stats = Collector::new(opts.method == Method::SparseGpt);
+        let mut stats = Collector::new(opts.method == Method::SparseGpt, false);
         if needs_activations {
             for x in xs.iter() {
                 checkpoint(ctl).await?;
