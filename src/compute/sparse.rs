@@ -1,23 +1,28 @@
 //! Sparse weight x dense activation product for pruned linear layers, on the CPU.
 //!
 //! After pruning, a linear weight W (`rows` = out, `cols` = in, row-major) is mostly exact
-//! zeros. `SparseRows` keeps W's nonzeros row by row (CSR), and `SparseRows::matmul_t`
-//! computes the linear's `y (n, rows) = x (n, cols) W^T` touching only those nonzeros.
+//! zeros. `SparseRows` keeps W's nonzeros, and `SparseRows::matmul_t` computes the linear's
+//! `y (n, rows) = x (n, cols) W^T` touching only those nonzeros.
 //!
-//! The kernel works on panels of `PANEL` = 64 tokens. A panel of x is transposed into
+//! Storage: a CSR per block of `KB` = 64 columns (row by row within a block, blocks one
+//! after the other), column indices relative to their block in one byte, values in f32:
+//! 5 bytes per nonzero plus 4 per (block, row).
+//!
+//! Kernel: the tokens go by panels of `PANEL` = 64. A panel of x is transposed into
 //! `xp (cols, width)` (width = the panel's tokens rounded up to 8, zero-padded) so that one
-//! input feature k of all the panel's tokens is contiguous; for each output row o, 64
-//! accumulators (8 AVX registers) take `acc += W[o][k] * xp[k][..]` for each nonzero
-//! (k, W[o][k]) of the row, and land in `yp (rows, width)`, which is transposed back into
-//! y's rows for the panel's tokens. Both panels stay in the L2 cache; W's nonzeros are
-//! streamed once per panel. Natively the panels, and, when there are too few of them to keep
-//! every core busy, blocks of rows within a panel, run on rayon's threads; the browser's
-//! wasm runs them one after the other.
+//! input feature of all the panel's tokens is contiguous. For each column block (its slice
+//! of `xp`, 64 x 64 x 4 bytes = 16 KiB, stays in L1) and each output row o, 64 accumulators
+//! (8 AVX registers) start from `yp[o]` and take `acc += W[o][k] xp[k][..]` for the row's
+//! nonzeros in the block; `yp (rows, width)` is finally transposed into y's rows for the
+//! panel's tokens. Natively the panels, and, when there are too few of them to keep every
+//! core busy, blocks of rows within a panel, run on rayon's threads; the browser's wasm runs
+//! them one after the other.
 //!
-//! On x86_64 the inner loop is compiled twice from one generic body: a portable copy (SSE2
+//! On x86_64 the kernel is compiled twice from one generic body: a portable copy (SSE2
 //! multiply and add, what every target gets) and an AVX2 + FMA copy chosen at run time when
-//! the CPU has both. Each output is a plain f32 sum over the row's nonzeros in column order,
-//! so the two copies differ only by the FMA's single rounding.
+//! the CPU has both (its panel transposes also use AVX shuffles). Each output is a plain f32
+//! sum over the row's nonzeros in column order, so the two copies differ only by the FMA's
+//! single rounding.
 
 use crate::{LabError, Result};
 
@@ -66,82 +71,65 @@ impl Kernel {
     }
 }
 
-/// Column indices of the nonzeros: u16 when every index fits (cols <= 65536), else u32.
-#[derive(Clone, Debug)]
-enum ColIdx {
-    U16(Vec<u16>),
-    U32(Vec<u32>),
-}
+/// Columns per block of the blocked CSR. A panel's slice of a block, 64 columns x 64 tokens
+/// x 4 bytes = 16 KiB, stays in the L1 cache while the nonzeros of every row in those
+/// columns go by (unblocked, the whole panel streams from L2 for each row).
+const KB: usize = 64;
 
-/// A column index type of the CSR.
-trait Index: Copy + Send + Sync {
-    fn at(self) -> usize;
-}
-
-impl Index for u16 {
-    #[inline(always)]
-    fn at(self) -> usize {
-        self as usize
-    }
-}
-
-impl Index for u32 {
-    #[inline(always)]
-    fn at(self) -> usize {
-        self as usize
-    }
-}
-
-/// The nonzeros of a `[rows, cols]` row-major f32 matrix, row by row (CSR).
+/// The nonzeros of a `[rows, cols]` row-major f32 matrix, row by row within blocks of `KB`
+/// columns (a CSR per column block, blocks one after the other).
 ///
-/// Invariants (established by `from_dense`, relied on by the kernel): `offsets` has
-/// `rows + 1` nondecreasing entries from 0 to nnz; within a row, column indices are strictly
-/// increasing and below `cols`; `values` holds no zero.
+/// Invariants (established by `from_dense`, relied on by the kernel): `starts` has
+/// `blocks x rows + 1` nondecreasing entries from 0 to nnz, the nonzeros of column block b,
+/// row o being `starts[b rows + o] .. starts[b rows + o + 1]`; within one of those, the
+/// columns (`col_in_block`, relative to the block's first column) are strictly increasing
+/// and inside the block; `values` holds no zero.
 #[derive(Clone, Debug)]
 pub struct SparseRows {
     rows: usize,
     cols: usize,
-    offsets: Vec<usize>,
-    idx: ColIdx,
+    starts: Vec<u32>,
+    col_in_block: Vec<u8>,
     values: Vec<f32>,
 }
 
 impl SparseRows {
     /// The entries of `weight` (`[rows, cols]` row-major) that are not 0.0: -0.0 counts as
     /// zero, NaNs and subnormals are kept. Fails when `weight` does not hold rows x cols
-    /// values.
+    /// values, or holds more than 2^32 - 1 nonzeros.
     pub fn from_dense(weight: &[f32], rows: usize, cols: usize) -> Result<SparseRows> {
         let m = super::Matrix::new(weight, rows, cols)?;
-        let idx = if cols <= 1 << 16 {
-            ColIdx::U16(Vec::new())
-        } else {
-            ColIdx::U32(Vec::new())
-        };
-        let mut s = SparseRows {
+        let nnz = m.data.iter().filter(|&&w| w != 0.0).count();
+        if u32::try_from(nnz).is_err() {
+            return Err(LabError::invalid(format!(
+                "a sparse matrix holds at most 2^32 - 1 nonzeros, not {nnz}"
+            )));
+        }
+        let blocks = cols.div_ceil(KB);
+        let mut starts = Vec::with_capacity(blocks * rows + 1);
+        let mut col_in_block = Vec::with_capacity(nnz);
+        let mut values = Vec::with_capacity(nnz);
+        starts.push(0);
+        for k0 in (0..cols).step_by(KB) {
+            let k1 = cols.min(k0 + KB);
+            for row in m.data.chunks_exact(cols) {
+                for (k, &w) in row[k0..k1].iter().enumerate() {
+                    if w != 0.0 {
+                        col_in_block.push(k as u8);
+                        values.push(w);
+                    }
+                }
+                // At most nnz, checked above.
+                starts.push(values.len() as u32);
+            }
+        }
+        Ok(SparseRows {
             rows,
             cols,
-            offsets: Vec::with_capacity(rows + 1),
-            idx,
-            values: Vec::new(),
-        };
-        s.offsets.push(0);
-        if cols > 0 {
-            for row in m.data.chunks_exact(cols) {
-                match &mut s.idx {
-                    ColIdx::U16(v) => push_row(row, v, &mut s.values, |k| k as u16),
-                    ColIdx::U32(v) => push_row(row, v, &mut s.values, |k| k as u32),
-                }
-                s.offsets.push(s.values.len());
-            }
-        } else {
-            s.offsets.resize(rows + 1, 0);
-        }
-        s.values.shrink_to_fit();
-        match &mut s.idx {
-            ColIdx::U16(v) => v.shrink_to_fit(),
-            ColIdx::U32(v) => v.shrink_to_fit(),
-        }
-        Ok(s)
+            starts,
+            col_in_block,
+            values,
+        })
     }
 
     /// Rows of W (the linear's outputs).
@@ -169,50 +157,72 @@ impl SparseRows {
         }
     }
 
-    /// Heap bytes held (row offsets, column indices, values).
+    /// Heap bytes held (block starts, column indices, values).
     pub fn bytes(&self) -> usize {
-        let idx = match &self.idx {
-            ColIdx::U16(v) => v.capacity() * std::mem::size_of::<u16>(),
-            ColIdx::U32(v) => v.capacity() * std::mem::size_of::<u32>(),
-        };
-        self.offsets.capacity() * std::mem::size_of::<usize>()
-            + idx
+        self.starts.capacity() * std::mem::size_of::<u32>()
+            + self.col_in_block.capacity()
             + self.values.capacity() * std::mem::size_of::<f32>()
     }
 
     /// `y (n, rows) = x (n, cols) W^T`, row-major: `y[t][o] = sum_k W[o][k] x[t][k]`, with the
     /// fastest kernel this CPU runs. Fails when `x` does not hold n x cols values.
     pub fn matmul_t(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
-        self.matmul_t_with(x, n, Kernel::best())
+        self.check_x(x, n)?;
+        let mut y = vec![0f32; self.out_len(n)?];
+        self.matmul_t_with(x, n, &mut y, Kernel::best())?;
+        Ok(y)
     }
 
-    /// `matmul_t` with the given copy of the inner loop (the tests compare the two); fails
-    /// when the CPU cannot run it.
-    pub fn matmul_t_with(&self, x: &[f32], n: usize, kernel: Kernel) -> Result<Vec<f32>> {
+    /// `matmul_t` into a buffer of n x rows values (every value is overwritten), which a
+    /// caller can reuse from call to call.
+    pub fn matmul_t_into(&self, x: &[f32], n: usize, y: &mut [f32]) -> Result<()> {
+        self.matmul_t_with(x, n, y, Kernel::best())
+    }
+
+    /// `matmul_t_into` with the given copy of the inner loop (the tests compare the two);
+    /// fails when the CPU cannot run it, or when `x` or `y` has the wrong length.
+    pub fn matmul_t_with(&self, x: &[f32], n: usize, y: &mut [f32], kernel: Kernel) -> Result<()> {
         if !kernel.is_available() {
             return Err(LabError::invalid(format!(
                 "the {kernel:?} sparse kernel needs a CPU feature this one lacks"
             )));
         }
-        super::Matrix::new(x, n, self.cols)?;
-        let out = n.checked_mul(self.rows).ok_or_else(|| {
+        self.check_x(x, n)?;
+        let out = self.out_len(n)?;
+        if y.len() != out {
+            return Err(LabError::invalid(format!(
+                "a [{n}, {}] product needs {out} values, found {}",
+                self.rows,
+                y.len()
+            )));
+        }
+        if out == 0 {
+            return Ok(());
+        }
+        if self.nnz() == 0 {
+            y.fill(0.0);
+            return Ok(());
+        }
+        let plan = Plan::new(self, n);
+        for_each_panel(y, PANEL * self.rows, plan.parallel, |scratch, p, yc| {
+            self.panel(x, n, p, yc, scratch, &plan, kernel)
+        });
+        Ok(())
+    }
+
+    /// Whether `x` holds n x cols values.
+    fn check_x(&self, x: &[f32], n: usize) -> Result<()> {
+        super::Matrix::new(x, n, self.cols).map(|_| ())
+    }
+
+    /// n x rows, the length of a product's output.
+    fn out_len(&self, n: usize) -> Result<usize> {
+        n.checked_mul(self.rows).ok_or_else(|| {
             LabError::invalid(format!(
                 "a [{n}, {}] product has too many values",
                 self.rows
             ))
-        })?;
-        let mut y = vec![0f32; out];
-        if out == 0 || self.nnz() == 0 {
-            return Ok(y);
-        }
-        let plan = Plan::new(self, n);
-        for_each_panel(
-            &mut y,
-            PANEL * self.rows,
-            plan.parallel,
-            |scratch, p, yc| self.panel(x, n, p, yc, scratch, &plan, kernel),
-        );
-        Ok(y)
+        })
     }
 
     /// Panel `p` of the product: tokens `p PANEL ..` (as many as `yc`, their rows of y, holds).
@@ -232,54 +242,33 @@ impl SparseRows {
         let count = (n - t0).min(PANEL);
         let width = count.div_ceil(LANE) * LANE;
         let Scratch { xp, yp } = scratch;
-        pack(&x[t0 * cols..(t0 + count) * cols], count, cols, width, xp);
+        pack(
+            &x[t0 * cols..(t0 + count) * cols],
+            count,
+            cols,
+            width,
+            xp,
+            kernel,
+        );
         yp.clear();
         yp.resize(rows * width, 0.0);
         let xp = &xp[..];
         for_each_block(yp, plan.block_rows * width, plan.parallel, |b, yb| {
-            let r0 = b * plan.block_rows;
-            let r1 = r0 + yb.len() / width;
-            self.rows_kernel(r0, r1, xp, width, yb, kernel);
+            self.rows_kernel(b * plan.block_rows, xp, width, yb, kernel);
         });
-        unpack(yp, rows, width, count, yc);
+        unpack(yp, rows, width, count, yc, kernel);
     }
 
-    /// Rows `r0..r1` of a panel, `yb (r1 - r0, width)`, with the chosen copy of the loop.
-    fn rows_kernel(
-        &self,
-        r0: usize,
-        r1: usize,
-        xp: &[f32],
-        width: usize,
-        yb: &mut [f32],
-        kernel: Kernel,
-    ) {
-        let off = &self.offsets[r0..=r1];
-        let v = &self.values[..];
-        match (&self.idx, kernel) {
+    /// Rows `r0..` of a panel, `yb (rows, width)`, with the chosen copy of the loop.
+    fn rows_kernel(&self, r0: usize, xp: &[f32], width: usize, yb: &mut [f32], kernel: Kernel) {
+        match kernel {
             #[cfg(target_arch = "x86_64")]
-            (ColIdx::U16(i), Kernel::Avx2Fma) => {
-                // SAFETY: `Kernel::Avx2Fma` is only used once `is_available` has seen AVX2
+            Kernel::Avx2Fma => {
+                // SAFETY: `Kernel::Avx2Fma` only gets here once `is_available` has seen AVX2
                 // and FMA on this CPU (checked at the top of `matmul_t_with`).
-                unsafe { rows_avx2_fma(off, i, v, xp, width, yb) }
+                unsafe { rows_avx2_fma(self, r0, xp, width, yb) }
             }
-            #[cfg(target_arch = "x86_64")]
-            (ColIdx::U32(i), Kernel::Avx2Fma) => {
-                // SAFETY: as above.
-                unsafe { rows_avx2_fma(off, i, v, xp, width, yb) }
-            }
-            (ColIdx::U16(i), _) => rows_portable(off, i, v, xp, width, yb),
-            (ColIdx::U32(i), _) => rows_portable(off, i, v, xp, width, yb),
-        }
-    }
-}
-
-/// Appends the nonzeros of one dense row.
-fn push_row<I>(row: &[f32], idx: &mut Vec<I>, values: &mut Vec<f32>, cast: impl Fn(usize) -> I) {
-    for (k, &w) in row.iter().enumerate() {
-        if w != 0.0 {
-            idx.push(cast(k));
-            values.push(w);
+            _ => rows_portable(self, r0, xp, width, yb),
         }
     }
 }
@@ -372,45 +361,131 @@ fn for_each_block(
     }
 }
 
-/// Columns (features) per block of the panel transposes: 64 destination lines in L1.
-const TILE: usize = 64;
-
 /// `xp (cols, width) = xs (count, cols)^T`, tokens `count..width` zero.
-fn pack(xs: &[f32], count: usize, cols: usize, width: usize, xp: &mut Vec<f32>) {
-    xp.clear();
+fn pack(xs: &[f32], count: usize, cols: usize, width: usize, xp: &mut Vec<f32>, kernel: Kernel) {
+    // Every (k, t < count) is overwritten; only the padding needs zeros.
     xp.resize(cols * width, 0.0);
-    for k0 in (0..cols).step_by(TILE) {
-        let k1 = (k0 + TILE).min(cols);
-        for (t, xrow) in xs.chunks_exact(cols).take(count).enumerate() {
-            for (k, &v) in (k0..k1).zip(&xrow[k0..k1]) {
-                xp[k * width + t] = v;
-            }
+    transpose(xs, cols, count, cols, xp, width, kernel);
+    if count < width {
+        for row in xp.chunks_exact_mut(width) {
+            row[count..].fill(0.0);
         }
     }
 }
 
 /// `yc (count, rows) = yp (rows, width)^T` for the first `count` tokens.
-fn unpack(yp: &[f32], rows: usize, width: usize, count: usize, yc: &mut [f32]) {
-    for o0 in (0..rows).step_by(TILE) {
-        let o1 = (o0 + TILE).min(rows);
-        for (t, yrow) in yc.chunks_exact_mut(rows).take(count).enumerate() {
-            for (o, dst) in (o0..o1).zip(&mut yrow[o0..o1]) {
-                *dst = yp[o * width + t];
+fn unpack(yp: &[f32], rows: usize, width: usize, count: usize, yc: &mut [f32], kernel: Kernel) {
+    transpose(yp, width, rows, count, yc, rows, kernel);
+}
+
+/// `dst[j ds + i] = src[i ss + j]` for `i < nr`, `j < nc`, with the chosen copy.
+fn transpose(
+    src: &[f32],
+    ss: usize,
+    nr: usize,
+    nc: usize,
+    dst: &mut [f32],
+    ds: usize,
+    kernel: Kernel,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2Fma => {
+            // SAFETY: as in `SparseRows::rows_kernel`, AVX2 was seen on this CPU.
+            unsafe { transpose_avx2(src, ss, nr, nc, dst, ds) }
+        }
+        _ => transpose_body(src, ss, nr, nc, dst, ds),
+    }
+}
+
+/// `transpose_body` for AVX2: its 8 x 8 tiles in registers (8 loads, the usual unpack /
+/// shuffle / 128-bit permute sequence, 8 stores), the edges as in `transpose_body`. The
+/// compiler does not find this shuffle sequence in the portable code, whose tiles go through
+/// memory one value at a time (a seventh of the product's time on SmolLM2's shapes).
+///
+/// # Safety
+/// The CPU must support AVX2 (the intrinsics' only requirement: loads and stores go through
+/// bounds-checked slices and `bytemuck` casts).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_avx2(src: &[f32], ss: usize, nr: usize, nc: usize, dst: &mut [f32], ds: usize) {
+    use std::arch::x86_64::{
+        __m256, _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_unpackhi_ps,
+        _mm256_unpacklo_ps,
+    };
+    let (fr, fc) = (nr / 8 * 8, nc / 8 * 8);
+    for i0 in (0..fr).step_by(8) {
+        for j0 in (0..fc).step_by(8) {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (i, ri) in r.iter_mut().enumerate() {
+                let row: [f32; 8] = *src[(i0 + i) * ss + j0..].first_chunk().expect("inside src");
+                *ri = bytemuck::cast(row);
             }
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let c: [__m256; 8] = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (j, cj) in c.into_iter().enumerate() {
+                let col: [f32; 8] = bytemuck::cast(cj);
+                dst[(j0 + j) * ds + i0..][..8].copy_from_slice(&col);
+            }
+        }
+    }
+    transpose_edges(src, ss, nr, nc, dst, ds);
+}
+
+/// `dst[j ds + i] = src[i ss + j]` for `i < nr`, `j < nc`: 8 x 8 tiles, then the edges.
+#[inline(always)]
+fn transpose_body(src: &[f32], ss: usize, nr: usize, nc: usize, dst: &mut [f32], ds: usize) {
+    let (fr, fc) = (nr / 8 * 8, nc / 8 * 8);
+    for i0 in (0..fr).step_by(8) {
+        for j0 in (0..fc).step_by(8) {
+            for j in 0..8 {
+                for i in 0..8 {
+                    dst[(j0 + j) * ds + i0 + i] = src[(i0 + i) * ss + j0 + j];
+                }
+            }
+        }
+    }
+    transpose_edges(src, ss, nr, nc, dst, ds);
+}
+
+/// The part of a transpose outside its full 8 x 8 tiles, one value at a time.
+#[inline(always)]
+fn transpose_edges(src: &[f32], ss: usize, nr: usize, nc: usize, dst: &mut [f32], ds: usize) {
+    let (fr, fc) = (nr / 8 * 8, nc / 8 * 8);
+    for i in 0..nr {
+        for j in if i < fr { fc } else { 0 }..nc {
+            dst[j * ds + i] = src[i * ss + j];
         }
     }
 }
 
 /// The portable copy of the loop.
-fn rows_portable<I: Index>(
-    off: &[usize],
-    idx: &[I],
-    val: &[f32],
-    xp: &[f32],
-    width: usize,
-    yb: &mut [f32],
-) {
-    rows_body::<I, false>(off, idx, val, xp, width, yb);
+fn rows_portable(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
+    rows_body::<false>(s, r0, xp, width, yb);
 }
 
 /// The AVX2 + FMA copy of the loop.
@@ -419,65 +494,61 @@ fn rows_portable<I: Index>(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2_fma<I: Index>(
-    off: &[usize],
-    idx: &[I],
-    val: &[f32],
-    xp: &[f32],
-    width: usize,
-    yb: &mut [f32],
-) {
-    rows_body::<I, true>(off, idx, val, xp, width, yb);
+unsafe fn rows_avx2_fma(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
+    rows_body::<true>(s, r0, xp, width, yb);
 }
 
-/// `yb[r][..width] = sum over the nonzeros (k, w) of row r: w xp[k][..width]`, for the rows
-/// whose nonzeros `off` delimits. `width` is a multiple of `LANE` up to `PANEL`: it is done in
-/// chunks of 64, 32, 16 and 8 tokens, each with its accumulators in registers.
+/// `yb[r][..width] = sum over the nonzeros (k, w) of row r0 + r: w xp[k][..width]`, one column
+/// block after the other (each block's slice of `xp` stays in L1 while the rows go by).
+/// `width` is a multiple of `LANE` up to `PANEL`: it is done in chunks of 64, 32, 16 and 8
+/// tokens, each with its accumulators in registers.
 #[inline(always)]
-fn rows_body<I: Index, const FMA: bool>(
-    off: &[usize],
-    idx: &[I],
-    val: &[f32],
-    xp: &[f32],
-    width: usize,
-    yb: &mut [f32],
-) {
-    for (r, out) in yb.chunks_exact_mut(width).enumerate() {
-        let (a, b) = (off[r], off[r + 1]);
-        let (ri, rv) = (&idx[a..b], &val[a..b]);
-        let mut c0 = 0;
-        while width - c0 >= 64 {
-            chunk::<I, 64, FMA>(ri, rv, xp, width, c0, &mut out[c0..c0 + 64]);
-            c0 += 64;
-        }
-        if width - c0 >= 32 {
-            chunk::<I, 32, FMA>(ri, rv, xp, width, c0, &mut out[c0..c0 + 32]);
-            c0 += 32;
-        }
-        if width - c0 >= 16 {
-            chunk::<I, 16, FMA>(ri, rv, xp, width, c0, &mut out[c0..c0 + 16]);
-            c0 += 16;
-        }
-        if width - c0 >= 8 {
-            chunk::<I, 8, FMA>(ri, rv, xp, width, c0, &mut out[c0..c0 + 8]);
+fn rows_body<const FMA: bool>(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
+    for (b, k0) in (0..s.cols).step_by(KB).enumerate() {
+        let xb = &xp[k0 * width..s.cols.min(k0 + KB) * width];
+        let st = &s.starts[b * s.rows + r0..];
+        for (r, out) in yb.chunks_exact_mut(width).enumerate() {
+            let (a, e) = (st[r] as usize, st[r + 1] as usize);
+            if a == e {
+                continue;
+            }
+            let (ri, rv) = (&s.col_in_block[a..e], &s.values[a..e]);
+            let mut c0 = 0;
+            while width - c0 >= 64 {
+                chunk::<64, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 64], c0);
+                c0 += 64;
+            }
+            if width - c0 >= 32 {
+                chunk::<32, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 32], c0);
+                c0 += 32;
+            }
+            if width - c0 >= 16 {
+                chunk::<16, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 16], c0);
+                c0 += 16;
+            }
+            if width - c0 >= 8 {
+                chunk::<8, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 8], c0);
+            }
         }
     }
 }
 
-/// `out[..W] = sum over (k, w) in (ri, rv): w xp[k width + c0 ..][..W]`, W accumulators.
+/// `out[..W] += sum over (k, w) in (ri, rv): w xb[k width + c0 ..][..W]`, in W accumulators.
 #[inline(always)]
-fn chunk<I: Index, const W: usize, const FMA: bool>(
-    ri: &[I],
+fn chunk<const W: usize, const FMA: bool>(
+    ri: &[u8],
     rv: &[f32],
-    xp: &[f32],
+    xb: &[f32],
     width: usize,
-    c0: usize,
     out: &mut [f32],
+    c0: usize,
 ) {
     let mut acc = [0f32; W];
+    acc.copy_from_slice(out);
     for (&k, &w) in ri.iter().zip(rv) {
-        let s = k.at() * width + c0;
-        let xs: &[f32; W] = xp[s..].first_chunk().expect("column index below cols");
+        let xs: &[f32; W] = xb[k as usize * width + c0..]
+            .first_chunk()
+            .expect("column inside the block");
         for i in 0..W {
             acc[i] = if FMA {
                 w.mul_add(xs[i], acc[i])
@@ -505,24 +576,30 @@ mod tests {
         ];
         let s = SparseRows::from_dense(&w, 2, 3).unwrap();
         assert_eq!((s.rows(), s.cols(), s.nnz()), (2, 3, 4));
-        assert_eq!(s.offsets, vec![0, 1, 4]);
-        assert!(matches!(&s.idx, ColIdx::U16(i) if i == &[2, 0, 1, 2]));
+        assert_eq!(s.starts, vec![0, 1, 4]);
+        assert_eq!(s.col_in_block, vec![2, 0, 1, 2]);
         assert!((s.density() - 4.0 / 6.0).abs() < 1e-12);
-        assert_eq!(s.bytes(), 3 * 8 + 4 * 2 + 4 * 4);
+        assert_eq!(s.bytes(), 3 * 4 + 4 + 4 * 4);
     }
 
     #[test]
-    fn wide_rows_use_u32_indices() {
-        let cols = (1 << 16) + 1;
+    fn column_blocks() {
+        // 2 x 130: three blocks (64, 64, 2 columns); row 0 has columns 0, 63, 64, 129,
+        // row 1 only column 100.
+        let cols = 130;
         let mut w = vec![0f32; 2 * cols];
-        w[cols - 1] = 3.0;
-        w[2 * cols - 1] = 4.0;
+        for (i, k) in [0, 63, 64, 129].into_iter().enumerate() {
+            w[k] = i as f32 + 1.0;
+        }
+        w[cols + 100] = 5.0;
         let s = SparseRows::from_dense(&w, 2, cols).unwrap();
-        assert!(matches!(&s.idx, ColIdx::U32(i) if i == &[65536, 65536]));
-        let x: Vec<f32> = (0..cols).map(|k| k as f32 / cols as f32).collect();
+        // (block, row) order: (0,0) (0,1) (1,0) (1,1) (2,0) (2,1).
+        assert_eq!(s.starts, vec![0, 2, 2, 3, 4, 5, 5]);
+        assert_eq!(s.col_in_block, vec![0, 63, 0, 36, 1]);
+        assert_eq!(s.values, vec![1.0, 2.0, 3.0, 5.0, 4.0]);
+        let x: Vec<f32> = (0..cols).map(|k| k as f32).collect();
         let y = s.matmul_t(&x, 1).unwrap();
-        let last = 65536.0 / cols as f32;
-        assert_eq!(y, vec![3.0 * last, 4.0 * last]);
+        assert_eq!(y, vec![63.0 * 2.0 + 64.0 * 3.0 + 129.0 * 4.0, 500.0]);
     }
 
     #[test]
@@ -534,6 +611,11 @@ mod tests {
         assert!(s.matmul_t(&[1.0; 7], 2).is_err());
         assert!(s.matmul_t(&[], usize::MAX).is_err());
         assert_eq!(s.matmul_t(&[], 0).unwrap(), Vec::<f32>::new());
+        let mut y = [0f32; 5];
+        assert!(s.matmul_t_into(&[1.0; 6], 2, &mut y).is_err());
+        let mut y = [9f32; 4];
+        s.matmul_t_into(&[1.0; 6], 2, &mut y).unwrap();
+        assert_eq!(y, [3.0; 4]);
     }
 
     #[test]
@@ -553,8 +635,9 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         for k in [Kernel::Portable, Kernel::Avx2Fma] {
             if k.is_available() {
-                let y = s.matmul_t_with(&x, 2, k).unwrap();
-                assert_eq!(y, vec![7.0, 0.0, -2.0, 16.0, 0.0, -5.0], "{k:?}");
+                let mut y = [f32::NAN; 6];
+                s.matmul_t_with(&x, 2, &mut y, k).unwrap();
+                assert_eq!(y, [7.0, 0.0, -2.0, 16.0, 0.0, -5.0], "{k:?}");
             }
         }
     }
