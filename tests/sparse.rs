@@ -200,3 +200,37 @@ fn wrong_x_length_is_an_error() {
     assert!(s.matmul_t_into(&x, 7, &mut y).is_ok());
     assert!(SparseRows::from_dense(&w[1..], 5, 129).is_err());
 }
+
+/// Rows whose nonzeros all lie in one block of 64 columns (others empty, the first block
+/// included), over several panels whose buffers are reused: outputs must not keep anything
+/// from a previous panel or row.
+#[test]
+fn rows_empty_in_some_column_blocks() {
+    for (rows, cols, n) in [(7usize, 150usize, 200usize), (301, 200, 130)] {
+        let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
+        let blocks = cols.div_ceil(64);
+        let mut w = vec![0f32; rows * cols];
+        for o in 0..rows {
+            // Row o: every 3rd column of block o % (blocks + 1); none at all for the last.
+            let b = o % (blocks + 1);
+            for k in (b * 64..cols.min(b * 64 + 64)).step_by(3) {
+                w[o * cols + k] = unit(&mut rng);
+            }
+        }
+        let x: Vec<f32> = (0..n * cols).map(|_| unit(&mut rng)).collect();
+        let s = SparseRows::from_dense(&w, rows, cols).unwrap();
+        let (want, scale) = reference(&w, rows, cols, &x, n);
+        for k in kernels() {
+            let mut got = vec![f32::NAN; n * rows];
+            s.matmul_t_with(&x, n, &mut got, k).unwrap();
+            for (i, (&g, (&r, &a))) in got.iter().zip(want.iter().zip(&scale)).enumerate() {
+                assert!(
+                    (g as f64 - r).abs() <= TOL * a,
+                    "{k:?} {rows}x{cols} n={n}: y[{}][{}] = {g}, f64 {r}",
+                    i / rows,
+                    i % rows
+                );
+            }
+        }
+    }
+}
