@@ -17,6 +17,7 @@ pub mod cpu_forward;
 pub mod forward;
 pub mod gpu;
 pub mod select;
+pub mod sparse;
 
 pub use backend::{Backend, BackendChoice, BackendInfo, RunControl, Silent};
 pub use gpu::GpuContext;
