@@ -12,14 +12,15 @@
 //! `xp (cols, width)` (width = the panel's tokens rounded up to 8, zero-padded) so that one
 //! input feature of all the panel's tokens is contiguous. For each column block (its slice
 //! of `xp`, 64 x 64 x 4 bytes = 16 KiB, stays in L1) and each output row o, 64 accumulators
-//! (8 AVX registers) start from `yp[o]` and take `acc += W[o][k] xp[k][..]` for the row's
-//! nonzeros in the block; `yp (rows, width)` is finally transposed into y's rows for the
-//! panel's tokens. Natively the panels, and, when there are too few of them to keep every
+//! (8 AVX registers) start from `yp[o]` (from zero in the first block) and take
+//! `acc += W[o][k] xp[k][..]` for the row's nonzeros in the block; `yp (rows, width)` is
+//! finally transposed into y's rows for the panel's tokens. Both panels start on a cache
+//! line, so that no 32-byte load straddles two. Natively the panels, and, when there are too few of them to keep every
 //! core busy, blocks of rows within a panel, run on rayon's threads; the browser's wasm runs
 //! them one after the other.
 //!
 //! On x86_64 the kernel is compiled twice from one generic body: a portable copy (SSE2
-//! multiply and add, what every target gets) and an AVX2 + FMA copy chosen at run time when
+//! multiply and add on x86_64; what every target gets, scalar on wasm32 without simd128) and an AVX2 + FMA copy chosen at run time when
 //! the CPU has both (its panel transposes also use AVX shuffles). Each output is a plain f32
 //! sum over the row's nonzeros in column order, so the two copies differ only by the FMA's
 //! single rounding.
