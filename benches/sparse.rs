@@ -9,7 +9,7 @@
 //! they do) and 2 N in out for the dense product; "vs dense" is dense time / sparse time.
 //! "into" is `matmul_t_into` writing into a reused buffer (no fresh pages to fault in: the
 //! others allocate their output on every call). The portable column is the same kernel
-//! without AVX2/FMA (SSE2 here; what wasm32 runs, without SIMD), allocating its output.
+//! without AVX2 (SSE2 here; what wasm32 runs, without SIMD), allocating its output.
 
 use std::time::Instant;
 

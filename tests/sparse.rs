@@ -88,7 +88,7 @@ fn reference(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> (Vec<f
 }
 
 fn kernels() -> Vec<Kernel> {
-    [Kernel::Portable, Kernel::Avx2Fma]
+    [Kernel::Portable, Kernel::Avx2]
         .into_iter()
         .filter(|k| k.is_available())
         .collect()
@@ -145,12 +145,12 @@ fn matches_f64_reference_on_awkward_shapes() {
     assert!(checked > 0);
 }
 
-/// Where the CPU has AVX2 and FMA, its copy of the loop and the portable one agree to the
-/// same tolerance (they differ only by the FMA's rounding), on a panel-straddling shape.
+/// Where the CPU has AVX2, its copy of the loop and the portable one (what the browser's
+/// wasm runs) give the same bits, on a panel-straddling shape: same products, same order.
 #[test]
 fn avx2_and_portable_kernels_agree() {
-    if !Kernel::Avx2Fma.is_available() {
-        eprintln!("no AVX2 + FMA on this CPU: only the portable kernel runs");
+    if !Kernel::Avx2.is_available() {
+        eprintln!("no AVX2 on this CPU: only the portable kernel runs");
         return;
     }
     let (rows, cols, n) = (577, 1537, 257);
@@ -159,16 +159,15 @@ fn avx2_and_portable_kernels_agree() {
         let s = SparseRows::from_dense(&w, rows, cols).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
         let x: Vec<f32> = (0..n * cols).map(|_| unit(&mut rng)).collect();
-        let (_, scale) = reference(&w, rows, cols, &x, n);
         let (mut a, mut b) = (vec![0f32; n * rows], vec![0f32; n * rows]);
         s.matmul_t_with(&x, n, &mut a, Kernel::Portable).unwrap();
-        s.matmul_t_with(&x, n, &mut b, Kernel::Avx2Fma).unwrap();
-        for ((&p, &q), &m) in a.iter().zip(&b).zip(&scale) {
-            assert!(
-                (p as f64 - q as f64).abs() <= TOL * m,
-                "{pattern:?}: {p} vs {q}"
-            );
-        }
+        s.matmul_t_with(&x, n, &mut b, Kernel::Avx2).unwrap();
+        let differ = a
+            .iter()
+            .zip(&b)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{pattern:?}: {differ} outputs differ");
         // The default entry point picks the AVX2 copy here.
         assert_eq!(s.matmul_t(&x, n).unwrap(), b);
     }

@@ -19,11 +19,14 @@
 //! core busy, blocks of rows within a panel, run on rayon's threads; the browser's wasm runs
 //! them one after the other.
 //!
-//! On x86_64 the kernel is compiled twice from one generic body: a portable copy (SSE2
-//! multiply and add on x86_64; what every target gets, scalar on wasm32 without simd128) and an AVX2 + FMA copy chosen at run time when
-//! the CPU has both (its panel transposes also use AVX shuffles). Each output is a plain f32
-//! sum over the row's nonzeros in column order, so the two copies differ only by the FMA's
-//! single rounding.
+//! On x86_64 the kernel is compiled twice from one body: a portable copy (SSE2 on x86_64;
+//! what every target gets, scalar on wasm32 without simd128) and an AVX2 copy chosen at run
+//! time when the CPU has it (its panel transposes also use AVX shuffles). Each output is a
+//! plain f32 sum, `acc + w x` (a multiply, then an add: no fused multiply-add), over the
+//! row's nonzeros in column order, so both copies, and the browser's wasm, give the same
+//! bits: the page and the CLI prune on identical sparse products. (FMA was measured: the
+//! kernel waits on loads, not on arithmetic, and FMA gained ~5% while making every pruned
+//! forward differ from the page's.)
 
 use crate::{LabError, Result};
 
@@ -43,15 +46,15 @@ const MIN_BLOCK_ROWS: usize = 16;
 pub enum Kernel {
     /// Plain Rust, autovectorised for the build's baseline (SSE2 on x86_64; scalar on wasm32).
     Portable,
-    /// The same loop compiled for AVX2 with fused multiply-adds (x86_64 CPUs with both).
-    Avx2Fma,
+    /// The same loop compiled for AVX2 (x86_64 CPUs with it): the same bits, 8 lanes.
+    Avx2,
 }
 
 impl Kernel {
-    /// The fastest copy this CPU runs: `Avx2Fma` where available, else `Portable`.
+    /// The fastest copy this CPU runs: `Avx2` where available, else `Portable`.
     pub fn best() -> Kernel {
-        if Kernel::Avx2Fma.is_available() {
-            Kernel::Avx2Fma
+        if Kernel::Avx2.is_available() {
+            Kernel::Avx2
         } else {
             Kernel::Portable
         }
@@ -62,12 +65,11 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fma => {
+            Kernel::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx2Fma => false,
+            Kernel::Avx2 => false,
         }
     }
 }
@@ -264,10 +266,10 @@ impl SparseRows {
     fn rows_kernel(&self, r0: usize, xp: &[f32], width: usize, yb: &mut [f32], kernel: Kernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fma => {
-                // SAFETY: `Kernel::Avx2Fma` only gets here once `is_available` has seen AVX2
-                // and FMA on this CPU (checked at the top of `matmul_t_with`).
-                unsafe { rows_avx2_fma(self, r0, xp, width, yb) }
+            Kernel::Avx2 => {
+                // SAFETY: `Kernel::Avx2` only gets here once `is_available` has seen AVX2 on
+                // this CPU (checked at the top of `matmul_t_with`).
+                unsafe { rows_avx2(self, r0, xp, width, yb) }
             }
             _ => rows_portable(self, r0, xp, width, yb),
         }
@@ -405,7 +407,7 @@ fn transpose(
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2Fma => {
+        Kernel::Avx2 => {
             // SAFETY: as in `SparseRows::rows_kernel`, AVX2 was seen on this CPU.
             unsafe { transpose_avx2(src, ss, nr, nc, dst, ds) }
         }
@@ -422,7 +424,7 @@ fn transpose(
 /// The CPU must support AVX2 (the intrinsics' only requirement: loads and stores go through
 /// bounds-checked slices and `bytemuck` casts).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn transpose_avx2(src: &[f32], ss: usize, nr: usize, nc: usize, dst: &mut [f32], ds: usize) {
     use std::arch::x86_64::{
         __m256, _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_unpackhi_ps,
@@ -500,17 +502,17 @@ fn transpose_edges(src: &[f32], ss: usize, nr: usize, nc: usize, dst: &mut [f32]
 
 /// The portable copy of the loop.
 fn rows_portable(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
-    rows_body::<false>(s, r0, xp, width, yb);
+    rows_body(s, r0, xp, width, yb);
 }
 
-/// The AVX2 + FMA copy of the loop.
+/// The AVX2 copy of the loop.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2_fma(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
-    rows_body::<true>(s, r0, xp, width, yb);
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
+    rows_body(s, r0, xp, width, yb);
 }
 
 /// `yb[r][..width] = sum over the nonzeros (k, w) of row r0 + r: w xp[k][..width]`, one column
@@ -518,7 +520,7 @@ unsafe fn rows_avx2_fma(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb:
 /// `width` is a multiple of `LANE` up to `PANEL`: it is done in chunks of 64, 32, 16 and 8
 /// tokens, each with its accumulators in registers.
 #[inline(always)]
-fn rows_body<const FMA: bool>(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
+fn rows_body(s: &SparseRows, r0: usize, xp: &[f32], width: usize, yb: &mut [f32]) {
     for (b, k0) in (0..s.cols).step_by(KB).enumerate() {
         let xb = &xp[k0 * width..s.cols.min(k0 + KB) * width];
         let st = &s.starts[b * s.rows + r0..];
@@ -534,19 +536,19 @@ fn rows_body<const FMA: bool>(s: &SparseRows, r0: usize, xp: &[f32], width: usiz
             let (ri, rv) = (&s.col_in_block[a..e], &s.values[a..e]);
             let mut c0 = 0;
             while width - c0 >= 64 {
-                chunk::<64, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 64], c0, first);
+                chunk::<64>(ri, rv, xb, width, &mut out[c0..c0 + 64], c0, first);
                 c0 += 64;
             }
             if width - c0 >= 32 {
-                chunk::<32, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 32], c0, first);
+                chunk::<32>(ri, rv, xb, width, &mut out[c0..c0 + 32], c0, first);
                 c0 += 32;
             }
             if width - c0 >= 16 {
-                chunk::<16, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 16], c0, first);
+                chunk::<16>(ri, rv, xb, width, &mut out[c0..c0 + 16], c0, first);
                 c0 += 16;
             }
             if width - c0 >= 8 {
-                chunk::<8, FMA>(ri, rv, xb, width, &mut out[c0..c0 + 8], c0, first);
+                chunk::<8>(ri, rv, xb, width, &mut out[c0..c0 + 8], c0, first);
             }
         }
     }
@@ -555,7 +557,7 @@ fn rows_body<const FMA: bool>(s: &SparseRows, r0: usize, xp: &[f32], width: usiz
 /// `out[..W] += sum over (k, w) in (ri, rv): w xb[k width + c0 ..][..W]`, in W accumulators
 /// (`=` for the first column block: `out` is not initialised before).
 #[inline(always)]
-fn chunk<const W: usize, const FMA: bool>(
+fn chunk<const W: usize>(
     ri: &[u8],
     rv: &[f32],
     xb: &[f32],
@@ -573,11 +575,7 @@ fn chunk<const W: usize, const FMA: bool>(
             .first_chunk()
             .expect("column inside the block");
         for i in 0..W {
-            acc[i] = if FMA {
-                w.mul_add(xs[i], acc[i])
-            } else {
-                acc[i] + w * xs[i]
-            };
+            acc[i] += w * xs[i];
         }
     }
     out.copy_from_slice(&acc);
@@ -656,7 +654,7 @@ mod tests {
         let w = [1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, -1.0, 0.0];
         let s = SparseRows::from_dense(&w, 3, 3).unwrap();
         let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
-        for k in [Kernel::Portable, Kernel::Avx2Fma] {
+        for k in [Kernel::Portable, Kernel::Avx2] {
             if k.is_available() {
                 let mut y = [f32::NAN; 6];
                 s.matmul_t_with(&x, 2, &mut y, k).unwrap();

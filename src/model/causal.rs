@@ -30,7 +30,7 @@ use crate::{LabError, Result};
 
 /// One block's weights, of whichever family.
 pub enum Block {
-    Llama(BlockWeights),
+    Llama(Box<BlockWeights>),
     /// GPT-2 or OPT.
     Ln(LnBlock),
 }
@@ -125,7 +125,7 @@ impl CausalLm for Llama<'_> {
         Llama::load_ends(self)
     }
     fn load_block(&self, index: usize) -> Result<Block> {
-        Llama::load_block(self, index).map(Block::Llama)
+        Llama::load_block(self, index).map(|w| Block::Llama(Box::new(w)))
     }
     fn rope(&self, t: usize) -> Result<Option<Rope>> {
         Rope::new(t, self.config.head_dim, self.config.rope_theta).map(Some)

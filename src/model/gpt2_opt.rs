@@ -165,15 +165,7 @@ impl LnBlock {
             .find(|(r, _)| *r == role)
             .map(|(_, l)| l)
             .ok_or_else(|| LabError::invalid(format!("block {index} has no '{role}' linear")))?;
-        let dims = lin.weight.dims().to_vec();
-        if dims.iter().product::<usize>() != weight.len() {
-            return Err(LabError::invalid(format!(
-                "block {index} {role}: expected a weight of shape {dims:?}, found {} values",
-                weight.len()
-            )));
-        }
-        lin.weight = Tensor::from_vec(weight, dims, &Device::Cpu).map_err(ce)?;
-        Ok(())
+        lin.set_weight(&format!("block {index} {role}"), weight)
     }
 }
 
@@ -423,7 +415,7 @@ impl<'a> Gpt2Opt<'a> {
             Some(b) => Some(self.tensor(b, &[out])?),
             None => None,
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     /// A LayerNorm's weight and bias from the tensor name of its weight.

@@ -36,6 +36,7 @@
 use candle_core::{DType as CDType, Device, Tensor, D};
 use serde_json::Value;
 
+use crate::compute::sparse::SparseRows;
 use crate::io::{ByteSource, Format, MetaValue, ModelFile};
 use crate::model::{describe, Arch, ModelDesc};
 use crate::{LabError, Result};
@@ -178,11 +179,53 @@ impl LlamaConfig {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// W's nonzeros, when pruning left at least `SPARSE_FROM` of it zero: the CPU forward
+    /// then multiplies only those (`compute::sparse`). The GPU forward uses `weight`.
+    pub sparse: Option<SparseRows>,
 }
 
+/// The fraction of zeros from which a pruned linear runs through `SparseRows` on the CPU:
+/// below it candle's dense product is as fast (`cargo bench --bench sparse`).
+pub const SPARSE_FROM: f64 = 0.4;
+
 impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear {
+            weight,
+            bias,
+            sparse: None,
+        }
+    }
+
+    /// Replaces W with `weight`, (out, in) row-major, the shape of the weight it replaces
+    /// (`what` names it in errors); a weight mostly zero also gets its sparse form.
+    pub fn set_weight(&mut self, what: &str, weight: Vec<f32>) -> Result<()> {
+        let (rows, cols) = self.weight.dims2().map_err(ce)?;
+        if rows * cols != weight.len() {
+            return Err(LabError::invalid(format!(
+                "{what}: expected a weight of shape [{rows}, {cols}], found {} values",
+                weight.len()
+            )));
+        }
+        let zeros = weight.iter().filter(|w| **w == 0.0).count();
+        self.sparse = if zeros as f64 >= SPARSE_FROM * weight.len().max(1) as f64 {
+            Some(SparseRows::from_dense(&weight, rows, cols)?)
+        } else {
+            None
+        };
+        self.weight = Tensor::from_vec(weight, (rows, cols), &Device::Cpu).map_err(ce)?;
+        Ok(())
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t().map_err(ce)?).map_err(ce)?;
+        let y = match &self.sparse {
+            Some(sparse) => {
+                let (n, _) = x.dims2().map_err(ce)?;
+                let y = sparse.matmul_t(&to_vec(x)?, n)?;
+                Tensor::from_vec(y, (n, sparse.rows()), &Device::Cpu).map_err(ce)?
+            }
+            None => x.matmul(&self.weight.t().map_err(ce)?).map_err(ce)?,
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b).map_err(ce),
             None => Ok(y),
@@ -240,15 +283,7 @@ impl BlockWeights {
                 )))
             }
         };
-        let dims = lin.weight.dims().to_vec();
-        if dims.iter().product::<usize>() != weight.len() {
-            return Err(LabError::invalid(format!(
-                "block {index} {role}: expected a weight of shape {dims:?}, found {} values",
-                weight.len()
-            )));
-        }
-        lin.weight = Tensor::from_vec(weight, dims, &Device::Cpu).map_err(ce)?;
-        Ok(())
+        lin.set_weight(&format!("block {index} {role}"), weight)
     }
 }
 
@@ -479,7 +514,7 @@ impl<'a> Llama<'a> {
             }
             None => None,
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     /// Block `index`'s weights, read from the file now.
