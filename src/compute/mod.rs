@@ -11,6 +11,7 @@
 //! `Backend` picks the GPU when it comes up and falls back to the CPU, with the reason,
 //! when it does not or when it fails mid-run.
 
+pub mod attention;
 pub mod backend;
 pub mod cpu;
 pub mod cpu_forward;

