@@ -8,9 +8,10 @@
 //! product with its upload-free dispatch and readback, and 8 products recorded into one
 //! submission (the forward pass's case: intermediates stay on the GPU).
 
-use std::time::Instant;
+mod common;
 
 use candle_core::{Device, Tensor};
+use common::best;
 use layerlab::compute::forward::Recorder;
 use layerlab::compute::{cpu_forward, GpuContext, Matrix};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -25,18 +26,6 @@ fn uniform(seed: u64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| (rng.next_u32() >> 8) as f32 / 16_777_216.0 - 0.5)
         .collect()
-}
-
-/// Best wall time of `runs` calls of `f`, in seconds (after one warm-up call).
-fn best(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn main() {

@@ -11,9 +11,10 @@
 //! others allocate their output on every call). The portable column is the same kernel
 //! without AVX2 (SSE2 here; what wasm32 runs, without SIMD), allocating its output.
 
-use std::time::Instant;
+mod common;
 
 use candle_core::{Device, Tensor};
+use common::best;
 use layerlab::compute::sparse::{Kernel, SparseRows};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -55,18 +56,6 @@ fn weight(seed: u64, out: usize, inp: usize, density: f64, two_four: bool) -> Ve
         }
     }
     w
-}
-
-/// Best wall time of `runs` calls of `f`, in seconds (after one warm-up call).
-fn best(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 fn load_average() -> String {
