@@ -68,7 +68,7 @@ build_wasm() {
   if [ "$optimise" = opt ]; then
     say "optimising the wasm (wasm-opt -O2)"
     node_modules/.bin/wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int \
-      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
+      --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue --enable-simd \
       www/pkg/layerlab_bg.wasm -o www/pkg/layerlab_bg.wasm
   fi
 }
