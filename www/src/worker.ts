@@ -83,6 +83,17 @@ async function answer(l: Lab, id: number, work: (onProgress: (stage: string, don
   }
 }
 
+/** Whether WebAssembly here has 128-bit SIMD: validates a function using `i8x16.popcnt`
+ *  on a `v128` (the wasm-feature-detect probe). */
+function hasWasmSimd(): boolean {
+  const probe = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11]);
+  try {
+    return WebAssembly.validate(probe);
+  } catch {
+    return false;
+  }
+}
+
 scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   switch (msg.type) {
@@ -92,7 +103,11 @@ scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
         lab = await Lab.create(msg.backend, msg.backend === 'cpu' ? '' : await adapterName());
         post({ type: 'ready', backend: backendOf(lab) });
       } catch (e) {
-        post({ type: 'init-failed', message: messageOf(e) });
+        // The wasm is built with 128-bit SIMD: say so where that is what failed.
+        const message = hasWasmSimd()
+          ? messageOf(e)
+          : "this browser's WebAssembly has no SIMD, which the lab needs (Chrome 91, Firefox 89, Safari 16.4 or later)";
+        post({ type: 'init-failed', message });
       }
       break;
     }
