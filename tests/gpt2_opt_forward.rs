@@ -576,7 +576,14 @@ fn check_owl_wanda_export(family: Family) {
     let file2 = ModelFile::open(&src2).unwrap();
     let again = load_causal_lm(&src2, &file2, Some(&cfg2)).unwrap();
     let p2 = pollster::block_on(perplexity(again.as_ref(), &eval, &opts.eval, &Silent)).unwrap();
-    assert!((p2.perplexity - ppl.pruned).abs() < 1e-9 * ppl.pruned);
+    // Same weights, summed in another order: the run multiplies its pruned linears through
+    // the sparse kernel (kept weights only), the reloaded export densely.
+    assert!(
+        (p2.perplexity - ppl.pruned).abs() < 1e-6 * ppl.pruned,
+        "{family:?}: the reloaded export's perplexity {} vs the run's {}",
+        p2.perplexity,
+        ppl.pruned
+    );
 }
 
 fn export_name(family: Family, i: usize, role: &str) -> String {
