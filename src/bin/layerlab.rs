@@ -252,8 +252,7 @@ async fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let started = std::time::Instant::now();
-            let text = std::fs::read_to_string(&eval)
-                .map_err(|e| LabError::Io(format!("cannot read {}: {e}", eval.display())))?;
+            let text = read_text(&eval)?;
             let OpenedLm {
                 path,
                 src,
@@ -359,10 +358,6 @@ async fn run(cli: Cli) -> Result<()> {
                 ));
             }
             opts.check()?;
-            let read_text = |p: &Path| {
-                std::fs::read_to_string(p)
-                    .map_err(|e| LabError::Io(format!("cannot read {}: {e}", p.display())))
-            };
             let calib_text = read_text(&calib)?;
             let eval_text = eval.as_deref().map(read_text).transpose()?;
             let OpenedLm {
@@ -721,9 +716,14 @@ fn resolve_model(model: &Path, config: Option<PathBuf>) -> Result<(PathBuf, Opti
     Ok((path, config))
 }
 
+/// A UTF-8 text file, or an error naming it.
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| LabError::Io(format!("cannot read {}: {e}", path.display())))
+}
+
 fn read_config(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| LabError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let text = read_text(path)?;
     serde_json::from_str(&text)
         .map_err(|e| LabError::BadFile(format!("{}: not valid JSON: {e}", path.display())))
 }
