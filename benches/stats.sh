@@ -11,23 +11,9 @@ MODEL=.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 say "building the release CLI"
 cargo build --release --bin layerlab
 
-# best_of NAME CMD...: best wall time and peak RSS over RUNS runs (GNU time).
-best_of() {
-  local name=$1 best="" rss=""
-  shift
-  for _ in $(seq "$RUNS"); do
-    local out t m
-    /usr/bin/time -o /tmp/layerlab-bench-time -f "%e %M" "$@" >/dev/null 2>&1
-    out=$(tail -1 /tmp/layerlab-bench-time)
-    t=${out% *}
-    m=${out#* }
-    if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; rss=$m; fi
-  done
-  printf '%-34s %8.2f s %8.0f MB\n' "$name" "$best" "$((rss / 1024))"
-  RESULT=$best
-}
 
-[ -x /usr/bin/time ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >/dev/null
+OUT=.cache/bench
+source benches/common.sh
 say "SmolLM2-135M stats, best of $RUNS runs ($(nproc) cores)"
 best_of "layerlab stats (CPU backend)" target/release/layerlab stats "$MODEL" --backend cpu --json /dev/null
 ours=$RESULT
