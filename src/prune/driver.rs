@@ -44,7 +44,7 @@ use serde_json::Value;
 use web_time::Instant;
 
 use super::allocation;
-use super::masks::{apply_mask, count_zeros, magnitude_mask, wanda_mask, Pattern, ScalerRow};
+use super::masks::{apply_mask, magnitude_mask, wanda_mask, Pattern, ScalerRow};
 use super::outliers::{outlier_sweep, LinearStats};
 use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use crate::compute::backend::checkpoint;
@@ -868,7 +868,16 @@ pub async fn prune_model_on(
                     )?;
                 }
             }
-            let zeros = count_zeros(&weight);
+            let pl = PrunedLinear::new(
+                role,
+                what,
+                rows,
+                cols,
+                &weight,
+                opts.method != Method::SparseGpt,
+            )?;
+            // Its bits are the exact zeros (either sign) of the pruned weight.
+            let zeros = pl.zeros();
             zeros_block += zeros;
             weights_block += weight.len();
             linears.push(LinearReport {
@@ -879,14 +888,7 @@ pub async fn prune_model_on(
                 achieved_sparsity: zeros as f64 / weight.len().max(1) as f64,
                 outlier_ratio: dense_linear[i][k],
             });
-            pruned.push(PrunedLinear::new(
-                role,
-                what,
-                rows,
-                cols,
-                &weight,
-                opts.method != Method::SparseGpt,
-            )?);
+            pruned.push(pl);
             w.set_weight(role, weight)?;
         }
         drop(stats);
