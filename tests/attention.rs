@@ -3,19 +3,13 @@
 //! repeated, the full score matrix, an additive -inf mask, softmax, then the heads back side
 //! by side), in f32, on seeded random inputs of awkward sizes.
 
+mod common;
+
 use candle_core::{Device, Tensor, D};
+use common::{candle_rope, uniform};
 use layerlab::compute::attention::causal_attention;
 use layerlab::compute::forward::AttentionShape;
 use layerlab::model::llama::Rope;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-fn uniform(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| ((rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0) * scale)
-        .collect()
-}
 
 /// (B T, heads D) -> (B, heads, T, D).
 fn heads(x: &[f32], s: AttentionShape, n: usize) -> Tensor {
@@ -23,14 +17,6 @@ fn heads(x: &[f32], s: AttentionShape, n: usize) -> Tensor {
         .and_then(|x| x.transpose(1, 2))
         .and_then(|x| x.contiguous())
         .unwrap()
-}
-
-fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let half = x.dim(D::Minus1).unwrap() / 2;
-    let x1 = x.narrow(D::Minus1, 0, half).unwrap();
-    let x2 = x.narrow(D::Minus1, half, half).unwrap();
-    let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
-    (x.broadcast_mul(cos).unwrap() + rotated.broadcast_mul(sin).unwrap()).unwrap()
 }
 
 fn reference(
@@ -43,8 +29,8 @@ fn reference(
     let (mut qt, mut kt) = (heads(q, s, s.heads), heads(k, s, s.kv_heads));
     let vt = heads(v, s, s.kv_heads);
     if let Some(r) = with_rope {
-        qt = rope(&qt, &r.cos, &r.sin);
-        kt = rope(&kt, &r.cos, &r.sin);
+        qt = candle_rope(&qt, r);
+        kt = candle_rope(&kt, r);
     }
     let rep = s.heads / s.kv_heads;
     let repeat = |x: Tensor| {
@@ -100,14 +86,12 @@ fn fused_attention_matches_candle_ops() {
             d,
         };
         let seed = 10 * i as u64;
-        let q = uniform(seed, batch * t * heads * d, 2.0);
-        let k = uniform(seed + 1, batch * t * kv_heads * d, 2.0);
-        let v = uniform(seed + 2, batch * t * kv_heads * d, 1.0);
+        let q = uniform(seed, batch * t * heads * d, -2.0, 2.0);
+        let k = uniform(seed + 1, batch * t * kv_heads * d, -2.0, 2.0);
+        let v = uniform(seed + 2, batch * t * kv_heads * d, -1.0, 1.0);
         let r = Rope::new(t, d, 10000.0).unwrap();
-        let cos: Vec<f32> = r.cos.flatten_all().unwrap().to_vec1().unwrap();
-        let sin: Vec<f32> = r.sin.flatten_all().unwrap().to_vec1().unwrap();
         for with_rope in [false, true] {
-            let tables = with_rope.then_some((cos.as_slice(), sin.as_slice()));
+            let tables = with_rope.then_some((r.cos.as_slice(), r.sin.as_slice()));
             let got = causal_attention(&q, &k, &v, tables, s).unwrap();
             let want = reference(&q, &k, &v, with_rope.then_some(&r), s);
             assert_eq!(got.len(), want.len());

@@ -21,7 +21,7 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use common::{gpu, uniform};
+use common::{candle_rope, gpu, uniform};
 use layerlab::compute::forward::{AttentionShape, HeadLayout, Recorder};
 use layerlab::compute::Backend;
 use layerlab::compute::{cpu_forward, GpuContext, Matrix};
@@ -199,18 +199,18 @@ fn rope_matches_cpu_twin_in_both_layouts() {
         .enumerate()
     {
         let rope = Rope::new(t, d, 100000.0).unwrap();
-        let (cos, sin) = (to_vec(&rope.cos).unwrap(), to_vec(&rope.sin).unwrap());
+        let (cos, sin) = (&rope.cos, &rope.sin);
         let x = uniform(60 + i as u64, b * h * t * d, -2.0, 2.0);
         for layout in [
             HeadLayout::heads_major(b, h, t, d),
             HeadLayout::token_major(b, h, t, d),
         ] {
             let mut twin = x.clone();
-            cpu_forward::rope(&mut twin, layout, &cos, &sin);
+            cpu_forward::rope(&mut twin, layout, cos, sin);
             let got = on_gpu(&gpu, |rec| {
                 let xg = rec.upload(Matrix::new(&x, b * t, h * d)?)?;
-                let cg = rec.upload(Matrix::new(&cos, t, d)?)?;
-                let sg = rec.upload(Matrix::new(&sin, t, d)?)?;
+                let cg = rec.upload(Matrix::new(cos, t, d)?)?;
+                let sg = rec.upload(Matrix::new(sin, t, d)?)?;
                 rec.rope(&xg, layout, &cg, &sg)?;
                 Ok(xg)
             });
@@ -218,9 +218,9 @@ fn rope_matches_cpu_twin_in_both_layouts() {
         }
         // The twin on (B,H,T,D) is the CPU forward pass's RoPE.
         let mut twin = x.clone();
-        cpu_forward::rope(&mut twin, HeadLayout::heads_major(b, h, t, d), &cos, &sin);
+        cpu_forward::rope(&mut twin, HeadLayout::heads_major(b, h, t, d), cos, sin);
         let xt = Tensor::from_vec(x.clone(), (b, h, t, d), &Device::Cpu).unwrap();
-        let candle = to_vec(&rope.apply(&xt).unwrap()).unwrap();
+        let candle = to_vec(&candle_rope(&xt, &rope)).unwrap();
         assert_close("rope twin vs candle", &twin, &candle, 1e-6);
     }
 }

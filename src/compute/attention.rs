@@ -21,6 +21,8 @@
 //! the same bits. The result differs from the tensor version only by that order
 //! (`tests/attention.rs`: the candle implementation, on awkward sizes).
 
+use std::borrow::Cow;
+
 use super::forward::AttentionShape;
 use crate::{LabError, Result};
 
@@ -49,12 +51,12 @@ pub fn causal_attention(
             v.len()
         )));
     }
-    let (q, k) = match rope {
+    let (q, k): (Cow<[f32]>, Cow<[f32]>) = match rope {
         Some((cos, sin)) => (
-            rotate(q, nh, d, t_len, cos, sin),
-            rotate(k, nkv, d, t_len, cos, sin),
+            rotate(q, nh, d, t_len, cos, sin).into(),
+            rotate(k, nkv, d, t_len, cos, sin).into(),
         ),
-        None => (q.to_vec(), k.to_vec()),
+        None => (q.into(), k.into()),
     };
     let scale = (1.0 / (d as f64).sqrt()) as f32;
     let group = nh / nkv;

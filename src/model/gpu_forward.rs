@@ -127,7 +127,7 @@ pub async fn block_forward_resident(
     }
     let (nh, nkv, d) = (c.heads, c.kv_heads, c.head_dim);
     let n = b * t;
-    let (rope_t, rope_d) = rope.cos.dims2().map_err(ce)?;
+    let (rope_t, rope_d) = (rope.t, rope.d);
     if rope_t < t || rope_d != d {
         return Err(LabError::invalid(format!(
             "block {}: the RoPE tables are ({rope_t}, {rope_d}); T = {t} tokens of head \
@@ -142,8 +142,8 @@ pub async fn block_forward_resident(
 
     let mut rec = Recorder::new(ctx)?;
     let xs = rec.upload(Matrix::new(&to_vec(x)?, n, cc)?)?;
-    let cos = rec.upload(Matrix::new(&to_vec(&rope.cos)?, rope_t, d)?)?;
-    let sin = rec.upload(Matrix::new(&to_vec(&rope.sin)?, rope_t, d)?)?;
+    let cos = rec.upload(Matrix::new(&rope.cos, rope_t, d)?)?;
+    let sin = rec.upload(Matrix::new(&rope.sin, rope_t, d)?)?;
     let linear = |rec: &mut Recorder, x: &GpuMatrix, l: &GpuLinear| {
         rec.linear(x, &l.weight, l.bias.as_ref())
     };

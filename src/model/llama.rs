@@ -327,13 +327,18 @@ pub trait Observer {
 pub struct NoObserver;
 impl Observer for NoObserver {}
 
-/// cos and sin of the RoPE angles for positions 0..T: (T, D), each half the same.
-/// angle(t, i) = t * theta^(-2i/D), i < D/2 (computed in f64).
+/// cos and sin of the RoPE angles for positions 0..T: (T, D) row-major, each half the same.
+/// angle(t, i) = t * theta^(-2i/D), i < D/2 (computed in f64). Applied by the CPU forward's
+/// attention (`compute::attention`) and the GPU's RoPE kernel.
 pub struct Rope {
+    /// T: positions.
+    pub t: usize,
+    /// D: the head dim.
+    pub d: usize,
     /// (T, D)
-    pub cos: Tensor,
+    pub cos: Vec<f32>,
     /// (T, D)
-    pub sin: Tensor,
+    pub sin: Vec<f32>,
 }
 
 impl Rope {
@@ -349,24 +354,12 @@ impl Rope {
                 sin.push(angle.sin() as f32);
             }
         }
-        let dev = Device::Cpu;
         Ok(Rope {
-            cos: Tensor::from_vec(cos, (t, head_dim), &dev).map_err(ce)?,
-            sin: Tensor::from_vec(sin, (t, head_dim), &dev).map_err(ce)?,
+            t,
+            d: head_dim,
+            cos,
+            sin,
         })
-    }
-
-    /// x (B,heads,T,D) -> x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1] for the
-    /// halves x1 = x[..D/2], x2 = x[D/2..].
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let d = x.dim(D::Minus1).map_err(ce)?;
-        let half = d / 2;
-        let x1 = x.narrow(D::Minus1, 0, half).map_err(ce)?;
-        let x2 = x.narrow(D::Minus1, half, half).map_err(ce)?;
-        let rotated = Tensor::cat(&[&x2.neg().map_err(ce)?, &x1], D::Minus1).map_err(ce)?;
-        let a = x.broadcast_mul(&self.cos).map_err(ce)?;
-        let b = rotated.broadcast_mul(&self.sin).map_err(ce)?;
-        (a + b).map_err(ce)
     }
 }
 
@@ -650,12 +643,11 @@ impl<'a> Llama<'a> {
             kv_heads: nkv,
             d,
         };
-        let (cos, sin) = (to_vec(&rope.cos)?, to_vec(&rope.sin)?);
         let a = attention::causal_attention(
             &to_vec(&w.q.forward(&h)?)?,
             &to_vec(&w.k.forward(&h)?)?,
             &to_vec(&w.v.forward(&h)?)?,
-            Some((&cos, &sin)),
+            Some((&rope.cos, &rope.sin)),
             shape,
         )?;
         let a = Tensor::from_vec(a, (b * t, nh * d), &Device::Cpu).map_err(ce)?;

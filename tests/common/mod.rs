@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use candle_core::{Device, Tensor, D};
 use layerlab::compute::GpuContext;
+use layerlab::model::llama::Rope;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -25,4 +27,16 @@ pub fn uniform(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
 /// Relative difference, measured against `scale` where the value itself may be near 0.
 pub fn rel(a: f64, b: f64, scale: f64) -> f64 {
     (a - b).abs() / scale.abs().max(1e-30)
+}
+
+/// RoPE in candle tensor ops, an independent reference for the kernels: x (B, heads, T, D)
+/// -> x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1] for the halves of D.
+pub fn candle_rope(x: &Tensor, rope: &Rope) -> Tensor {
+    let table = |v: &[f32]| Tensor::from_vec(v.to_vec(), (rope.t, rope.d), &Device::Cpu).unwrap();
+    let (cos, sin) = (table(&rope.cos), table(&rope.sin));
+    let half = x.dim(D::Minus1).unwrap() / 2;
+    let x1 = x.narrow(D::Minus1, 0, half).unwrap();
+    let x2 = x.narrow(D::Minus1, half, half).unwrap();
+    let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
+    (x.broadcast_mul(&cos).unwrap() + rotated.broadcast_mul(&sin).unwrap()).unwrap()
 }
