@@ -54,7 +54,7 @@ class WrappedLinear:
 
     def __init__(self, layer):
         self.layer = layer
-        self.scaler_row = torch.zeros(layer.weight.shape[1], dtype=torch.float32)
+        self.scaler_row = torch.zeros(layer.weight.shape[1], dtype=torch.float32, device=layer.weight.device)
         self.nsamples = 0
 
     def add_batch(self, inp):
@@ -131,10 +131,10 @@ def owl_allocation(ratios, sparsity, lamda):
 
 
 @torch.no_grad()
-def perplexity(model, ids, seqlen, batch):
+def perplexity(model, ids, seqlen, batch, device):
     """exp(total NLL / predicted tokens) over consecutive seqlen-token windows, each alone."""
     windows = len(ids) // seqlen
-    enc = torch.tensor(ids[: windows * seqlen], dtype=torch.long).reshape(windows, seqlen)
+    enc = torch.tensor(ids[: windows * seqlen], dtype=torch.long, device=device).reshape(windows, seqlen)
     nll = 0.0
     for i in range(0, windows, batch):
         x = enc[i : i + batch]
@@ -158,6 +158,7 @@ def main():
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda where torch has a GPU (same steps, float32)")
     ap.add_argument("--json")
     ap.add_argument("--compare")
     args = ap.parse_args()
@@ -170,7 +171,7 @@ def main():
     folder, name = os.path.split(os.path.abspath(args.model))
     tokenizer = load_tokenizer(folder, name)
     model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, attn_implementation="sdpa")
-    model.eval()
+    model.to(args.device).eval()
     model.config.use_cache = False
     times["load"] = time.perf_counter() - t
 
@@ -180,18 +181,18 @@ def main():
     need = args.nsamples * args.seqlen
     if len(calib_ids) < need:
         sys.exit(f"{args.calib}: {len(calib_ids)} tokens; {args.nsamples} windows of {args.seqlen} need {need}")
-    windows = torch.tensor(calib_ids[:need], dtype=torch.long).reshape(args.nsamples, args.seqlen)
+    windows = torch.tensor(calib_ids[:need], dtype=torch.long, device=args.device).reshape(args.nsamples, args.seqlen)
     times["tokenise"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ppl_dense, eval_windows, predicted = perplexity(model, eval_ids, args.seqlen, args.batch)
+    ppl_dense, eval_windows, predicted = perplexity(model, eval_ids, args.seqlen, args.batch, args.device)
     times["perplexity_dense"] = time.perf_counter() - t
 
     # The decoder blocks are called one at a time, as prepare_calibration_input's Catcher
     # sets up: the embeddings of the windows, and RoPE's (cos, sin) for positions 0..T-1.
     # attention_mask=None makes the SDPA attention causal.
     inner = model.model
-    positions = torch.arange(args.seqlen).unsqueeze(0)
+    positions = torch.arange(args.seqlen, device=args.device).unsqueeze(0)
     rope = inner.rotary_emb(inner.embed_tokens(windows[:1]), positions)
 
     def run_block(block, x):
@@ -232,11 +233,12 @@ def main():
     times["prune"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ppl_pruned, _, _ = perplexity(model, eval_ids, args.seqlen, args.batch)
+    ppl_pruned, _, _ = perplexity(model, eval_ids, args.seqlen, args.batch, args.device)
     times["perplexity_pruned"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - started
 
-    print(f"torch {torch.__version__}, transformers LlamaForCausalLM, {torch.get_num_threads()} threads, float32 CPU")
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"torch {torch.__version__}, transformers LlamaForCausalLM, {torch.get_num_threads()} threads, float32 on {where}")
     print(f"calibration {len(calib_ids)} tokens, {args.nsamples} x {args.seqlen}; evaluation {len(eval_ids)} tokens, {eval_windows} windows")
     print(f"outlier ratio D_l (M = {args.hyper_m:g}): " + " ".join(f"{r:.3f}" for r in ratios))
     print("block sparsity: " + " ".join(f"{s:.4f}" for s in block_sparsity))
@@ -246,6 +248,7 @@ def main():
     summary = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": args.device,
         "options": vars(args),
         "calib_tokens": len(calib_ids),
         "eval_tokens": len(eval_ids),

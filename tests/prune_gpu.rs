@@ -8,8 +8,9 @@
 //! - the dense outlier ratios and OWL's allocation agree to 1e-3 / 1e-4;
 //! - block 0's masks are identical (the same inputs up to rounding, and ties broken the same);
 //! - later blocks may part at near-ties, which the sequential pruning carries on: fewer than
-//!   5% of all mask entries differ, and the perplexities agree within 1e-3 (dense) and 10%
-//!   (pruned, 15 predicted tokens);
+//!   5% of all mask entries differ; the dense perplexities agree within 1e-3, and so do the
+//!   CPU run's pruned model's on both backends; the two runs' pruned perplexities (15
+//!   predicted tokens, near-tied masks chosen differently) within 2x;
 //! - the GPU stayed in use (no failure, no notice).
 
 use std::path::PathBuf;
@@ -125,9 +126,24 @@ fn owl_wanda_on_the_gpu_matches_the_cpu() {
     );
     let (dg, dc) = (pg.dense.unwrap(), pc.dense.unwrap());
     assert!((dg - dc).abs() <= 1e-3 * dc, "dense ppl {dg} vs {dc}");
+    // The same pruned model (the CPU run's masks) evaluated on the GPU: the forward kernels'
+    // parity, with the mask choice taken out.
+    let same_masks =
+        pollster::block_on(on_cpu.perplexity_on(&gpu, &model, &eval, &opts.eval, &Silent)).unwrap();
     assert!(
-        (pg.pruned - pc.pruned).abs() <= 0.1 * pc.pruned,
-        "pruned ppl {} vs {}",
+        (same_masks.perplexity - pc.pruned).abs() <= 1e-3 * pc.pruned,
+        "the CPU run's pruned model: ppl {} on the GPU vs {} on the CPU",
+        same_masks.perplexity,
+        pc.pruned
+    );
+    // The two runs' own masks part at near-ties, and over 15 predicted tokens of a 70%-pruned
+    // model that moves the perplexity a lot: measured 1789 (CPU) vs 2133 (an H200 through
+    // Vulkan), 1.19x; PyTorch's own CPU and CUDA runs of the benchmark experiment gave 495 vs
+    // 744 (BENCHMARKS.md). So only the order of magnitude is asserted here.
+    let ratio = pg.pruned / pc.pruned;
+    assert!(
+        (0.5..=2.0).contains(&ratio),
+        "pruned ppl {} (GPU run) vs {} (CPU run)",
         pg.pruned,
         pc.pruned
     );
