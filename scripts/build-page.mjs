@@ -22,11 +22,12 @@ if (!existsSync(join(pkg, 'layerlab.js'))) {
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
 
-// The wasm-bindgen glue is not bundled: it loads layerlab_bg.wasm next to itself.
+// The wasm-bindgen glue is not bundled: it loads layerlab_bg.wasm next to itself (the worker
+// imports pkg/ or pkg-threads/ by URL at run time; this keeps any static import external too).
 const wasmGlueExternal = {
   name: 'wasm-glue-external',
   setup(b) {
-    b.onResolve({ filter: /pkg\/layerlab\.js$/ }, () => ({ path: './pkg/layerlab.js', external: true }));
+    b.onResolve({ filter: /pkg(-threads)?\/layerlab\.js$/ }, (a) => ({ path: `./${a.path.replace(/^.*\/(pkg(-threads)?\/)/, '$1')}`, external: true }));
   },
 };
 
@@ -43,6 +44,11 @@ await build({
 });
 for (const f of ['index.html', 'style.css']) cpSync(join(root, 'www', f), join(out, f));
 cpSync(pkg, join(out, 'pkg'), { recursive: true });
+// The threaded build (scripts/setup.sh build_wasm_threads), used where the page is
+// cross-origin isolated; without it the page runs the plain build everywhere.
+const pkgThreads = join(root, 'www', 'pkg-threads');
+if (existsSync(join(pkgThreads, 'layerlab.js'))) cpSync(pkgThreads, join(out, 'pkg-threads'), { recursive: true });
+else console.warn('www/pkg-threads is missing: the page will run the WebAssembly on one thread');
 
 // The built-in model, served beside the page (fetched into the git-ignored cache by
 // scripts/setup.sh's ensure_models). Hard-linked where possible: it is 98 MB.

@@ -1,5 +1,8 @@
 // A small static server for the built lab: correct MIME types (application/wasm), HTTP
-// range requests (the lab reads big model files in slices), localhost only.
+// range requests (the lab reads big model files in slices), localhost only. It makes the page
+// cross-origin isolated (COOP same-origin + COEP require-corp), which SharedArrayBuffer and so
+// the threaded WebAssembly need; `isolated: false` serves without them (the page then runs
+// its single-threaded build).
 // Usage: node scripts/serve.mjs DIR [PORT]     (PORT 0 picks a free one)
 import { createServer } from 'node:http';
 import { createReadStream, statSync } from 'node:fs';
@@ -18,7 +21,12 @@ const TYPES = {
   '.txt': 'text/plain; charset=utf-8',
 };
 
-export function startServer(dir, port = 0, host = '127.0.0.1') {
+const ISOLATION = {
+  'cross-origin-opener-policy': 'same-origin',
+  'cross-origin-embedder-policy': 'require-corp',
+};
+
+export function startServer(dir, port = 0, host = '127.0.0.1', { isolated = true } = {}) {
   const root = resolve(dir);
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://localhost');
@@ -42,6 +50,7 @@ export function startServer(dir, port = 0, host = '127.0.0.1') {
       'content-type': TYPES[extname(path)] ?? 'application/octet-stream',
       'accept-ranges': 'bytes',
       'cache-control': 'no-cache',
+      ...(isolated ? ISOLATION : {}),
     };
     const range = /^bytes=(\d*)-(\d*)$/.exec(req.headers.range ?? '');
     if (range && (range[1] !== '' || range[2] !== '')) {

@@ -17,6 +17,11 @@ ensure_wasm_target() {
     say "adding the Rust target wasm32-unknown-unknown"
     rustup target add wasm32-unknown-unknown
   fi
+  # The threaded wasm rebuilds std with atomics (cargo -Z build-std), from rustup's rust-src.
+  if ! rustup component list --installed | grep -q '^rust-src'; then
+    say "adding the Rust component rust-src (std's source, for the threaded wasm)"
+    rustup component add rust-src
+  fi
 }
 
 # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
@@ -55,21 +60,41 @@ ensure_test_packages() {
   fi
 }
 
-# Builds the wasm with cargo PROFILE into www/pkg (wasm-bindgen --target web), optionally
-# optimised with the npm package binaryen's wasm-opt (Debian's wasm-opt 108 breaks the output).
+# Builds the page's two wasm builds with cargo PROFILE, each through wasm-bindgen --target
+# web and optionally the npm package binaryen's wasm-opt (Debian's wasm-opt 108 breaks the
+# output):
+# - www/pkg: single-threaded, for pages that are not cross-origin isolated;
+# - www/pkg-threads: with wasm atomics and shared memory (up to 4 GiB), rayon's pool on Web
+#   Workers (wasm-bindgen-rayon). std must be rebuilt with atomics, which cargo's -Z build-std
+#   does: an unstable flag, enabled on this stable toolchain with RUSTC_BOOTSTRAP=1 (the
+#   documented way to build std, as there is no other toolchain to fetch here). Its own
+#   target dir, so the two builds do not invalidate each other.
+WASM_THREADS_FLAGS='target.wasm32-unknown-unknown.rustflags=["-C", "target-feature=+atomics,+bulk-memory,+mutable-globals", "-C", "link-arg=--shared-memory", "-C", "link-arg=--import-memory", "-C", "link-arg=--max-memory=4294967296", "-C", "link-arg=--export=__wasm_init_tls", "-C", "link-arg=--export=__tls_size", "-C", "link-arg=--export=__tls_align", "-C", "link-arg=--export=__tls_base"]'
 build_wasm() {
   local profile=$1 optimise=${2:-no}
-  say "building the wasm ($profile)"
-  cargo build --lib --target wasm32-unknown-unknown --profile "$profile"
   local dir=$profile
   [ "$profile" = dev ] && dir=debug
-  rm -rf www/pkg
-  wasm-bindgen --target web --out-dir www/pkg "target/wasm32-unknown-unknown/$dir/layerlab.wasm"
+  say "building the wasm ($profile)"
+  cargo build --lib --target wasm32-unknown-unknown --profile "$profile"
+  bind_wasm "target/wasm32-unknown-unknown/$dir/layerlab.wasm" www/pkg "$optimise"
+  say "building the threaded wasm ($profile; std rebuilt with atomics)"
+  RUSTC_BOOTSTRAP=1 cargo build --lib --target wasm32-unknown-unknown --profile "$profile" \
+    --config "$WASM_THREADS_FLAGS" -Z build-std=panic_abort,std --target-dir target/wasm-threads
+  bind_wasm "target/wasm-threads/wasm32-unknown-unknown/$dir/layerlab.wasm" www/pkg-threads "$optimise" \
+    --enable-threads
+}
+
+# bind_wasm WASM OUT_DIR opt|no [extra wasm-opt features]
+bind_wasm() {
+  local wasm=$1 out=$2 optimise=$3
+  shift 3
+  rm -rf "$out"
+  wasm-bindgen --target web --out-dir "$out" "$wasm"
   if [ "$optimise" = opt ]; then
-    say "optimising the wasm (wasm-opt -O2)"
+    say "optimising $out (wasm-opt -O2)"
     node_modules/.bin/wasm-opt -O2 --enable-bulk-memory --enable-nontrapping-float-to-int \
       --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue --enable-simd \
-      www/pkg/layerlab_bg.wasm -o www/pkg/layerlab_bg.wasm
+      "$@" "$out/layerlab_bg.wasm" -o "$out/layerlab_bg.wasm"
   fi
 }
 

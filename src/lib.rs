@@ -36,4 +36,9 @@ pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod web;
 
+/// The threaded page build's `initThreadPool(n)`: starts rayon's pool of n Web Workers on the
+/// shared wasm memory (the page's worker calls it before anything else).
+#[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 pub use error::{LabError, Result};

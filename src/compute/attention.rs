@@ -14,7 +14,8 @@
 //! kv heads repeated, a full (B,H,T,T) score tensor, an additive -inf mask, a softmax of four
 //! passes) wrote and reread every intermediate and computed the half of the scores the mask
 //! throws away: half of a SmolLM2 block's time went there. This is one pass per (window,
-//! head), in parallel natively (rayon), one after the other in the browser's wasm.
+//! head), in parallel natively and in the threaded wasm (rayon), one after the other in the
+//! single-threaded wasm.
 //!
 //! Sums: a dot product is 8 interleaved partial sums (lane i % 8) added pairwise at the end,
 //! multiplies and adds (no fused multiply-add), so every target, the CLI and the page, gets
@@ -79,12 +80,12 @@ pub fn causal_attention(
         out
     };
     let heads = s.batch * nh;
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     let per_head: Vec<Vec<f32>> = {
         use rayon::prelude::*;
         (0..heads).into_par_iter().map(head).collect()
     };
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     let per_head: Vec<Vec<f32>> = (0..heads).map(head).collect();
     let mut a = vec![0f32; n * nh * d];
     for (bh, out) in per_head.iter().enumerate() {

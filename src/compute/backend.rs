@@ -56,11 +56,18 @@ pub struct Backend {
     cpu_reason: RefCell<Option<String>>,
 }
 
-pub fn cpu_name() -> &'static str {
-    if cfg!(target_arch = "wasm32") {
-        "CPU (WebAssembly)"
+/// "CPU (native)", "CPU (WebAssembly)", or in the page's threaded build "CPU (WebAssembly,
+/// N threads)" (its rayon pool of Web Workers).
+pub fn cpu_name() -> String {
+    if cfg!(all(target_arch = "wasm32", target_feature = "atomics")) {
+        format!(
+            "CPU (WebAssembly, {} threads)",
+            rayon::current_num_threads()
+        )
+    } else if cfg!(target_arch = "wasm32") {
+        "CPU (WebAssembly)".into()
     } else {
-        "CPU (native)"
+        "CPU (native)".into()
     }
 }
 
@@ -135,7 +142,7 @@ impl Backend {
             },
             None => BackendInfo {
                 kind: "cpu".into(),
-                name: cpu_name().into(),
+                name: cpu_name(),
                 reason: self.cpu_reason.borrow().clone(),
             },
         }

@@ -13,12 +13,13 @@ const BLOCK: usize = 512;
 /// Values per parallel piece (512 KiB, cache-sized): tensors are cut into pieces of this size, reduced on all
 /// cores, and the pieces' results merged in order (so the result does not depend on
 /// scheduling).
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 const PIECE: usize = 1 << 17;
 
-/// `f` over pieces of `data` in parallel, the results in order (natively), or `f(data)`.
+/// `f` over pieces of `data` in parallel, the results in order (natively and in the page's
+/// threaded wasm), or `f(data)`.
 fn pieces<T: Send>(data: &[f32], f: impl Fn(&[f32]) -> T + Sync + Send) -> Vec<T> {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     if data.len() > PIECE {
         use rayon::prelude::*;
         return data.par_chunks(PIECE).map(f).collect();

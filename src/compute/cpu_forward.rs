@@ -65,12 +65,12 @@ pub fn linear(x: Matrix, w: Matrix, bias: Option<&[f32]>) -> Result<Vec<f32>> {
         }
         return Ok(y);
     }
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         x.data.par_chunks(k).zip(y.par_chunks_mut(o)).for_each(row);
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     x.data.chunks(k).zip(y.chunks_mut(o)).for_each(row);
     Ok(y)
 }

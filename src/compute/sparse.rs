@@ -16,8 +16,8 @@
 //! `acc += W[o][k] xp[k][..]` for the row's nonzeros in the block; `yp (rows, width)` is
 //! finally transposed into y's rows for the panel's tokens. Both panels start on a cache
 //! line, so that no 32-byte load straddles two. Natively the panels, and, when there are too few of them to keep every
-//! core busy, blocks of rows within a panel, run on rayon's threads; the browser's wasm runs
-//! them one after the other.
+//! core busy, blocks of rows within a panel, run on rayon's threads (natively, and in the page's
+//! threaded wasm); the single-threaded wasm runs them one after the other.
 //!
 //! On x86_64 the kernel is compiled twice from one body: a portable copy (SSE2 on x86_64;
 //! what every target gets, scalar on wasm32 without simd128) and an AVX2 copy chosen at run
@@ -35,10 +35,10 @@ const PANEL: usize = 64;
 /// Panel widths are rounded up to this many tokens (one AVX register).
 const LANE: usize = 8;
 /// Below this many multiply-adds (nonzeros x padded tokens) a product runs on one thread.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 const MIN_PARALLEL_WORK: usize = 1 << 16;
 /// Fewest rows a parallel row block gets (when panels alone do not fill the cores).
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
 const MIN_BLOCK_ROWS: usize = 16;
 
 /// Which copy of the inner loop `SparseRows::matmul_t_with` runs.
@@ -278,14 +278,15 @@ impl SparseRows {
 
 /// How a product is split across threads.
 struct Plan {
-    /// Whether to use rayon at all (natively, for products big enough to pay for it).
+    /// Whether to use rayon at all (natively and in the threaded wasm, for products big enough
+    /// to pay for it).
     parallel: bool,
     /// Rows per block within a panel (all rows unless panels alone do not fill the cores).
     block_rows: usize,
 }
 
 impl Plan {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     fn new(s: &SparseRows, n: usize) -> Plan {
         let panels = n.div_ceil(PANEL);
         let work = s.nnz().saturating_mul(panels * PANEL);
@@ -303,7 +304,7 @@ impl Plan {
         }
     }
 
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     fn new(s: &SparseRows, _n: usize) -> Plan {
         Plan {
             parallel: false,
@@ -342,7 +343,7 @@ fn for_each_panel(
     parallel: bool,
     f: impl Fn(&mut Scratch, usize, &mut [f32]) + Sync + Send,
 ) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     if parallel {
         use rayon::prelude::*;
         y.par_chunks_mut(len)
@@ -365,7 +366,7 @@ fn for_each_block(
     parallel: bool,
     f: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) {
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     if parallel && yp.len() > len {
         use rayon::prelude::*;
         yp.par_chunks_mut(len)

@@ -493,7 +493,7 @@ pub(crate) fn dequantize(
 }
 
 /// candle's dequantisation (`GgmlType::to_float`) of the blocks in `raw` into `out`, on
-/// pieces of 4096 blocks in parallel natively. The caller has checked that `raw` holds
+/// pieces of 4096 blocks in parallel (natively and in the threaded wasm). The caller has checked that `raw` holds
 /// exactly `out.len() / T::BLCK_SIZE` blocks and is 8-byte aligned; None if not.
 fn blocks_to_f32<T: GgmlType + Sync>(raw: &[u8], out: &mut [f32]) -> Option<()> {
     const PIECE: usize = 4096;
@@ -508,7 +508,7 @@ fn blocks_to_f32<T: GgmlType + Sync>(raw: &[u8], out: &mut [f32]) -> Option<()> 
     // bit pattern (candle's qtensor_from_ggml views file bytes the same way); the length
     // and alignment are checked above.
     let blocks: &[T] = unsafe { std::slice::from_raw_parts(raw.as_ptr() as *const T, n) };
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         blocks
@@ -516,7 +516,7 @@ fn blocks_to_f32<T: GgmlType + Sync>(raw: &[u8], out: &mut [f32]) -> Option<()> 
             .zip(out.par_chunks_mut(PIECE * T::BLCK_SIZE))
             .for_each(|(b, o)| T::to_float(b, o));
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     for (b, o) in blocks
         .chunks(PIECE)
         .zip(out.chunks_mut(PIECE * T::BLCK_SIZE))

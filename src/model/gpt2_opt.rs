@@ -659,8 +659,8 @@ impl<'a> Gpt2Opt<'a> {
             .forward(x, self.config.eps)?
             .reshape((b * t, cc))
             .map_err(ce)?;
-        h.matmul(&ends.head.t().map_err(ce)?)
-            .and_then(|l| l.reshape((b, t, self.config.vocab)))
+        super::llama::matmul_t(&h, &ends.head)?
+            .reshape((b, t, self.config.vocab))
             .map_err(ce)
     }
 

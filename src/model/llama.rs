@@ -226,13 +226,42 @@ impl Linear {
                 let y = sparse.matmul_t(&to_vec(x)?, n)?;
                 Tensor::from_vec(y, (n, sparse.rows()), &Device::Cpu).map_err(ce)?
             }
-            None => x.matmul(&self.weight.t().map_err(ce)?).map_err(ce)?,
+            None => matmul_t(x, &self.weight)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b).map_err(ce),
             None => Ok(y),
         }
     }
+}
+
+/// x (N, K) times w (O, K) transposed: (N, O), candle's matmul. Natively candle's gemm runs on
+/// every core by itself; in the page's threaded wasm it sees one thread (it cannot count the
+/// browser's), so the rows are split across rayon's Web Workers here, each block of rows its
+/// own product (every output element is the same dot product either way).
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let wt = w.t().map_err(ce)?;
+    #[cfg(all(target_arch = "wasm32", target_feature = "atomics"))]
+    {
+        /// Fewest rows a thread's block gets: below this, one product on one thread.
+        const MIN_ROWS: usize = 32;
+        let (n, _) = x.dims2().map_err(ce)?;
+        let threads = rayon::current_num_threads();
+        if threads > 1 && n >= 2 * MIN_ROWS {
+            use rayon::prelude::*;
+            let rows = n.div_ceil(threads).max(MIN_ROWS);
+            let parts = (0..n.div_ceil(rows))
+                .into_par_iter()
+                .map(|i| {
+                    let len = rows.min(n - i * rows);
+                    x.narrow(0, i * rows, len)?.matmul(&wt)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(ce)?;
+            return Tensor::cat(&parts, 0).map_err(ce);
+        }
+    }
+    x.matmul(&wt).map_err(ce)
 }
 
 /// One block's weights, resident while the block runs.
@@ -676,8 +705,8 @@ impl<'a> Llama<'a> {
         let h = rms_norm(x, &ends.final_norm, self.config.rms_eps)?
             .reshape((b * t, cc))
             .map_err(ce)?;
-        h.matmul(&ends.head.t().map_err(ce)?)
-            .and_then(|l| l.reshape((b, t, self.config.vocab)))
+        matmul_t(&h, &ends.head)?
+            .reshape((b, t, self.config.vocab))
             .map_err(ce)
     }
 

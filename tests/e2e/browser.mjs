@@ -12,9 +12,10 @@ export const CLI = process.env.LAYERLAB_CLI ?? 'target/debug/layerlab';
 export const FLAGS = ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
   '--disable-component-update', '--disable-sync'];
 
-/** Serves SITE; returns the server and its base URL (close the server after the tests). */
-export async function serveSite() {
-  const server = await startServer(SITE, 0);
+/** Serves SITE (cross-origin isolated unless `isolated: false`); returns the server and its
+ *  base URL (close the server after the tests). */
+export async function serveSite({ isolated = true } = {}) {
+  const server = await startServer(SITE, 0, '127.0.0.1', { isolated });
   return { server, base: `http://127.0.0.1:${server.address().port}/` };
 }
 

@@ -71,23 +71,42 @@ test('with WebGPU: the page uses the GPU, matches the CLI, and survives losing t
     assertSameStats(after, ref, 'after device loss');
     assert.match(await page.textContent('#notice'), /finished on the CPU/);
     assert.equal(await page.getAttribute('#backend', 'data-kind'), 'cpu');
-    assert.match(await page.textContent('#backend'), /CPU \(WebAssembly\), because the GPU failed/);
+    assert.match(await page.textContent('#backend'), /CPU \(WebAssembly, \d+ threads\), because the GPU failed/);
     assert.deepEqual(problems, []);
   } finally {
     await close();
   }
 });
 
-test('without WebGPU: the page says why, runs on the CPU and matches the CLI', async () => {
+test('without WebGPU: the page says why, runs on the CPU (its threads) and matches the CLI', async () => {
   const { page, problems, close } = await openLab([], query);
   try {
     assert.equal(await page.getAttribute('#backend', 'data-kind'), 'cpu');
-    assert.match(await page.textContent('#backend'), /^Backend: CPU \(WebAssembly\), because .+/);
+    // The server makes the page cross-origin isolated: the threaded build, one thread per core.
+    const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+    assert.match(await page.textContent('#backend'), new RegExp(`^Backend: CPU \\(WebAssembly, ${Math.min(cores, 16)} threads\\), because .+`));
     const ref = cli([...cliArgs, '--backend', 'cpu']).stats;
     assertSameStats(await runCheck(page), ref, 'CPU');
     assert.deepEqual(problems, []);
   } finally {
     await close();
+  }
+});
+
+test('served without cross-origin isolation: the single-threaded build gives the same numbers', async () => {
+  // As a static host without the COOP/COEP headers would serve it: no SharedArrayBuffer.
+  const plain = await serveSite({ isolated: false });
+  const opened = await openPage(plain.base + query, []);
+  const { page, problems, close } = opened;
+  try {
+    await page.waitForFunction(() => document.getElementById('backend')?.dataset.kind !== '', null, { timeout: 60_000 });
+    assert.equal(await page.evaluate(() => self.crossOriginIsolated), false);
+    assert.match(await page.textContent('#backend'), /^Backend: CPU \(WebAssembly\), because .+/);
+    assertSameStats(await runCheck(page), cli([...cliArgs, '--backend', 'cpu']).stats, 'CPU, one thread');
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+    plain.server.close();
   }
 });
 

@@ -2,7 +2,8 @@
 // One request runs at a time (the page queues); "cancel" is handled between steps, because
 // the lab yields to this worker's event loop at every step.
 
-import init, { Lab } from '../pkg/layerlab.js';
+import type * as Wasm from '../pkg/layerlab.js';
+import type { Lab } from '../pkg/layerlab.js';
 import type { FromWorker, ToWorker, BackendInfo, Histogram, ModelSource, OpenRequest, Opened } from './protocol';
 import { fileSource, urlSource, type JsSource } from './sources';
 
@@ -94,13 +95,37 @@ function hasWasmSimd(): boolean {
   }
 }
 
+/** The wasm-bindgen module: the plain build, or the threaded one with its pool's starter. */
+type Pkg = typeof Wasm & { initThreadPool?: (threads: number) => Promise<void> };
+
+/** The threaded build (pkg-threads: rayon's pool on Web Workers sharing the wasm memory) where
+ *  the page is cross-origin isolated, as `npm start` serves it, so SharedArrayBuffer exists;
+ *  elsewhere, or if the pool does not start, the plain single-threaded build (pkg). The
+ *  modules load by URL, beside this worker, not through the bundle. */
+async function loadWasm(): Promise<Pkg> {
+  const threads = Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 16));
+  if (scope.crossOriginIsolated && threads > 1) {
+    try {
+      const pkg = (await import(new URL('./pkg-threads/layerlab.js', import.meta.url).href)) as Pkg;
+      await pkg.default();
+      await pkg.initThreadPool?.(threads);
+      return pkg;
+    } catch (e) {
+      console.warn(`the threaded WebAssembly did not start (${messageOf(e)}); running on one thread`);
+    }
+  }
+  const pkg = (await import(new URL('./pkg/layerlab.js', import.meta.url).href)) as Pkg;
+  await pkg.default();
+  return pkg;
+}
+
 scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   switch (msg.type) {
     case 'init': {
       try {
-        await init();
-        lab = await Lab.create(msg.backend, msg.backend === 'cpu' ? '' : await adapterName());
+        const pkg = await loadWasm();
+        lab = await pkg.Lab.create(msg.backend, msg.backend === 'cpu' ? '' : await adapterName());
         post({ type: 'ready', backend: backendOf(lab) });
       } catch (e) {
         // The wasm is built with 128-bit SIMD: say so where that is what failed.
