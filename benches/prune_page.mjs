@@ -1,5 +1,6 @@
 // Benchmark: the OWL-Wanda experiment of benches/prune.sh in the page, in headless Debian
-// Chromium (release wasm, one thread), driven through the pruning tab's ids: the
+// Chromium (release wasm: the threaded build, one thread per core, as the server makes the page
+// cross-origin isolated), driven through the pruning tab's ids: the
 // experiment comes in the URL, #prune-run starts it, #prune-status says "Done.".
 // Prints one JSON line: seconds from navigation to the model being open, from the click
 // to "Done.", and in all, plus the page's own report (perplexities, stage timings).
@@ -43,6 +44,7 @@ try {
     perplexity: report.perplexity,
     timings: report.timings,
     calibration_tokens: report.calibration?.text_tokens,
+    backend: report.backend?.name ?? (await page.textContent('#backend')),
   }));
 } finally {
   await context.close();
