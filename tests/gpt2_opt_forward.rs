@@ -17,7 +17,10 @@
 //!   exactly the Hugging Face names and shapes transformers expects (GPT-2 Conv1D (in, out)),
 //!   every output of every pruned linear has exactly floor(in x s_l) zeros, and numpy's
 //!   perplexity of the exported file equals the run's pruned perplexity (1e-5 relative);
-//! - the refused layouts (OPT-350m's projections, post-LN) are errors naming the key.
+//! - the refused layouts (OPT-350m's projections, post-LN) are errors naming the key;
+//! - GPT-2 as GGUF (tests/reference/gpt2_to_gguf.py: gguf-py's writer, llama.cpp's layout):
+//!   logits and perplexity against numpy on the safetensors it came from, the same OWL-Wanda
+//!   run as the safetensors model, an export with Hugging Face names that numpy reads back.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -663,5 +666,148 @@ fn refused_layouts_are_errors_that_say_why() {
     assert!(
         e.contains("model.decoder.layers.0.fc1.weight: expected shape [100, 48], found [192, 48]"),
         "{e}"
+    );
+}
+
+/// The tiny GPT-2 of `dir` written as GGUF by tests/reference/gpt2_to_gguf.py (gguf-py's
+/// GGUFWriter, laid out as llama.cpp's convert_hf_to_gguf.py lays out GPT-2).
+fn gguf_of(dir: &Path) -> PathBuf {
+    let python = root().join(".cache/venv/bin/python");
+    let out = dir.join("model.gguf");
+    let run = Command::new(&python)
+        .arg(root().join("tests/reference/gpt2_to_gguf.py"))
+        .arg(dir.join("model.safetensors"))
+        .arg(dir.join("config.json"))
+        .arg(&out)
+        .output()
+        .expect("cannot start the Python converter");
+    assert!(
+        run.status.success(),
+        "gpt2_to_gguf.py failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    out
+}
+
+/// A GGUF GPT-2 (llama.cpp's names, (out, in) weights, sizes and eps in the metadata, no
+/// config.json): logits and perplexity against numpy on the safetensors it was converted
+/// from; OWL-Wanda on it gives the safetensors model's run, and its export has Hugging Face
+/// names (plus `lm_head.weight`, as llama.cpp's GPT-2 carries `output.weight`) that numpy
+/// reads back to the run's pruned perplexity.
+#[test]
+fn gpt2_from_gguf_matches_numpy_and_exports_hugging_face_names() {
+    let dir = model_dir(Family::Gpt2, "gguf");
+    let st = dir.join("model.safetensors");
+    let config_path = dir.join("config.json");
+    let gg = gguf_of(&dir);
+    let src = FileSource::open(&gg).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+
+    let g = Gpt2Opt::new(&src, &file, None).unwrap();
+    let window = ids(7, 12);
+    let logits = to_vec(&g.forward(&[&window], &mut Capture::default()).unwrap()).unwrap();
+    let want = reference(&[
+        "forward",
+        st.to_str().unwrap(),
+        config_path.to_str().unwrap(),
+        &joined(&window),
+    ]);
+    let d = max_abs_diff(&logits, &flat(&want["logits"]));
+    assert!(d < 1e-4, "GGUF GPT-2 logits differ from numpy by {d:e}");
+
+    let model = load_causal_lm(&src, &file, None).unwrap();
+    let text = ids(11, 69);
+    let opts = PplOptions {
+        seqlen: 16,
+        max_windows: None,
+        batch: 3,
+    };
+    let got = pollster::block_on(perplexity(model.as_ref(), &text, &opts, &Silent)).unwrap();
+    let want_ppl = numpy_ppl(&st, &config_path, &text, 16)["ppl"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (got.perplexity - want_ppl).abs() < 1e-5 * want_ppl,
+        "GGUF GPT-2 ppl {} vs numpy {want_ppl}",
+        got.perplexity
+    );
+
+    let calib = ids(21, 64);
+    let eval = ids(22, 48);
+    let prune = PruneOptions {
+        method: Method::Wanda,
+        sparsity: 0.5,
+        owl: Some(OwlOptions {
+            hyper_m: 3.0,
+            lamda: 0.08,
+        }),
+        nsamples: 4,
+        seqlen: 16,
+        batch: 3,
+        eval: PplOptions {
+            seqlen: 16,
+            max_windows: None,
+            batch: 2,
+        },
+        ..PruneOptions::default()
+    };
+    let run = pollster::block_on(prune_model(
+        model.as_ref(),
+        &calib,
+        Some(&eval),
+        &prune,
+        &Silent,
+    ))
+    .unwrap();
+    let st_src = FileSource::open(&st).unwrap();
+    let st_file = ModelFile::open(&st_src).unwrap();
+    let cfg = config(Family::Gpt2);
+    let st_model = load_causal_lm(&st_src, &st_file, Some(&cfg)).unwrap();
+    let st_run = pollster::block_on(prune_model(
+        st_model.as_ref(),
+        &calib,
+        Some(&eval),
+        &prune,
+        &Silent,
+    ))
+    .unwrap();
+    let (p, q) = (
+        run.report.perplexity.as_ref().unwrap(),
+        st_run.report.perplexity.as_ref().unwrap(),
+    );
+    assert!(
+        (p.pruned - q.pruned).abs() <= 1e-9 * q.pruned,
+        "pruned ppl {} (GGUF) vs {} (safetensors)",
+        p.pruned,
+        q.pruned
+    );
+    for (a, b) in run.report.blocks.iter().zip(&st_run.report.blocks) {
+        assert!((a.sparsity - b.sparsity).abs() < 1e-12, "block {}", a.index);
+        assert!((a.outlier_ratio - b.outlier_ratio).abs() < 1e-9);
+    }
+
+    let export = dir.join("pruned.safetensors");
+    let mut out = std::fs::File::create(&export).unwrap();
+    export_safetensors(model.as_ref(), &run, &json!({"test": "gguf"}), &mut out).unwrap();
+    drop(out);
+    let got = reference(&["tensors", export.to_str().unwrap()]);
+    let shapes: BTreeMap<String, Vec<usize>> =
+        serde_json::from_value(got["shapes"].clone()).unwrap();
+    let mut expected = expected_export(Family::Gpt2);
+    expected.insert("lm_head.weight".into(), vec![V, C]);
+    assert_eq!(shapes, expected, "GGUF GPT-2 export names/shapes");
+    let exported_config = dir.join("pruned-config.json");
+    std::fs::write(&exported_config, hf_config(model.as_ref()).to_string()).unwrap();
+    let pruned = numpy_ppl(&export, &exported_config, &eval, 16)["ppl"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (p.pruned - pruned).abs() < 1e-5 * pruned,
+        "pruned ppl {} vs numpy on the export {pruned}",
+        p.pruned
+    );
+    eprintln!(
+        "GGUF GPT-2: logits max |diff| {d:e}; pruned ppl {} (numpy on the export {pruned})",
+        p.pruned
     );
 }

@@ -35,7 +35,7 @@ use candle_core::{Device, Tensor, D};
 use serde_json::{json, Value};
 
 use crate::io::safetensors::F32Tensor;
-use crate::io::{ByteSource, Format, ModelFile};
+use crate::io::{ByteSource, Format, MetaValue, ModelFile};
 use crate::model::llama::{causal_attend, to_vec, Ends, Linear, Observer};
 use crate::model::{describe, Arch, ModelDesc};
 use crate::{LabError, Result};
@@ -221,17 +221,24 @@ impl<'a> Gpt2Opt<'a> {
                 )))
             }
         };
-        if file.format != Format::Safetensors {
+        let gguf = file.format == Format::Gguf;
+        if gguf && arch != Arch::Gpt2 {
             return Err(bad(format!(
-                "{family} is read from Hugging Face safetensors (with config.json) only; \
-                 GGUF {family} files are not supported yet"
+                "{family} is read from Hugging Face safetensors (with config.json); llama.cpp's \
+                 GGUF has no {family} layout"
             )));
         }
-        let c = config.ok_or_else(|| {
-            bad(format!(
-                "a {family} safetensors model needs its config.json for the forward pass"
-            ))
-        })?;
+        // A GGUF GPT-2 (llama.cpp's `gpt2`: blk.N.attn_qkv, ffn_up, position_embd, ...)
+        // carries its sizes and eps in its metadata and needs no config.json.
+        let c = match config {
+            Some(c) => c,
+            None if gguf => &Value::Null,
+            None => {
+                return Err(bad(format!(
+                    "a {family} safetensors model needs its config.json for the forward pass"
+                )))
+            }
+        };
         let h = &desc.hyper;
         let need = |v: Option<usize>, what: &str| {
             v.filter(|&n| n > 0)
@@ -254,6 +261,20 @@ impl<'a> Gpt2Opt<'a> {
                 .to_string()
         };
         let (eps, act, offset) = match arch {
+            Arch::Gpt2 if gguf => {
+                // llama.cpp's GPT-2 graph: LayerNorm with the metadata's eps, GELU in its
+                // tanh form (ggml_gelu), i.e. gelu_new.
+                let eps = match file.metadata.get("gpt2.attention.layer_norm_epsilon") {
+                    Some(MetaValue::Float(v)) if *v > 0.0 && v.is_finite() => *v,
+                    Some(v) => {
+                        return Err(bad(format!(
+                            "gpt2.attention.layer_norm_epsilon is {v:?}, not a positive number"
+                        )))
+                    }
+                    None => 1e-5,
+                };
+                (eps, "gelu_new".to_string(), 0)
+            }
             Arch::Gpt2 => {
                 if conf_bool(c, "scale_attn_weights", true) != Some(true)
                     || conf_bool(c, "scale_attn_by_inverse_layer_idx", false) != Some(false)
@@ -353,7 +374,11 @@ impl<'a> Gpt2Opt<'a> {
     /// `[model.]decoder.embed_positions.weight`.
     fn positions_tensor(&self) -> Result<String> {
         let candidates: &[&str] = match self.config.arch {
-            Arch::Gpt2 => &["transformer.wpe.weight", "wpe.weight"],
+            Arch::Gpt2 => &[
+                "transformer.wpe.weight",
+                "wpe.weight",
+                "position_embd.weight",
+            ],
             _ => &[
                 "model.decoder.embed_positions.weight",
                 "decoder.embed_positions.weight",
@@ -443,6 +468,9 @@ impl<'a> Gpt2Opt<'a> {
             ))
         })?;
         let stems: [&str; 2] = match c.arch {
+            Arch::Gpt2 if self.file.format == Format::Gguf => {
+                [".attn_norm.weight", ".ffn_norm.weight"]
+            }
             Arch::Gpt2 => [".ln_1.weight", ".ln_2.weight"],
             _ => [".self_attn_layer_norm.weight", ".final_layer_norm.weight"],
         };
