@@ -27,7 +27,7 @@ use layerlab::compute::Backend;
 use layerlab::compute::{cpu_forward, GpuContext, Matrix};
 use layerlab::io::{FileSource, ModelFile};
 use layerlab::model::gpu_forward::{block_forward_gpu, block_forward_on};
-use layerlab::model::llama::{rms_norm, to_vec, Llama, Observer, Rope};
+use layerlab::model::llama::{rms_norm, to_vec, Llama, NoObserver, Observer, Rope};
 use layerlab::prune::masks::{magnitude_mask, wanda_mask, Pattern};
 use layerlab::tokenizer::TextTokenizer;
 use layerlab::LabError;
@@ -478,7 +478,39 @@ fn smollm2_blocks_match_the_cpu_forward_pass() {
              |value| {:.1}; observer inputs within {worst:.2e}",
             max_abs(&to_vec(&want).unwrap())
         );
+        // An Observer that wants no inputs (perplexity) gets the same output without the
+        // readbacks; one that wants only the inputs (the prune pass's statistics) gets the
+        // same four inputs and its input back, as from the CPU block.
+        let quiet = run(block_forward_gpu(
+            &gpu,
+            &model,
+            &w,
+            &x,
+            &rope,
+            &mut NoObserver,
+        ))
+        .unwrap();
+        assert_eq!(to_vec(&quiet).unwrap(), to_vec(&got).unwrap());
+        let mut only = InputsOnly(Record::default());
+        let back = run(block_forward_gpu(&gpu, &model, &w, &x, &rope, &mut only)).unwrap();
+        assert_eq!(to_vec(&back).unwrap(), to_vec(&x).unwrap());
+        assert_eq!(only.0.calls, gpu_obs.calls[..4]);
+        let mut cpu_only = InputsOnly(Record::default());
+        model.block_forward(&w, &x, &rope, &mut cpu_only).unwrap();
+        assert_eq!(cpu_only.0.calls.len(), 4);
         x = want;
+    }
+}
+
+/// Records the linear inputs only, and says it does not want the block's output.
+struct InputsOnly(Record);
+
+impl Observer for InputsOnly {
+    fn linear_input(&mut self, block: usize, roles: &[&str], x: &Tensor) -> layerlab::Result<()> {
+        self.0.linear_input(block, roles, x)
+    }
+    fn wants_output(&self) -> bool {
+        false
     }
 }
 

@@ -17,7 +17,8 @@
 //! ```
 //!
 //! The only readbacks are the four linear inputs the Observer sees (the pruning lab's
-//! statistics) and the block's output. A lost device or a validation error surfaces at the
+//! statistics; none for an Observer that does not want them) and the block's output (none
+//! for one that does not want it: then the down projection is skipped, as on the CPU). A lost device or a validation error surfaces at the
 //! next readback as `LabError::GpuFailed`.
 
 use candle_core::{Device, Tensor};
@@ -148,9 +149,14 @@ pub async fn block_forward_resident(
         rec.linear(x, &l.weight, l.bias.as_ref())
     };
 
+    // The linears' inputs are read back only for an Observer that wants them.
+    let inputs = obs.wants_inputs();
+
     // Attention.
     let h = rec.rms_norm(&xs, &w.attn_norm, eps)?;
-    obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
+    if inputs {
+        obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
+    }
     let q = linear(&mut rec, &h, &w.q)?;
     let k = linear(&mut rec, &h, &w.k)?;
     let v = linear(&mut rec, &h, &w.v)?;
@@ -164,17 +170,29 @@ pub async fn block_forward_resident(
         d,
     };
     let a = rec.causal_attention(&q, &k, &v, shape)?;
-    obs.linear_input(i, &["o"], &tensor(rec.read(&a).await?, nh * d)?)?;
+    if inputs {
+        obs.linear_input(i, &["o"], &tensor(rec.read(&a).await?, nh * d)?)?;
+    }
     let attn_out = linear(&mut rec, &a, &w.o)?;
     let x1 = rec.residual_add(&xs, &attn_out)?;
 
     // MLP (SwiGLU).
     let h2 = rec.rms_norm(&x1, &w.ffn_norm, eps)?;
-    obs.linear_input(i, &["gate", "up"], &tensor(rec.read(&h2).await?, cc)?)?;
+    if inputs {
+        obs.linear_input(i, &["gate", "up"], &tensor(rec.read(&h2).await?, cc)?)?;
+    }
     let g = linear(&mut rec, &h2, &w.gate)?;
     let u = linear(&mut rec, &h2, &w.up)?;
     let m = rec.swiglu(&g, &u)?;
-    obs.linear_input(i, &["down"], &tensor(rec.read(&m).await?, c.ffn)?)?;
+    if inputs {
+        obs.linear_input(i, &["down"], &tensor(rec.read(&m).await?, c.ffn)?)?;
+    }
+    if !obs.wants_output() {
+        // As the CPU block: the down projection's input was the last thing wanted; the
+        // input comes back unchanged.
+        rec.finish().await?;
+        return Ok(x.clone());
+    }
     let mlp_out = linear(&mut rec, &m, &w.down)?;
     let x2 = rec.residual_add(&x1, &mlp_out)?;
     let out = Tensor::from_vec(rec.read(&x2).await?, (b, t, cc), &cpu).map_err(ce)?;
@@ -185,10 +203,22 @@ pub async fn block_forward_resident(
 
 /// Observer calls held back until the GPU block has finished, so that a block that fails
 /// half-way on the GPU and is redone on the CPU shows each input to the real Observer once.
-#[derive(Default)]
 struct HeldCalls {
     /// (roles, x) of each linear_input; the block output comes from the return value.
     inputs: Vec<(Vec<String>, Tensor)>,
+    /// The real Observer's wishes.
+    wants_inputs: bool,
+    wants_output: bool,
+}
+
+impl HeldCalls {
+    fn for_observer(obs: &dyn Observer) -> HeldCalls {
+        HeldCalls {
+            inputs: Vec::new(),
+            wants_inputs: obs.wants_inputs(),
+            wants_output: obs.wants_output(),
+        }
+    }
 }
 
 impl Observer for HeldCalls {
@@ -196,6 +226,12 @@ impl Observer for HeldCalls {
         self.inputs
             .push((roles.iter().map(|r| r.to_string()).collect(), x.clone()));
         Ok(())
+    }
+    fn wants_inputs(&self) -> bool {
+        self.wants_inputs
+    }
+    fn wants_output(&self) -> bool {
+        self.wants_output
     }
 }
 
@@ -214,14 +250,16 @@ pub async fn block_forward_on(
 ) -> Result<(Tensor, Option<String>)> {
     let mut notice = None;
     if let Some(gpu) = backend.gpu() {
-        let mut held = HeldCalls::default();
+        let mut held = HeldCalls::for_observer(obs);
         match block_forward_gpu(&gpu, model, w, x, rope, &mut held).await {
             Ok(out) => {
                 for (roles, t) in &held.inputs {
                     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
                     obs.linear_input(w.index, &roles, t)?;
                 }
-                obs.block_output(w.index, &out)?;
+                if held.wants_output {
+                    obs.block_output(w.index, &out)?;
+                }
                 return Ok((out, None));
             }
             Err(LabError::GpuFailed(msg)) => {

@@ -346,15 +346,25 @@ pub trait Observer {
     /// False when only the linear inputs matter (the pruning pass's statistics, whose block
     /// output is recomputed with the pruned weights): a CPU block then stops after its last
     /// linear input, skipping the last linear (a quarter of a LLaMA block's multiply-adds),
-    /// and returns its input unchanged. The GPU block computes everything either way.
+    /// and returns its input unchanged; so does the GPU block.
     fn wants_output(&self) -> bool {
+        true
+    }
+    /// False when `linear_input` ignores what it is given (perplexity, the pruned blocks'
+    /// outputs): the GPU block then reads none of the linears' inputs back, only the block's
+    /// output (each readback waits for the GPU and copies (N, in) floats to the CPU).
+    fn wants_inputs(&self) -> bool {
         true
     }
 }
 
 /// Watches nothing.
 pub struct NoObserver;
-impl Observer for NoObserver {}
+impl Observer for NoObserver {
+    fn wants_inputs(&self) -> bool {
+        false
+    }
+}
 
 /// cos and sin of the RoPE angles for positions 0..T: (T, D) row-major, each half the same.
 /// angle(t, i) = t * theta^(-2i/D), i < D/2 (computed in f64). Applied by the CPU forward's
