@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
-use crate::model::causal::{block_forward_on_any, Block, CausalLm};
-use crate::model::llama::{Ends, NoObserver};
+use crate::model::causal::{batches_forward_on_any, Block, CausalLm};
+use crate::model::llama::Ends;
 use crate::{LabError, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,13 +151,8 @@ pub async fn perplexity_with(
     for i in 0..layers {
         checkpoint(ctl).await?;
         let w = blocks(i)?;
-        for x in xs.iter_mut() {
-            checkpoint(ctl).await?;
-            let (out, notice) =
-                block_forward_on_any(backend, model, &w, x, rope.as_ref(), &mut NoObserver).await?;
-            *x = out;
-            notices.extend(notice);
-        }
+        notices
+            .extend(batches_forward_on_any(backend, model, &w, &mut xs, rope.as_ref(), ctl).await?);
         ctl.progress(stage, i as u64 + 1, total);
     }
     for (batch, x) in batches.iter().zip(&xs) {

@@ -23,10 +23,10 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use common::{candle_rope, gpu, uniform};
 use layerlab::compute::forward::{AttentionShape, HeadLayout, Recorder};
-use layerlab::compute::Backend;
 use layerlab::compute::{cpu_forward, GpuContext, Matrix};
+use layerlab::compute::{Backend, RunControl, Silent};
 use layerlab::io::{FileSource, ModelFile};
-use layerlab::model::gpu_forward::{block_forward_gpu, block_forward_on};
+use layerlab::model::gpu_forward::{batches_forward_on, block_forward_gpu, block_forward_on};
 use layerlab::model::llama::{rms_norm, to_vec, Llama, NoObserver, Observer, Rope};
 use layerlab::prune::masks::{magnitude_mask, wanda_mask, Pattern};
 use layerlab::tokenizer::TextTokenizer;
@@ -594,4 +594,76 @@ fn a_block_whose_gpu_is_lost_is_redone_on_the_cpu() {
     assert_eq!(backend.info().kind, "cpu");
     assert_eq!(to_vec(&out).unwrap(), to_vec(&want).unwrap());
     assert_eq!(obs.calls, want_obs.calls);
+}
+
+/// Destroys the GPU at the `at`-th checkpoint (the batch loop asks before each batch).
+struct LoseAt {
+    gpu: GpuContext,
+    at: usize,
+    seen: std::cell::Cell<usize>,
+}
+
+impl RunControl for LoseAt {
+    fn progress(&self, _: &str, _: u64, _: u64) {}
+    fn cancelled(&self) -> bool {
+        self.seen.set(self.seen.get() + 1);
+        if self.seen.get() == self.at {
+            self.gpu.destroy();
+        }
+        false
+    }
+}
+
+#[test]
+fn batches_on_one_upload_match_the_cpu_and_survive_losing_the_gpu() {
+    let gpu = gpu();
+    let path = model_path();
+    let src = FileSource::open(&path).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+    let model = Llama::new(&src, &file, None).unwrap();
+    let ends = model.load_ends().unwrap();
+    let batch = |k: u32| -> Tensor {
+        let a: Vec<u32> = (0..9).map(|i| 100 + 37 * i + k).collect();
+        let b: Vec<u32> = (0..9).map(|i| 900 + 53 * i + k).collect();
+        model.embed(&ends, &[&a, &b]).unwrap()
+    };
+    let rope = Rope::new(9, model.config.head_dim, model.config.rope_theta).unwrap();
+    let w = model.load_block(1).unwrap();
+    let inputs: Vec<Tensor> = (0..3).map(batch).collect();
+    let want: Vec<Vec<f32>> = inputs
+        .iter()
+        .map(|x| to_vec(&model.block_forward(&w, x, &rope, &mut NoObserver).unwrap()).unwrap())
+        .collect();
+
+    // A healthy GPU: all three batches on it, each within 1e-5 of the CPU block.
+    let backend = Backend::with_gpu(gpu.clone());
+    let mut xs = inputs.clone();
+    let notice = run(batches_forward_on(
+        &backend, &model, &w, &mut xs, &rope, &Silent,
+    ))
+    .unwrap();
+    assert!(notice.is_none());
+    for (k, (x, want)) in xs.iter().zip(&want).enumerate() {
+        assert_close(&format!("batch {k}"), &to_vec(x).unwrap(), want, 1e-5);
+    }
+
+    // The GPU lost before the second batch: the first stays the GPU's, the other two are
+    // the CPU's exactly, and the backend says so.
+    let fresh = common::gpu();
+    let backend = Backend::with_gpu(fresh.clone());
+    let ctl = LoseAt {
+        gpu: fresh,
+        at: 2,
+        seen: Default::default(),
+    };
+    let mut xs = inputs.clone();
+    let notice = run(batches_forward_on(
+        &backend, &model, &w, &mut xs, &rope, &ctl,
+    ))
+    .unwrap();
+    assert!(notice.unwrap().contains("finished on the CPU"));
+    assert_eq!(backend.info().kind, "cpu");
+    assert_close("batch 0", &to_vec(&xs[0]).unwrap(), &want[0], 1e-5);
+    assert_eq!(to_vec(&xs[1]).unwrap(), want[1]);
+    assert_eq!(to_vec(&xs[2]).unwrap(), want[2]);
 }

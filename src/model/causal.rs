@@ -361,6 +361,28 @@ pub fn load_causal_lm<'a>(
     }
 }
 
+/// `batches_forward_on` for any family: every batch of `xs` through block `w` with no
+/// Observer (LLaMA blocks on the backend's GPU with the weights uploaded once; GPT-2 and OPT
+/// on the CPU); a GPU failure's notice is returned.
+pub async fn batches_forward_on_any(
+    backend: &crate::compute::Backend,
+    model: &dyn CausalLm,
+    w: &Block,
+    xs: &mut [Tensor],
+    rope: Option<&Rope>,
+    ctl: &dyn crate::compute::RunControl,
+) -> Result<Option<String>> {
+    if let (Some(llama), Block::Llama(bw), Some(rope)) = (model.as_llama(), w, rope) {
+        return crate::model::gpu_forward::batches_forward_on(backend, llama, bw, xs, rope, ctl)
+            .await;
+    }
+    for x in xs.iter_mut() {
+        crate::compute::backend::checkpoint(ctl).await?;
+        *x = model.block_forward(w, x, rope, &mut crate::model::llama::NoObserver)?;
+    }
+    Ok(None)
+}
+
 /// One block of any family on `backend`: LLaMA blocks through `block_forward_on` (the
 /// backend's GPU where it has one; a GPU failure finishes on the CPU and the notice says
 /// so); GPT-2 and OPT blocks always on the CPU (there is no GPU block for them yet).

@@ -23,9 +23,11 @@
 
 use candle_core::{Device, Tensor};
 
-use super::llama::{to_vec, BlockWeights, Linear, Llama, Observer, Rope};
+use super::llama::{to_vec, BlockWeights, Linear, Llama, NoObserver, Observer, Rope};
+use crate::compute::backend::checkpoint;
 use crate::compute::forward::{AttentionShape, HeadLayout, Recorder};
 use crate::compute::gpu::GpuMatrix;
+use crate::compute::RunControl;
 use crate::compute::{GpuContext, Matrix};
 use crate::{LabError, Result};
 
@@ -233,6 +235,47 @@ impl Observer for HeldCalls {
     fn wants_output(&self) -> bool {
         self.wants_output
     }
+}
+
+/// Every batch of `xs` through one LLaMA-family block, each output replacing its input, for
+/// callers with no Observer (perplexity, the pruned blocks' outputs): on the backend's GPU
+/// the block's weights are uploaded once for all the batches, else the CPU runs them. If the
+/// GPU fails, the GPU is disabled on `backend` (as in `block_forward_on`), the batches not yet
+/// done run on the CPU, and the returned notice says so.
+pub async fn batches_forward_on(
+    backend: &crate::compute::Backend,
+    model: &Llama<'_>,
+    w: &BlockWeights,
+    xs: &mut [Tensor],
+    rope: &Rope,
+    ctl: &dyn RunControl,
+) -> Result<Option<String>> {
+    let mut notice = None;
+    let mut done = 0;
+    if let Some(gpu) = backend.gpu() {
+        let on_gpu: Result<()> = async {
+            let block = GpuBlock::upload(&gpu, w)?;
+            for x in xs.iter_mut() {
+                checkpoint(ctl).await?;
+                *x = block_forward_resident(&gpu, model, &block, x, rope, &mut NoObserver).await?;
+                done += 1;
+            }
+            Ok(())
+        }
+        .await;
+        match on_gpu {
+            Ok(()) => return Ok(None),
+            Err(LabError::GpuFailed(msg)) => {
+                notice = Some(backend.gpu_failed(&msg, &format!("in block {}", w.index)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for x in xs[done..].iter_mut() {
+        checkpoint(ctl).await?;
+        *x = model.block_forward(w, x, rope, &mut NoObserver)?;
+    }
+    Ok(notice)
 }
 
 /// One LLaMA-family block on the backend's GPU, or its CPU: `Llama::block_forward`'s

@@ -51,8 +51,8 @@ use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
 use crate::eval::{perplexity_with, PplOptions, PplReport, Weights};
 use crate::io::safetensors::write_f32_with;
-use crate::model::causal::{block_forward_on_any, Block, CausalLm};
-use crate::model::llama::{to_vec, Ends, NoObserver, Observer, Rope};
+use crate::model::causal::{batches_forward_on_any, block_forward_on_any, Block, CausalLm};
+use crate::model::llama::{to_vec, Ends, Observer, Rope};
 use crate::{LabError, Result};
 
 /// Which score decides what is pruned (METHODS.md).
@@ -893,19 +893,8 @@ pub async fn prune_model_on(
         }
         drop(stats);
         if needs_activations && i + 1 < layers {
-            for x in xs.iter_mut() {
-                checkpoint(ctl).await?;
-                *x = forward(
-                    backend,
-                    model,
-                    &w,
-                    x,
-                    rope,
-                    &mut NoObserver,
-                    &mut gpu_notices,
-                )
-                .await?;
-            }
+            gpu_notices
+                .extend(batches_forward_on_any(backend, model, &w, &mut xs, rope, ctl).await?);
         }
         zeros_all += zeros_block;
         weights_all += weights_block;
