@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
 use crate::model::causal::{batches_forward_on_any, Block, CausalLm};
-use crate::model::llama::Ends;
+use crate::model::gpu_forward::GpuHead;
+use crate::model::llama::{to_vec, Ends};
 use crate::{LabError, Result};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,12 +156,44 @@ pub async fn perplexity_with(
             .extend(batches_forward_on_any(backend, model, &w, &mut xs, rope.as_ref(), ctl).await?);
         ctl.progress(stage, i as u64 + 1, total);
     }
+    // The LM head: on the GPU for a LLaMA-family model when the backend has one (only the
+    // NLLs come back); on the CPU otherwise, or if the head does not fit or the GPU fails.
+    let mut gpu_head = match (backend.gpu(), model.as_llama()) {
+        (Some(gpu), Some(llama)) => match GpuHead::upload(&gpu, llama, ends) {
+            Ok(head) => Some((gpu, head)),
+            Err(LabError::GpuFailed(msg)) => {
+                notices.push(backend.gpu_failed(&msg, "loading the LM head"));
+                None
+            }
+            // Too large for one of this GPU's buffers: the CPU forms the logits.
+            Err(_) => None,
+        },
+        _ => None,
+    };
     for (batch, x) in batches.iter().zip(&xs) {
         for (b, win) in batch.iter().enumerate() {
             checkpoint(ctl).await?;
+            let l = opts.seqlen - 1;
+            if let Some((gpu, head)) = &gpu_head {
+                let rows = x
+                    .narrow(0, b, 1)
+                    .and_then(|x| x.narrow(1, 0, l))
+                    .map_err(ce)?;
+                match head.nll(gpu, &to_vec(&rows)?, &win[1..]).await {
+                    Ok(v) => {
+                        window_nll.push(v.iter().map(|&n| n as f64).sum());
+                        ctl.progress(stage, (layers + window_nll.len()) as u64, total);
+                        continue;
+                    }
+                    Err(LabError::GpuFailed(msg)) => {
+                        notices.push(backend.gpu_failed(&msg, "in the LM head"));
+                        gpu_head = None;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             // Position t predicts token t + 1; logits are formed LOGIT_ROWS positions at a
             // time ((rows, V) instead of (T, V): 12.6 MB instead of 50 for SmolLM2).
-            let l = opts.seqlen - 1;
             let mut nll = 0f64;
             for from in (0..l).step_by(LOGIT_ROWS) {
                 let rows = LOGIT_ROWS.min(l - from);

@@ -192,6 +192,60 @@ fn rms_norm_matches_cpu_twin_and_candle() {
 }
 
 #[test]
+fn token_nll_matches_cpu_twin_and_an_f64_reference() {
+    let gpu = gpu();
+    for (i, &(rows, cols)) in [(1, 1), (1, 5), (37, 1000), (3, 257), (4, 49_159), (300, 64)]
+        .iter()
+        .enumerate()
+    {
+        // Logits spread like a real LM head's (|x| up to ~30), one row far above the rest.
+        let mut x = uniform(60 + i as u64, rows * cols, -30.0, 30.0);
+        x[cols / 2] += 50.0;
+        let targets: Vec<u32> = uniform(70 + i as u64, rows, 0.0, cols as f32)
+            .iter()
+            .map(|&t| (t as u32).min(cols as u32 - 1))
+            .collect();
+        let xm = Matrix::new(&x, rows, cols).unwrap();
+        let twin = cpu_forward::token_nll(xm, &targets).unwrap();
+        let got = on_gpu(&gpu, |rec| {
+            let xg = rec.upload(xm)?;
+            let t: Vec<f32> = targets.iter().map(|&t| t as f32).collect();
+            let tg = rec.upload(Matrix::new(&t, rows, 1)?)?;
+            rec.token_nll(&xg, &tg)
+        });
+        let what = format!("token_nll [{rows}, {cols}]");
+        // f64: log(sum exp(x)) - x[t], as a softmax cross-entropy is defined.
+        let reference: Vec<f32> = x
+            .chunks_exact(cols)
+            .zip(&targets)
+            .map(|(row, &t)| {
+                let m = row.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+                let s: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+                (m + s.ln() - row[t as usize] as f64) as f32
+            })
+            .collect();
+        for (a, b, name) in [
+            (&got, &twin, "GPU vs twin"),
+            (&twin, &reference, "twin vs f64"),
+        ] {
+            for (k, (u, v)) in a.iter().zip(b.iter()).enumerate() {
+                assert!(
+                    (u - v).abs() <= 1e-5 * v.abs().max(1.0) * 4.0,
+                    "{what} row {k}: {name}: {u} vs {v}"
+                );
+            }
+        }
+    }
+    // A target outside the row is refused by the twin, and the kernel's shapes are checked.
+    let xm = Matrix::new(&[0.0; 6], 2, 3).unwrap();
+    assert!(cpu_forward::token_nll(xm, &[0, 3]).is_none());
+    let mut rec = Recorder::new(&gpu).unwrap();
+    let xg = rec.upload(xm).unwrap();
+    let tg = rec.upload(Matrix::new(&[0.0], 1, 1).unwrap()).unwrap();
+    assert!(rec.token_nll(&xg, &tg).is_err());
+}
+
+#[test]
 fn rope_matches_cpu_twin_in_both_layouts() {
     let gpu = gpu();
     for (i, &(b, h, t, d)) in [(1, 1, 1, 2), (2, 3, 33, 64), (1, 1, 7, 2), (3, 5, 17, 128)]
@@ -666,4 +720,60 @@ fn batches_on_one_upload_match_the_cpu_and_survive_losing_the_gpu() {
     assert_close("batch 0", &to_vec(&xs[0]).unwrap(), &want[0], 1e-5);
     assert_eq!(to_vec(&xs[1]).unwrap(), want[1]);
     assert_eq!(to_vec(&xs[2]).unwrap(), want[2]);
+}
+
+/// Perplexity with the blocks and the LM head on the GPU (the head's logits reduced there by
+/// nll.wgsl) against the CPU: 3 windows of 20 tokens of GPL-3 through SmolLM2.
+#[test]
+fn perplexity_on_the_gpu_matches_the_cpu() {
+    use layerlab::eval::{perplexity_with, PplOptions, Weights};
+    use layerlab::model::causal::CausalLm;
+    let path = model_path();
+    let src = FileSource::open(&path).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+    let tok = TextTokenizer::from_gguf(&file, "smollm2").unwrap();
+    let text = std::fs::read_to_string(GPL3).expect("GPL-3 missing (Debian's base-files)");
+    let ids = tok.encode(&text).unwrap();
+    let model = Llama::new(&src, &file, None).unwrap();
+    let lm: &dyn CausalLm = &model;
+    let ends = lm.load_ends().unwrap();
+    let blocks = |i| lm.load_block(i);
+    let opts = PplOptions {
+        seqlen: 20,
+        max_windows: Some(3),
+        batch: 2,
+    };
+    let on = |backend: &Backend| {
+        let weights = Weights {
+            ends: &ends,
+            blocks: &blocks,
+        };
+        run(perplexity_with(
+            backend, lm, weights, &ids, &opts, &Silent, "ppl",
+        ))
+        .unwrap()
+    };
+    let cpu = on(&Backend::cpu("the CPU was asked for"));
+    let backend = Backend::with_gpu(gpu());
+    let got = on(&backend);
+    assert_eq!(backend.info().kind, "gpu", "{:?}", got.notices);
+    assert!(got.notices.is_empty(), "{:?}", got.notices);
+    assert_eq!(got.window_nll.len(), 3);
+    for (g, c) in got.window_nll.iter().zip(&cpu.window_nll) {
+        assert!(
+            (g - c).abs() < 1e-5 * c.abs(),
+            "window NLL {g} (GPU) vs {c} (CPU)"
+        );
+    }
+    let rel = (got.perplexity - cpu.perplexity).abs() / cpu.perplexity;
+    assert!(
+        rel < 1e-5,
+        "ppl {} (GPU) vs {} (CPU)",
+        got.perplexity,
+        cpu.perplexity
+    );
+    eprintln!(
+        "SmolLM2 ppl on 3 x 20 tokens: GPU {} vs CPU {} (rel {rel:.1e})",
+        got.perplexity, cpu.perplexity
+    );
 }

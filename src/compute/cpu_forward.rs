@@ -99,6 +99,46 @@ pub fn rms_norm(x: Matrix, w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
+/// Twin of `nll.wgsl::token_nll`: per row of logits (rows, C), the maxima of the 256
+/// strided columns folded as a tree, then the sums of exp(x - max) likewise; nll =
+/// (max + ln(sum)) - x[target]. Targets are token ids, one per row; None if one is outside
+/// the row.
+pub fn token_nll(logits: Matrix, targets: &[u32]) -> Option<Vec<f32>> {
+    const WG: usize = 256;
+    if targets.len() != logits.rows || logits.cols == 0 {
+        return None;
+    }
+    let mut nll = Vec::with_capacity(logits.rows);
+    for (row, &t) in logits.data.chunks_exact(logits.cols).zip(targets) {
+        let picked = *row.get(t as usize)?;
+        let mut partial = [-3.402823e38f32; WG];
+        for (j, &v) in row.iter().enumerate() {
+            partial[j % WG] = partial[j % WG].max(v);
+        }
+        let mut half = WG / 2;
+        while half > 0 {
+            for i in 0..half {
+                partial[i] = partial[i].max(partial[i + half]);
+            }
+            half /= 2;
+        }
+        let m = partial[0];
+        let mut partial = [0f32; WG];
+        for (j, &v) in row.iter().enumerate() {
+            partial[j % WG] += (v - m).exp();
+        }
+        let mut half = WG / 2;
+        while half > 0 {
+            for i in 0..half {
+                partial[i] += partial[i + half];
+            }
+            half /= 2;
+        }
+        nll.push((m + partial[0].ln()) - picked);
+    }
+    Some(nll)
+}
+
 /// Twin of `rope.wgsl::rope`: half-split rotation in place; cos, sin (T, D).
 pub fn rope(x: &mut [f32], l: HeadLayout, cos: &[f32], sin: &[f32]) {
     let half = l.d / 2;

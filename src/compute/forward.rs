@@ -26,6 +26,10 @@ pub const NORM: Shader = Shader {
     name: "norm.wgsl",
     source: include_str!("../../shaders/norm.wgsl"),
 };
+pub const NLL: Shader = Shader {
+    name: "nll.wgsl",
+    source: include_str!("../../shaders/nll.wgsl"),
+};
 pub const ROPE: Shader = Shader {
     name: "rope.wgsl",
     source: include_str!("../../shaders/rope.wgsl"),
@@ -55,6 +59,13 @@ struct LinearParams {
     k: u32,
     o: u32,
     has_bias: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RowsParams {
+    rows: u32,
+    cols: u32,
 }
 
 #[repr(C)]
@@ -395,6 +406,36 @@ impl<'a> Recorder<'a> {
                 &NORM,
                 "rms_norm",
                 &[&x.buffer, &w.buffer, &y.buffer],
+                &p,
+                groups,
+            )?;
+        }
+        Ok(y)
+    }
+
+    /// Each row's negative log-likelihood of its target, (rows, 1): log-sum-exp of the row
+    /// of logits minus the target's logit; `targets` (rows, 1) holds token ids as f32.
+    /// Kernel: nll.wgsl.
+    pub fn token_nll(&mut self, logits: &GpuMatrix, targets: &GpuMatrix) -> Result<GpuMatrix> {
+        if targets.len() != logits.rows || logits.cols == 0 || logits.cols > 1 << 24 {
+            return Err(LabError::invalid(format!(
+                "token_nll: {} targets for {} rows of {} logits",
+                targets.len(),
+                logits.rows,
+                logits.cols
+            )));
+        }
+        let y = self.output(logits.rows, 1)?;
+        let p = RowsParams {
+            rows: as_u32("token_nll rows", logits.rows)?,
+            cols: as_u32("token_nll width", logits.cols)?,
+        };
+        if !y.is_empty() {
+            let groups = flat_grid(logits.rows, 1)?;
+            self.dispatch(
+                &NLL,
+                "token_nll",
+                &[&logits.buffer, &targets.buffer, &y.buffer],
                 &p,
                 groups,
             )?;

@@ -23,7 +23,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::llama::{to_vec, BlockWeights, Linear, Llama, NoObserver, Observer, Rope};
+use super::llama::{to_vec, BlockWeights, Ends, Linear, Llama, NoObserver, Observer, Rope};
 use crate::compute::backend::checkpoint;
 use crate::compute::forward::{AttentionShape, HeadLayout, Recorder};
 use crate::compute::gpu::GpuMatrix;
@@ -234,6 +234,51 @@ impl Observer for HeldCalls {
     }
     fn wants_output(&self) -> bool {
         self.wants_output
+    }
+}
+
+/// A LLaMA-family model's final RMSNorm and LM head on the GPU, for perplexity: the logits
+/// of a window's positions are formed and reduced there (nll.wgsl), and only one negative
+/// log-likelihood per position is read back, where the CPU forms (rows, V) logits.
+pub struct GpuHead {
+    norm: GpuMatrix,
+    head: GpuMatrix,
+    eps: f32,
+    hidden: usize,
+    /// Positions per dispatch, so that (rows, V) logits stay within 64 MiB.
+    rows: usize,
+}
+
+impl GpuHead {
+    pub fn upload(ctx: &GpuContext, model: &Llama<'_>, ends: &Ends) -> Result<GpuHead> {
+        let c = &model.config;
+        Ok(GpuHead {
+            norm: upload(ctx, &ends.final_norm, 1, c.hidden)?,
+            head: upload(ctx, &ends.head, c.vocab, c.hidden)?,
+            eps: c.rms_eps as f32,
+            hidden: c.hidden,
+            rows: ((64 << 20) / (4 * c.vocab.max(1))).max(1),
+        })
+    }
+
+    /// -log p(targets[r] | position r) for each row r of `x` ((rows, C) final residuals).
+    pub async fn nll(&self, ctx: &GpuContext, x: &[f32], targets: &[u32]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(targets.len());
+        for (xs, ts) in x
+            .chunks(self.rows * self.hidden)
+            .zip(targets.chunks(self.rows))
+        {
+            let mut rec = Recorder::new(ctx)?;
+            let xg = rec.upload(Matrix::new(xs, ts.len(), self.hidden)?)?;
+            let h = rec.rms_norm(&xg, &self.norm, self.eps)?;
+            let logits = rec.linear(&h, &self.head, None)?;
+            let t: Vec<f32> = ts.iter().map(|&t| t as f32).collect();
+            let tg = rec.upload(Matrix::new(&t, ts.len(), 1)?)?;
+            let nll = rec.token_nll(&logits, &tg)?;
+            out.extend(rec.read(&nll).await?);
+            rec.finish().await?;
+        }
+        Ok(out)
     }
 }
 
