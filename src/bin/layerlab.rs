@@ -64,8 +64,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Perplexity of a LLaMA-family, GPT-2 or OPT model on a text (CPU, f32; GPT-2 and OPT
-    /// from safetensors with config.json): the text is tokenised once and cut into consecutive windows of --seqlen tokens (remainder dropped), each scored
+    /// Perplexity of a LLaMA-family, GPT-2 or OPT model on a text (CPU, f32; GPT-2 as GGUF or
+    /// as safetensors with config.json, OPT as safetensors with config.json): the text is tokenised once and cut into consecutive windows of --seqlen tokens (remainder dropped), each scored
     /// on its own; ppl = exp(total NLL / predicted tokens). BOS only where the model's
     /// tokeniser asks for it (GGUF tokenizer.ggml.add_bos_token).
     Ppl {
