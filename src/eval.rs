@@ -189,7 +189,12 @@ pub async fn perplexity_with(
                         notices.push(backend.gpu_failed(&msg, "in the LM head"));
                         gpu_head = None;
                     }
-                    Err(e) => return Err(e),
+                    // A limit of this GPU (a dispatch too large, ...): the CPU forms the
+                    // logits from here on; the run goes on.
+                    Err(e) => {
+                        notices.push(format!("the LM head runs on the CPU: {e}"));
+                        gpu_head = None;
+                    }
                 }
             }
             // Position t predicts token t + 1; logits are formed LOGIT_ROWS positions at a
