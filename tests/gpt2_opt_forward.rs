@@ -457,16 +457,9 @@ fn expected_export(family: Family) -> BTreeMap<String, Vec<usize>> {
     m
 }
 
-fn check_owl_wanda_export(family: Family) {
-    let dir = model_dir(family, "prune");
-    let path = dir.join("model.safetensors");
-    let config_path = dir.join("config.json");
-    let src = FileSource::open(&path).unwrap();
-    let file = ModelFile::open(&src).unwrap();
-    let cfg = config(family);
-    let model = load_causal_lm(&src, &file, Some(&cfg)).unwrap();
-    let calib = ids(21, 64);
-    let eval = ids(22, 48);
+/// The OWL-Wanda experiment the export tests run: calibration ids, evaluation ids, options
+/// (50%, M = 3, 4 windows of 16 in batches of 3, evaluation in windows of 16).
+fn owl_wanda_experiment() -> (Vec<u32>, Vec<u32>, PruneOptions) {
     let opts = PruneOptions {
         method: Method::Wanda,
         sparsity: 0.5,
@@ -484,14 +477,25 @@ fn check_owl_wanda_export(family: Family) {
         },
         ..PruneOptions::default()
     };
-    let run = pollster::block_on(prune_model(
-        model.as_ref(),
-        &calib,
-        Some(&eval),
-        &opts,
-        &Silent,
-    ))
-    .unwrap();
+    (ids(21, 64), ids(22, 48), opts)
+}
+
+/// `owl_wanda_experiment` through `prune_model` on `model`.
+fn owl_wanda(model: &dyn layerlab::model::causal::CausalLm) -> layerlab::prune::driver::PruneRun {
+    let (calib, eval, opts) = owl_wanda_experiment();
+    pollster::block_on(prune_model(model, &calib, Some(&eval), &opts, &Silent)).unwrap()
+}
+
+fn check_owl_wanda_export(family: Family) {
+    let dir = model_dir(family, "prune");
+    let path = dir.join("model.safetensors");
+    let config_path = dir.join("config.json");
+    let src = FileSource::open(&path).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+    let cfg = config(family);
+    let model = load_causal_lm(&src, &file, Some(&cfg)).unwrap();
+    let (_, eval, opts) = owl_wanda_experiment();
+    let run = owl_wanda(model.as_ref());
     let r = &run.report;
     assert_eq!(r.blocks.len(), LAYERS);
     let mean: f64 = r.blocks.iter().map(|b| b.sparsity).sum::<f64>() / LAYERS as f64;
@@ -732,45 +736,13 @@ fn gpt2_from_gguf_matches_numpy_and_exports_hugging_face_names() {
         got.perplexity
     );
 
-    let calib = ids(21, 64);
-    let eval = ids(22, 48);
-    let prune = PruneOptions {
-        method: Method::Wanda,
-        sparsity: 0.5,
-        owl: Some(OwlOptions {
-            hyper_m: 3.0,
-            lamda: 0.08,
-        }),
-        nsamples: 4,
-        seqlen: 16,
-        batch: 3,
-        eval: PplOptions {
-            seqlen: 16,
-            max_windows: None,
-            batch: 2,
-        },
-        ..PruneOptions::default()
-    };
-    let run = pollster::block_on(prune_model(
-        model.as_ref(),
-        &calib,
-        Some(&eval),
-        &prune,
-        &Silent,
-    ))
-    .unwrap();
+    let (_, eval, _) = owl_wanda_experiment();
+    let run = owl_wanda(model.as_ref());
     let st_src = FileSource::open(&st).unwrap();
     let st_file = ModelFile::open(&st_src).unwrap();
     let cfg = config(Family::Gpt2);
     let st_model = load_causal_lm(&st_src, &st_file, Some(&cfg)).unwrap();
-    let st_run = pollster::block_on(prune_model(
-        st_model.as_ref(),
-        &calib,
-        Some(&eval),
-        &prune,
-        &Silent,
-    ))
-    .unwrap();
+    let st_run = owl_wanda(st_model.as_ref());
     let (p, q) = (
         run.report.perplexity.as_ref().unwrap(),
         st_run.report.perplexity.as_ref().unwrap(),
