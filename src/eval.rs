@@ -120,9 +120,10 @@ pub struct Weights<'a> {
 }
 
 /// Perplexity with `weights`. Progress is reported as `stage`. The
-/// blocks of a LLaMA-family model run on `backend`'s GPU when it has one
-/// (`block_forward_on`: a GPU failure finishes the run on the CPU, with a notice), else on
-/// the CPU; GPT-2 and OPT blocks always run on the CPU.
+/// blocks of a LLaMA-family model run on `backend`'s GPU when it has one, each block's
+/// weights uploaded once for all the batches (`batches_forward_on`: a GPU failure finishes
+/// the run on the CPU, with a notice), and so do its final norm and LM head, reduced there
+/// to one NLL per position (`GpuHead`, nll.wgsl); GPT-2 and OPT run on the CPU.
 pub async fn perplexity_with(
     backend: &Backend,
     model: &dyn CausalLm,
