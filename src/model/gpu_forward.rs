@@ -18,8 +18,8 @@
 //!
 //! The only readbacks are the four linear inputs the Observer sees (the pruning lab's
 //! statistics; none for an Observer that does not want them) and the block's output (none
-//! for one that does not want it: then the down projection is skipped, as on the CPU). A lost device or a validation error surfaces at the
-//! next readback as `LabError::GpuFailed`.
+//! for one that does not want it: then the down projection is skipped, as on the CPU). A
+//! lost device or a validation error surfaces at the next readback as `LabError::GpuFailed`.
 
 use candle_core::{Device, Tensor};
 
