@@ -22,15 +22,8 @@ if (!existsSync(join(pkg, 'layerlab.js'))) {
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
 
-// The wasm-bindgen glue is not bundled: it loads layerlab_bg.wasm next to itself (the worker
-// imports pkg/ or pkg-threads/ by URL at run time; this keeps any static import external too).
-const wasmGlueExternal = {
-  name: 'wasm-glue-external',
-  setup(b) {
-    b.onResolve({ filter: /pkg(-threads)?\/layerlab\.js$/ }, (a) => ({ path: `./${a.path.replace(/^.*\/(pkg(-threads)?\/)/, '$1')}`, external: true }));
-  },
-};
-
+// The wasm-bindgen glue is not bundled: the worker imports pkg/ or pkg-threads/ by URL at
+// run time (and only their types at build time), and each glue loads its .wasm beside itself.
 await build({
   entryPoints: [join(root, 'www/src/main.ts'), join(root, 'www/src/worker.ts')],
   outdir: out,
@@ -39,12 +32,11 @@ await build({
   target: 'es2022',
   sourcemap: true,
   minify,
-  plugins: [wasmGlueExternal],
   logLevel: 'warning',
 });
 for (const f of ['index.html', 'style.css']) cpSync(join(root, 'www', f), join(out, f));
 cpSync(pkg, join(out, 'pkg'), { recursive: true });
-// The threaded build (scripts/setup.sh build_wasm_threads), used where the page is
+// The threaded build (scripts/setup.sh build_wasm), used where the page is
 // cross-origin isolated; without it the page runs the plain build everywhere.
 const pkgThreads = join(root, 'www', 'pkg-threads');
 if (existsSync(join(pkgThreads, 'layerlab.js'))) cpSync(pkgThreads, join(out, 'pkg-threads'), { recursive: true });
