@@ -75,6 +75,19 @@ pub fn linear(x: Matrix, w: Matrix, bias: Option<&[f32]>) -> Result<Vec<f32>> {
     Ok(y)
 }
 
+/// A workgroup's 256 partials folded as the kernels fold them: offsets 128, 64, ..., 1, each
+/// `partial[i] = op(partial[i], partial[i + half])`; the result is `partial[0]`.
+fn tree_fold(partial: &mut [f32; 256], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut half = partial.len() / 2;
+    while half > 0 {
+        for i in 0..half {
+            partial[i] = op(partial[i], partial[i + half]);
+        }
+        half /= 2;
+    }
+    partial[0]
+}
+
 /// Twin of `norm.wgsl::rms_norm`: per row, 256 partial sums of x^2 (partial i takes
 /// columns i, i + 256, ...), folded as a tree; y = (x r) w with r = 1 / sqrt(sum / C + eps).
 pub fn rms_norm(x: Matrix, w: &[f32], eps: f32) -> Vec<f32> {
@@ -86,14 +99,7 @@ pub fn rms_norm(x: Matrix, w: &[f32], eps: f32) -> Vec<f32> {
         for (j, &v) in row.iter().enumerate() {
             partial[j % WG] += v * v;
         }
-        let mut half = WG / 2;
-        while half > 0 {
-            for i in 0..half {
-                partial[i] += partial[i + half];
-            }
-            half /= 2;
-        }
-        let r = 1.0 / (partial[0] * inv_c + eps).sqrt();
+        let r = 1.0 / (tree_fold(&mut partial, |a, b| a + b) * inv_c + eps).sqrt();
         y.extend(row.iter().zip(w).map(|(&v, &g)| (v * r) * g));
     }
     y
@@ -115,26 +121,12 @@ pub fn token_nll(logits: Matrix, targets: &[u32]) -> Option<Vec<f32>> {
         for (j, &v) in row.iter().enumerate() {
             partial[j % WG] = partial[j % WG].max(v);
         }
-        let mut half = WG / 2;
-        while half > 0 {
-            for i in 0..half {
-                partial[i] = partial[i].max(partial[i + half]);
-            }
-            half /= 2;
-        }
-        let m = partial[0];
+        let m = tree_fold(&mut partial, f32::max);
         let mut partial = [0f32; WG];
         for (j, &v) in row.iter().enumerate() {
             partial[j % WG] += (v - m).exp();
         }
-        let mut half = WG / 2;
-        while half > 0 {
-            for i in 0..half {
-                partial[i] += partial[i + half];
-            }
-            half /= 2;
-        }
-        nll.push((m + partial[0].ln()) - picked);
+        nll.push((m + tree_fold(&mut partial, |a, b| a + b).ln()) - picked);
     }
     Some(nll)
 }
