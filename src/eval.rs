@@ -70,6 +70,33 @@ pub struct PplReport {
 /// not depend on it).
 const LOGIT_ROWS: usize = 64;
 
+/// The NLL of `next` (one token per row) after a window's final residuals `rows` (1, L, C),
+/// on the CPU: logits are formed LOGIT_ROWS positions at a time ((rows, V) instead of
+/// (L, V): 12.6 MB instead of 50 for SmolLM2).
+fn cpu_window_nll(model: &dyn CausalLm, ends: &Ends, rows: &Tensor, next: &[u32]) -> Result<f64> {
+    let mut nll = 0f64;
+    for from in (0..next.len()).step_by(LOGIT_ROWS) {
+        let n = LOGIT_ROWS.min(next.len() - from);
+        let xb = rows.narrow(1, from, n).map_err(ce)?;
+        let logits = model.logits(ends, &xb)?.squeeze(0).map_err(ce)?;
+        let lse = logits.log_sum_exp(D::Minus1).map_err(ce)?;
+        let targets =
+            Tensor::from_vec(next[from..from + n].to_vec(), (n, 1), &Device::Cpu).map_err(ce)?;
+        let picked = logits
+            .gather(&targets, D::Minus1)
+            .and_then(|p| p.squeeze(1))
+            .map_err(ce)?;
+        let lse: Vec<f32> = lse.to_vec1().map_err(ce)?;
+        let picked: Vec<f32> = picked.to_vec1().map_err(ce)?;
+        nll += lse
+            .iter()
+            .zip(&picked)
+            .map(|(a, p)| *a as f64 - *p as f64)
+            .sum::<f64>();
+    }
+    Ok(nll)
+}
+
 fn ce(e: candle_core::Error) -> LabError {
     LabError::invalid(format!("the perplexity computation failed: {e}"))
 }
@@ -175,17 +202,15 @@ pub async fn perplexity_with(
         for (b, win) in batch.iter().enumerate() {
             checkpoint(ctl).await?;
             let l = opts.seqlen - 1;
+            // Window b's final residuals, positions 0..l (position t predicts token t + 1).
+            let rows = x
+                .narrow(0, b, 1)
+                .and_then(|x| x.narrow(1, 0, l))
+                .map_err(ce)?;
+            let mut on_gpu = None;
             if let Some((gpu, head)) = &gpu_head {
-                let rows = x
-                    .narrow(0, b, 1)
-                    .and_then(|x| x.narrow(1, 0, l))
-                    .map_err(ce)?;
                 match head.nll(gpu, &to_vec(&rows)?, &win[1..]).await {
-                    Ok(v) => {
-                        window_nll.push(v.iter().map(|&n| n as f64).sum());
-                        ctl.progress(stage, (layers + window_nll.len()) as u64, total);
-                        continue;
-                    }
+                    Ok(v) => on_gpu = Some(v.iter().map(|&n| n as f64).sum()),
                     Err(LabError::GpuFailed(msg)) => {
                         notices.push(backend.gpu_failed(&msg, "in the LM head"));
                         gpu_head = None;
@@ -198,31 +223,10 @@ pub async fn perplexity_with(
                     }
                 }
             }
-            // Position t predicts token t + 1; logits are formed LOGIT_ROWS positions at a
-            // time ((rows, V) instead of (T, V): 12.6 MB instead of 50 for SmolLM2).
-            let mut nll = 0f64;
-            for from in (0..l).step_by(LOGIT_ROWS) {
-                let rows = LOGIT_ROWS.min(l - from);
-                let xb = x.narrow(0, b, 1).and_then(|x| x.narrow(1, from, rows));
-                let logits = model
-                    .logits(ends, &xb.map_err(ce)?)?
-                    .squeeze(0)
-                    .map_err(ce)?;
-                let lse = logits.log_sum_exp(D::Minus1).map_err(ce)?;
-                let next = win[from + 1..from + 1 + rows].to_vec();
-                let targets = Tensor::from_vec(next, (rows, 1), &Device::Cpu).map_err(ce)?;
-                let picked = logits
-                    .gather(&targets, D::Minus1)
-                    .and_then(|p| p.squeeze(1))
-                    .map_err(ce)?;
-                let lse: Vec<f32> = lse.to_vec1().map_err(ce)?;
-                let picked: Vec<f32> = picked.to_vec1().map_err(ce)?;
-                nll += lse
-                    .iter()
-                    .zip(&picked)
-                    .map(|(a, p)| *a as f64 - *p as f64)
-                    .sum::<f64>();
-            }
+            let nll = match on_gpu {
+                Some(nll) => nll,
+                None => cpu_window_nll(model, ends, &rows, &win[1..])?,
+            };
             window_nll.push(nll);
             ctl.progress(stage, (layers + window_nll.len()) as u64, total);
         }
