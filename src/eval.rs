@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
+use crate::error::candle_failed::perplexity as ce;
 use crate::model::causal::{batches_forward_on_any, Block, CausalLm};
 use crate::model::gpu_forward::GpuHead;
 use crate::model::llama::{to_vec, Ends};
@@ -95,10 +96,6 @@ fn cpu_window_nll(model: &dyn CausalLm, ends: &Ends, rows: &Tensor, next: &[u32]
             .sum::<f64>();
     }
     Ok(nll)
-}
-
-fn ce(e: candle_core::Error) -> LabError {
-    LabError::invalid(format!("the perplexity computation failed: {e}"))
 }
 
 /// The windows METHODS.md takes from `ids`; an error when not even one fits.

@@ -34,15 +34,12 @@
 use candle_core::{Device, Tensor, D};
 use serde_json::{json, Value};
 
+use crate::error::candle_failed::forward as ce;
 use crate::io::safetensors::F32Tensor;
 use crate::io::{ByteSource, Format, MetaValue, ModelFile};
 use crate::model::llama::{causal_attend, to_vec, Ends, Linear, Observer};
 use crate::model::{describe, Arch, ModelDesc};
 use crate::{LabError, Result};
-
-fn ce(e: candle_core::Error) -> LabError {
-    LabError::invalid(format!("the forward pass failed: {e}"))
-}
 
 /// The MLP's nonlinearity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

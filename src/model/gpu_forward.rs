@@ -29,11 +29,8 @@ use crate::compute::forward::{AttentionShape, HeadLayout, Recorder};
 use crate::compute::gpu::GpuMatrix;
 use crate::compute::RunControl;
 use crate::compute::{GpuContext, Matrix};
+use crate::error::candle_failed::gpu_forward as ce;
 use crate::{LabError, Result};
-
-fn ce(e: candle_core::Error) -> LabError {
-    LabError::invalid(format!("the GPU forward pass failed: {e}"))
-}
 
 /// A tensor's values as an `[rows, cols]` matrix on the GPU.
 fn upload(ctx: &GpuContext, t: &Tensor, rows: usize, cols: usize) -> Result<GpuMatrix> {

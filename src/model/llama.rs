@@ -39,6 +39,7 @@ use serde_json::Value;
 use crate::compute::attention;
 use crate::compute::forward::AttentionShape;
 use crate::compute::sparse::SparseRows;
+use crate::error::candle_failed::forward as ce;
 use crate::io::{ByteSource, Format, MetaValue, ModelFile};
 use crate::model::{describe, Arch, ModelDesc};
 use crate::{LabError, Result};
@@ -66,10 +67,6 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     /// GGUF "llama": attn_q/attn_k rows are in llama.cpp's interleaved order, undone on load.
     pub unpermute_qk: bool,
-}
-
-fn ce(e: candle_core::Error) -> LabError {
-    LabError::invalid(format!("the forward pass failed: {e}"))
 }
 
 impl LlamaConfig {

@@ -53,6 +53,7 @@ use crate::eval::{perplexity_with, PplOptions, PplReport, Weights};
 use crate::io::safetensors::write_f32_with;
 use crate::model::causal::{batches_forward_on_any, block_forward_on_any, Block, CausalLm};
 use crate::model::llama::{to_vec, Ends, Observer, Rope};
+use crate::error::candle_failed::pruning as ce;
 use crate::{LabError, Result};
 
 /// Which score decides what is pruned (METHODS.md).
@@ -485,10 +486,6 @@ impl PruneRun {
         )
         .await
     }
-}
-
-fn ce(e: candle_core::Error) -> LabError {
-    LabError::invalid(format!("the pruning pass failed: {e}"))
 }
 
 /// The calibration windows' start offsets in `ids`: B consecutive windows from the start,
