@@ -1,11 +1,16 @@
 //! Compute layer: the reduction kernels (`gpu`, `cpu`), the forward-pass kernels
-//! (`forward`, `cpu_forward`) and Wanda's and magnitude's mask selection (`select`), on the GPU (wgpu:
-//! WebGPU in the browser, Vulkan natively) and on the CPU.
+//! (`forward`, `cpu_forward`) and Wanda's and magnitude's mask selection (`select`,
+//! `cpu_select`), on the GPU (wgpu: WebGPU in the browser, Vulkan natively) and on the CPU;
+//! the CPU forward pass's fused attention (`attention`) and sparse linear (`sparse`).
 //!
 //! Every kernel exists twice with the same signature: a WGSL entry point in `shaders/`
-//! driven from `gpu::GpuContext` (or a `forward::Recorder`), and its CPU twin in `cpu` or
-//! `cpu_forward`, which is both the fallback and the reference the parity tests compare
-//! against. Shapes: a tensor is a flat `&[f32]`,
+//! driven from `gpu::GpuContext` (or a `forward::Recorder`), and its CPU twin, the reference
+//! the parity tests compare against. The twins in `cpu` (statistics) and `cpu_select`
+//! (masks) are also what a run without a GPU computes with. `cpu_forward`'s are only the
+//! reference (tests and `benches/matmul.rs`; nothing in the lab runs them): a forward pass
+//! without a GPU runs in candle (`model::llama`, `model::gpt2_opt`) with `attention` and
+//! `sparse`, the faster CPU code, which tests/attention.rs and tests/sparse.rs check
+//! against their own references. Shapes: a tensor is a flat `&[f32]`,
 //! viewed as `[rows, cols]` row-major (`Matrix`); a vector is `[1, n]`.
 //!
 //! `Backend` picks the GPU when it comes up and falls back to the CPU, with the reason,
@@ -15,6 +20,7 @@ pub mod attention;
 pub mod backend;
 pub mod cpu;
 pub mod cpu_forward;
+pub mod cpu_select;
 pub mod forward;
 pub mod gpu;
 pub mod select;

@@ -1,5 +1,5 @@
 //! Wanda's and magnitude's mask selection on the GPU (shaders/select.wgsl); the CPU twins are
-//! `prune::masks::wanda_mask` and `magnitude_mask`, and each pair gives the same mask, flag
+//! `cpu_select::wanda_mask` and `magnitude_mask`, and each pair gives the same mask, flag
 //! for flag.
 //!
 //! W (rows, cols) and sqrt(scaler_row) (cols) go up; the kernel forms each score
@@ -16,8 +16,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use super::cpu_select::{check_shape, prune_count, sqrt_scaler, Mask, Pattern};
 use super::gpu::{GpuContext, Shader};
-use crate::prune::masks::{check_shape, prune_count, sqrt_scaler, Mask, Pattern};
 use crate::{LabError, Result};
 
 pub const SELECT: Shader = Shader {
@@ -71,7 +71,7 @@ pub fn gpu_exact(weight: &[f32], sqrt_s: &[f32]) -> bool {
 }
 
 impl GpuContext {
-    /// GPU twin of `prune::masks::magnitude_mask`: Wanda's selection with every sqrt_s = 1
+    /// GPU twin of `cpu_select::magnitude_mask`: Wanda's selection with every sqrt_s = 1
     /// (|W| x 1 is |W| exactly), the whole layer as one row when unstructured (one threshold
     /// per layer, ties by flat index, as the twin), each row's groups of M for N:M.
     pub async fn magnitude_mask(
@@ -103,7 +103,7 @@ impl GpuContext {
         }
     }
 
-    /// GPU twin of `prune::masks::wanda_mask`: the same checks, errors and mask.
+    /// GPU twin of `cpu_select::wanda_mask`: the same checks, errors and mask.
     pub async fn wanda_mask(
         &self,
         what: &str,
@@ -118,7 +118,7 @@ impl GpuContext {
         let sqrt_s = sqrt_scaler(what, scaler_row, cols)?;
         let total = rows * cols;
         if total > u32::MAX as usize || !gpu_exact(weight, &sqrt_s) {
-            return crate::prune::masks::wanda_mask(what, weight, rows, cols, scaler_row, pattern);
+            return super::cpu_select::wanda_mask(what, weight, rows, cols, scaler_row, pattern);
         }
         if total == 0 {
             return Ok(Mask::empty(rows, cols));

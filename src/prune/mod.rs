@@ -4,7 +4,8 @@
 //! Shapes: a weight is (rows = out, cols = in), row-major, as `nn.Linear.weight` and the
 //! model files store it (GPT-2's transposed Conv1D weights must be transposed first).
 //!
-//! - `masks`: magnitude, Wanda (unstructured per row, N:M), applying and counting masks,
+//! - `masks`: magnitude, Wanda (unstructured per row, N:M; chosen by `compute::cpu_select`
+//!   or on the GPU by `compute::select`, re-exported here), applying and counting masks,
 //!   and `ScalerRow`, Wanda's calibration statistic (mean over windows of sum_tokens x_j^2).
 //! - `sparsegpt`: `Hessian` (2/n sum x x^T over tokens) and the SparseGPT column loop.
 //! - `outliers`: OWL's layerwise outlier distribution D_l from the dense model's Wanda scores.

@@ -16,7 +16,7 @@
 //! counted differently. Scores are recomputed on the fly, never stored: a LLaMA-7B block has
 //! 202M weights.
 
-use super::masks::{check_shape, sqrt_scaler};
+use crate::compute::cpu_select::{check_shape, sqrt_scaler};
 use crate::{LabError, Result};
 
 /// One linear layer of a block with its calibration statistic.

@@ -32,7 +32,7 @@
 //! Kept on purpose: the unstructured mask prunes `tmp <= thresh`, so each block prunes at
 //! least floor(rows B s) + 1 weights (more with ties), even at s = 0.
 
-use super::masks::{check_shape, mark_lowest, prune_count, Mask, Pattern};
+use crate::compute::cpu_select::{check_shape, mark_lowest, prune_count, Mask, Pattern};
 use crate::{LabError, Result};
 
 /// H = (2/n) sum x x^T over all calibration tokens seen, accumulated batch by batch as a
