@@ -1,5 +1,8 @@
 //! CPU twins of the forward-pass kernels (`forward`): the same maths on plain slices, the
-//! reference the parity tests hold the WGSL against. Shapes as in `forward`: row-major
+//! reference the parity tests hold the WGSL against. Only that: nothing in the lab runs
+//! them. A forward pass without a GPU (or after the GPU failed) is candle's
+//! (`model::llama`, with `attention` and `sparse`), written for speed rather than to copy a
+//! kernel's order of reduction. Shapes as in `forward`: row-major
 //! `Matrix`es, q/k/v/attention token-major (N, heads D) = (B, T, heads, D).
 //!
 //! Where a kernel's order of reduction is cheap to copy, the twin copies it (the matmul's
