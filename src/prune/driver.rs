@@ -49,11 +49,11 @@ use super::outliers::{outlier_sweep, LinearStats};
 use super::sparsegpt::{sparsegpt_prune, Hessian, SparseGptOptions};
 use crate::compute::backend::checkpoint;
 use crate::compute::{Backend, RunControl};
+use crate::error::candle_failed::pruning as ce;
 use crate::eval::{perplexity_with, PplOptions, PplReport, Weights};
 use crate::io::safetensors::write_f32_with;
 use crate::model::causal::{batches_forward_on_any, block_forward_on_any, Block, CausalLm};
 use crate::model::llama::{to_vec, Ends, Observer, Rope};
-use crate::error::candle_failed::pruning as ce;
 use crate::{LabError, Result};
 
 /// Which score decides what is pruned (METHODS.md).
@@ -644,21 +644,6 @@ pub async fn prune_model(
     prune_model_on(&cpu, model, calib_ids, eval_ids, opts, ctl).await
 }
 
-/// One block on `backend` (see `block_forward_on_any`); a GPU failure's notice is kept.
-async fn forward(
-    backend: &Backend,
-    model: &dyn CausalLm,
-    w: &Block,
-    x: &Tensor,
-    rope: Option<&Rope>,
-    obs: &mut dyn Observer,
-    notices: &mut Vec<String>,
-) -> Result<Tensor> {
-    let (out, notice) = block_forward_on_any(backend, model, w, x, rope, obs).await?;
-    notices.extend(notice);
-    Ok(out)
-}
-
 /// Wanda's mask (with `scaler`) or magnitude's (None) on `backend`'s GPU where there is one
 /// (the same mask as the CPU's, see `compute::select`), else on the CPU; a GPU failure
 /// finishes on the CPU and says so.
@@ -693,6 +678,10 @@ async fn mask_on(
 /// `prune_model` with the forward passes and Wanda's and magnitude's selection on `backend`: its GPU where
 /// it has one (WebGPU in the browser, Vulkan natively), else the CPU. Same numbers up to
 /// f32 rounding (the kernels' parity tests), same report.
+///
+/// The stages of the module comment, in order: `Driver::dense_pass`, `allocate`,
+/// `Driver::prune_pass` (each block's linears by `Driver::prune_block`), then
+/// `Driver::evaluate` where there is an evaluation text.
 pub async fn prune_model_on(
     backend: &Backend,
     model: &dyn CausalLm,
@@ -701,91 +690,141 @@ pub async fn prune_model_on(
     opts: &PruneOptions,
     ctl: &dyn RunControl,
 ) -> Result<PruneRun> {
-    let mut gpu_notices: Vec<String> = Vec::new();
     let started = Instant::now();
     opts.check()?;
     let layers = model.layers();
-    let roles = model.roles();
     let starts = calibration_starts(calib_ids.len(), opts.nsamples, opts.seqlen, opts.calib_seed)?;
-    let windows: Vec<&[u32]> = starts
-        .iter()
-        .map(|&s| &calib_ids[s..s + opts.seqlen])
-        .collect();
-    let batch = opts.batch.max(1);
-    let ends = model.load_ends()?;
-    let rope = model.rope(opts.seqlen)?;
-    let rope = rope.as_ref();
-    let embed = |ends| -> Result<Vec<Tensor>> {
-        windows
-            .chunks(batch)
-            .map(|c| model.embed(ends, c))
-            .collect()
-    };
-    let linear_names = |i: usize| -> Result<Vec<String>> {
-        let b = &model.desc().blocks[i];
-        roles
+    let mut driver = Driver {
+        backend,
+        model,
+        opts,
+        ctl,
+        windows: starts
             .iter()
-            .map(|role| {
-                b.linears
-                    .iter()
-                    .find(|l| l.role == *role)
-                    .map(|l| l.tensor.clone())
-                    .ok_or_else(|| {
-                        LabError::BadFile(format!(
-                            "{}: block {i} has no '{role}' linear",
-                            model.name()
-                        ))
-                    })
-            })
-            .collect()
+            .map(|&s| &calib_ids[s..s + opts.seqlen])
+            .collect(),
+        ends: model.load_ends()?,
+        rope: model.rope(opts.seqlen)?,
+        gpu_notices: Vec::new(),
     };
 
-    // Dense pass: D_l at M and at every M of the sweep, from dense statistics.
-    let outlier_m = opts.outlier_m();
-    let mut ms = opts.outlier_sweep.clone();
-    ms.push(outlier_m);
-    let mut xs = embed(&ends)?;
-    let mut dense_block = Vec::with_capacity(layers);
-    let mut dense_linear = Vec::with_capacity(layers);
-    let mut sweep = Vec::with_capacity(layers);
-    ctl.progress("dense pass", 0, layers as u64);
-    for i in 0..layers {
-        checkpoint(ctl).await?;
-        let w = model.load_block(i)?;
-        let mut stats = Collector::new(false, true);
-        for x in xs.iter_mut() {
-            checkpoint(ctl).await?;
-            stats.windows = x.dim(0).map_err(ce)?;
-            *x = forward(backend, model, &w, x, rope, &mut stats, &mut gpu_notices).await?;
-        }
-        let ratios = block_outliers(&w, roles, &linear_names(i)?, &stats, &ms)?;
-        let at_m = ratios.last().expect("M is in the sweep");
-        dense_block.push(at_m.block);
-        dense_linear.push(at_m.per_linear.iter().map(|(_, d)| *d).collect::<Vec<_>>());
-        sweep.push(
-            ratios[..opts.outlier_sweep.len()]
-                .iter()
-                .map(|r| r.block)
-                .collect::<Vec<_>>(),
-        );
-        ctl.progress("dense pass", i as u64 + 1, layers as u64);
-    }
-    drop(xs);
+    let dense = driver.dense_pass().await?;
     let dense_pass_s = started.elapsed().as_secs_f64();
+    let allocation = allocate(opts, layers, &dense.block)?;
+    let prune_started = Instant::now();
+    let pruned = driver.prune_pass(&allocation, &dense).await?;
+    let prune_s = prune_started.elapsed().as_secs_f64();
 
-    // Allocation: sparsity (and N) per block.
+    let uniform_s = match opts.nm {
+        Some((n, m)) => n as f64 / m as f64,
+        None => opts.sparsity,
+    };
+    let mut run = PruneRun {
+        report: PruneReport {
+            options: opts.clone(),
+            outlier_m: opts.outlier_m(),
+            blocks: pruned.reports,
+            outlier_sweep: OutlierSweep {
+                m: opts.outlier_sweep.clone(),
+                blocks: dense.sweep,
+            },
+            allocation_uniform: vec![uniform_s; layers],
+            perplexity: None,
+            achieved_sparsity: pruned.zeros as f64 / pruned.weights.max(1) as f64,
+            pruned_weights: pruned.zeros,
+            linear_weights: pruned.weights,
+            calibration: CalibrationSummary {
+                text_tokens: calib_ids.len(),
+                windows: opts.nsamples,
+                seqlen: opts.seqlen,
+                starts,
+            },
+            notices: allocation.notices,
+            timings: Timings {
+                dense_pass: dense_pass_s,
+                prune: prune_s,
+                ..Timings::default()
+            },
+        },
+        blocks: pruned.blocks,
+    };
+    if let Some(ids) = eval_ids {
+        driver.evaluate(&mut run, ids).await?;
+    }
+    for n in driver.gpu_notices {
+        if !run.report.notices.contains(&n) {
+            run.report.notices.push(n);
+        }
+    }
+    run.report.timings.total = started.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+/// What every stage of one pruning run reads (the model, the options, the B calibration
+/// windows of T tokens, the model's ends and RoPE tables), and the notices of GPU failures
+/// the stages collect (each time the work finished on the CPU), in the order they came.
+struct Driver<'a> {
+    backend: &'a Backend,
+    model: &'a dyn CausalLm,
+    opts: &'a PruneOptions,
+    ctl: &'a dyn RunControl,
+    windows: Vec<&'a [u32]>,
+    ends: Ends,
+    rope: Option<Rope>,
+    gpu_notices: Vec<String>,
+}
+
+/// The dense model's outlier distribution: what the allocation and the report need of it.
+struct DenseOutliers {
+    /// D_l (percent) at the report's M, per block.
+    block: Vec<f64>,
+    /// `linear[l][k]`: D of block l's linear k (the model's `roles()` order) at that M.
+    linear: Vec<Vec<f64>>,
+    /// `sweep[l][k]`: D_l at the k-th M of `PruneOptions::outlier_sweep`.
+    sweep: Vec<Vec<f64>>,
+}
+
+/// Sparsity (and for N:M, N) per block, with what the allocation had to do.
+struct BlockAllocation {
+    /// s_l (N_l / M for N:M).
+    sparsity: Vec<f64>,
+    /// N:M only: N_l.
+    n: Option<Vec<usize>>,
+    notices: Vec<String>,
+}
+
+/// The pruned model and its report, summed over every block.
+struct PrunedBlocks {
+    blocks: Vec<PrunedBlock>,
+    reports: Vec<BlockReport>,
+    /// Exact zeros over every pruned linear weight, and the number of those weights.
+    zeros: usize,
+    weights: usize,
+}
+
+/// One block's pruned linears, their reports, and the block's zeros and weights.
+struct PrunedLinears {
+    linears: Vec<PrunedLinear>,
+    reports: Vec<LinearReport>,
+    zeros: usize,
+    weights: usize,
+}
+
+/// The allocation stage: s_l = OWL(D, S, lambda) | OWL N:M(D, N, M, lambda) | S (or N:M) for
+/// every one of `layers` blocks, from the dense outlier ratios D.
+fn allocate(opts: &PruneOptions, layers: usize, dense_block: &[f64]) -> Result<BlockAllocation> {
     let mut notices = Vec::new();
-    let (block_sparsity, block_n): (Vec<f64>, Option<Vec<usize>>) = match (opts.nm, &opts.owl) {
+    let (sparsity, n) = match (opts.nm, &opts.owl) {
         (None, None) => (allocation::uniform(layers, opts.sparsity)?, None),
         (None, Some(o)) => {
-            let a = allocation::owl(&dense_block, opts.sparsity, o.lamda)?;
+            let a = allocation::owl(dense_block, opts.sparsity, o.lamda)?;
             notices.extend(a.notices);
             (a.sparsity, None)
         }
         (Some((n, m)), owl) => {
             let ns = match owl {
                 Some(o) => {
-                    let a = allocation::owl_nm(&dense_block, n, m, o.lamda)?;
+                    let a = allocation::owl_nm(dense_block, n, m, o.lamda)?;
                     notices.extend(a.notices);
                     a.n
                 }
@@ -794,46 +833,191 @@ pub async fn prune_model_on(
             (ns.iter().map(|&k| k as f64 / m as f64).collect(), Some(ns))
         }
     };
-    let uniform_s = match opts.nm {
-        Some((n, m)) => n as f64 / m as f64,
-        None => opts.sparsity,
-    };
+    Ok(BlockAllocation {
+        sparsity,
+        n,
+        notices,
+    })
+}
 
-    // Prune pass, block by block through the already-pruned prefix.
-    let prune_started = Instant::now();
-    let needs_activations = opts.method != Method::Magnitude;
-    let mut xs = if needs_activations {
-        embed(&ends)?
-    } else {
-        Vec::new()
-    };
-    let mut blocks = Vec::with_capacity(layers);
-    let mut reports = Vec::with_capacity(layers);
-    let (mut zeros_all, mut weights_all) = (0usize, 0usize);
-    ctl.progress("prune", 0, layers as u64);
-    for i in 0..layers {
-        checkpoint(ctl).await?;
-        let mut w = model.load_block(i)?;
-        let mut stats = Collector::new(opts.method == Method::SparseGpt, false);
-        if needs_activations {
-            for x in xs.iter() {
+impl BlockAllocation {
+    /// What block `l`'s linears zero.
+    fn pattern(&self, l: usize, nm: Option<(usize, usize)>) -> Pattern {
+        match (&self.n, nm) {
+            (Some(ns), Some((_, m))) => Pattern::NM { n: ns[l], m },
+            _ => Pattern::Unstructured {
+                sparsity: self.sparsity[l],
+            },
+        }
+    }
+}
+
+impl Driver<'_> {
+    /// The calibration windows embedded, `batch` windows per tensor: x (b, T, C) each.
+    fn embed(&self) -> Result<Vec<Tensor>> {
+        self.windows
+            .chunks(self.opts.batch.max(1))
+            .map(|c| self.model.embed(&self.ends, c))
+            .collect()
+    }
+
+    /// Block `l`'s linears' tensor names in the file, in the model's `roles()` order.
+    fn linear_names(&self, l: usize) -> Result<Vec<String>> {
+        let b = &self.model.desc().blocks[l];
+        self.model
+            .roles()
+            .iter()
+            .map(|role| {
+                b.linears
+                    .iter()
+                    .find(|lin| lin.role == *role)
+                    .map(|lin| lin.tensor.clone())
+                    .ok_or_else(|| {
+                        LabError::BadFile(format!(
+                            "{}: block {l} has no '{role}' linear",
+                            self.model.name()
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// One block on the backend (see `block_forward_on_any`); a GPU failure's notice is kept.
+    async fn forward(&mut self, w: &Block, x: &Tensor, obs: &mut dyn Observer) -> Result<Tensor> {
+        let (out, notice) =
+            block_forward_on_any(self.backend, self.model, w, x, self.rope.as_ref(), obs).await?;
+        self.gpu_notices.extend(notice);
+        Ok(out)
+    }
+
+    /// The dense pass: x = embed(windows); for each block l, the ScalerRows of its inputs on
+    /// x give D_l at the report's M and at every M of the sweep; x = block_l(x), dense.
+    async fn dense_pass(&mut self) -> Result<DenseOutliers> {
+        let (model, ctl) = (self.model, self.ctl);
+        let layers = model.layers();
+        let mut ms = self.opts.outlier_sweep.clone();
+        ms.push(self.opts.outlier_m());
+        let mut xs = self.embed()?;
+        let mut dense = DenseOutliers {
+            block: Vec::with_capacity(layers),
+            linear: Vec::with_capacity(layers),
+            sweep: Vec::with_capacity(layers),
+        };
+        ctl.progress("dense pass", 0, layers as u64);
+        for i in 0..layers {
+            checkpoint(ctl).await?;
+            let w = model.load_block(i)?;
+            let mut stats = Collector::new(false, true);
+            for x in xs.iter_mut() {
                 checkpoint(ctl).await?;
                 stats.windows = x.dim(0).map_err(ce)?;
-                // Only the statistics matter here; the block's output is recomputed below
-                // with the pruned weights.
-                forward(backend, model, &w, x, rope, &mut stats, &mut gpu_notices).await?;
+                *x = self.forward(&w, x, &mut stats).await?;
             }
+            let names = self.linear_names(i)?;
+            let ratios = block_outliers(&w, model.roles(), &names, &stats, &ms)?;
+            let at_m = ratios.last().expect("M is in the sweep");
+            dense.block.push(at_m.block);
+            dense
+                .linear
+                .push(at_m.per_linear.iter().map(|(_, d)| *d).collect());
+            dense.sweep.push(
+                ratios[..self.opts.outlier_sweep.len()]
+                    .iter()
+                    .map(|r| r.block)
+                    .collect(),
+            );
+            ctl.progress("dense pass", i as u64 + 1, layers as u64);
         }
-        let names = linear_names(i)?;
-        let pattern = match (&block_n, opts.nm) {
-            (Some(ns), Some((_, m))) => Pattern::NM { n: ns[i], m },
-            _ => Pattern::Unstructured {
-                sparsity: block_sparsity[i],
-            },
+        Ok(dense)
+    }
+
+    /// The prune pass: x = embed(windows); for each block l, its statistics (ScalerRow for
+    /// Wanda, Hessian for SparseGPT) on x, its linears pruned with them at s_l, then x =
+    /// block_l(x) with the PRUNED weights, so the error carries to block l + 1. Magnitude
+    /// needs no activations and runs no forward.
+    async fn prune_pass(
+        &mut self,
+        allocation: &BlockAllocation,
+        dense: &DenseOutliers,
+    ) -> Result<PrunedBlocks> {
+        let (model, ctl, method) = (self.model, self.ctl, self.opts.method);
+        let layers = model.layers();
+        let needs_activations = method != Method::Magnitude;
+        let mut xs = if needs_activations {
+            self.embed()?
+        } else {
+            Vec::new()
         };
-        let mut pruned = Vec::with_capacity(roles.len());
-        let mut linears = Vec::with_capacity(roles.len());
-        let (mut zeros_block, mut weights_block) = (0usize, 0usize);
+        let mut out = PrunedBlocks {
+            blocks: Vec::with_capacity(layers),
+            reports: Vec::with_capacity(layers),
+            zeros: 0,
+            weights: 0,
+        };
+        ctl.progress("prune", 0, layers as u64);
+        for i in 0..layers {
+            checkpoint(ctl).await?;
+            let mut w = model.load_block(i)?;
+            let mut stats = Collector::new(method == Method::SparseGpt, false);
+            if needs_activations {
+                for x in xs.iter() {
+                    checkpoint(ctl).await?;
+                    stats.windows = x.dim(0).map_err(ce)?;
+                    // Only the statistics matter here; the block's output is recomputed
+                    // below with the pruned weights.
+                    self.forward(&w, x, &mut stats).await?;
+                }
+            }
+            let pattern = allocation.pattern(i, self.opts.nm);
+            let linears = self
+                .prune_block(i, &mut w, &stats, pattern, &dense.linear[i])
+                .await?;
+            drop(stats);
+            if needs_activations && i + 1 < layers {
+                let rope = self.rope.as_ref();
+                let notices =
+                    batches_forward_on_any(self.backend, model, &w, &mut xs, rope, ctl).await?;
+                self.gpu_notices.extend(notices);
+            }
+            out.zeros += linears.zeros;
+            out.weights += linears.weights;
+            out.reports.push(BlockReport {
+                index: i,
+                outlier_ratio: dense.block[i],
+                sparsity: allocation.sparsity[i],
+                nm_n: allocation.n.as_ref().map(|ns| ns[i]),
+                achieved_sparsity: linears.zeros as f64 / linears.weights.max(1) as f64,
+                linears: linears.reports,
+            });
+            out.blocks.push(PrunedBlock {
+                index: i,
+                linears: linears.linears,
+            });
+            ctl.progress("prune", i as u64 + 1, layers as u64);
+        }
+        Ok(out)
+    }
+
+    /// Prunes block `i`'s linears in `w` in place with `pattern`: Wanda's or magnitude's mask (on
+    /// the GPU where there is one) or SparseGPT's update, from the block's statistics;
+    /// `dense_linear` holds each linear's dense D for its report.
+    async fn prune_block(
+        &mut self,
+        i: usize,
+        w: &mut Block,
+        stats: &Collector,
+        pattern: Pattern,
+        dense_linear: &[f64],
+    ) -> Result<PrunedLinears> {
+        let (method, model) = (self.opts.method, self.model);
+        let roles = model.roles();
+        let names = self.linear_names(i)?;
+        let mut out = PrunedLinears {
+            linears: Vec::with_capacity(roles.len()),
+            reports: Vec::with_capacity(roles.len()),
+            zeros: 0,
+            weights: 0,
+        };
         for (k, role) in roles.iter().enumerate() {
             let lin = w
                 .linear(role)
@@ -841,16 +1025,16 @@ pub async fn prune_model_on(
             let (rows, cols) = lin.weight.dims2().map_err(ce)?;
             let mut weight = to_vec(&lin.weight)?;
             let what = &names[k];
-            match opts.method {
+            match method {
                 Method::Magnitude | Method::Wanda => {
-                    let scaler = match opts.method {
+                    let scaler = match method {
                         Method::Wanda => Some(stats.scaler(role)?),
                         _ => None,
                     };
                     let shape = (rows, cols);
                     let (mask, notice) =
-                        mask_on(backend, what, &weight, shape, scaler, pattern).await?;
-                    gpu_notices.extend(notice);
+                        mask_on(self.backend, what, &weight, shape, scaler, pattern).await?;
+                    self.gpu_notices.extend(notice);
                     apply_mask(what, &mut weight, &mask)?;
                 }
                 Method::SparseGpt => {
@@ -865,89 +1049,35 @@ pub async fn prune_model_on(
                     )?;
                 }
             }
-            let pl = PrunedLinear::new(
-                role,
-                what,
-                rows,
-                cols,
-                &weight,
-                opts.method != Method::SparseGpt,
-            )?;
+            let pl =
+                PrunedLinear::new(role, what, rows, cols, &weight, method != Method::SparseGpt)?;
             // Its bits are the exact zeros (either sign) of the pruned weight.
             let zeros = pl.zeros();
-            zeros_block += zeros;
-            weights_block += weight.len();
-            linears.push(LinearReport {
+            out.zeros += zeros;
+            out.weights += weight.len();
+            out.reports.push(LinearReport {
                 role: role.to_string(),
                 tensor: what.clone(),
                 rows,
                 cols,
                 achieved_sparsity: zeros as f64 / weight.len().max(1) as f64,
-                outlier_ratio: dense_linear[i][k],
+                outlier_ratio: dense_linear[k],
             });
-            pruned.push(pl);
+            out.linears.push(pl);
             w.set_weight(role, weight)?;
         }
-        drop(stats);
-        if needs_activations && i + 1 < layers {
-            gpu_notices
-                .extend(batches_forward_on_any(backend, model, &w, &mut xs, rope, ctl).await?);
-        }
-        zeros_all += zeros_block;
-        weights_all += weights_block;
-        reports.push(BlockReport {
-            index: i,
-            outlier_ratio: dense_block[i],
-            sparsity: block_sparsity[i],
-            nm_n: block_n.as_ref().map(|ns| ns[i]),
-            achieved_sparsity: zeros_block as f64 / weights_block.max(1) as f64,
-            linears,
-        });
-        blocks.push(PrunedBlock {
-            index: i,
-            linears: pruned,
-        });
-        ctl.progress("prune", i as u64 + 1, layers as u64);
+        Ok(out)
     }
-    drop(xs);
-    let prune_s = prune_started.elapsed().as_secs_f64();
 
-    let mut run = PruneRun {
-        report: PruneReport {
-            options: opts.clone(),
-            outlier_m,
-            blocks: reports,
-            outlier_sweep: OutlierSweep {
-                m: opts.outlier_sweep.clone(),
-                blocks: sweep,
-            },
-            allocation_uniform: vec![uniform_s; layers],
-            perplexity: None,
-            achieved_sparsity: zeros_all as f64 / weights_all.max(1) as f64,
-            pruned_weights: zeros_all,
-            linear_weights: weights_all,
-            calibration: CalibrationSummary {
-                text_tokens: calib_ids.len(),
-                windows: opts.nsamples,
-                seqlen: opts.seqlen,
-                starts,
-            },
-            notices,
-            timings: Timings {
-                dense_pass: dense_pass_s,
-                prune: prune_s,
-                ..Timings::default()
-            },
-        },
-        blocks,
-    };
-
-    if let Some(ids) = eval_ids {
+    /// The evaluation: perplexity of the dense model (when `dense_ppl`) and of the pruned
+    /// one on `ids`, with their timings, into `run`'s report.
+    async fn evaluate(&mut self, run: &mut PruneRun, ids: &[u32]) -> Result<()> {
+        let (backend, model, opts, ctl) = (self.backend, self.model, self.opts, self.ctl);
         let dense = if opts.dense_ppl {
             let t = Instant::now();
             let blocks = |i| model.load_block(i);
             let weights = Weights {
-                ends: &ends,
+                ends: &self.ends,
                 blocks: &blocks,
             };
             let r = perplexity_with(
@@ -961,16 +1091,16 @@ pub async fn prune_model_on(
             )
             .await?;
             run.report.timings.perplexity_dense = Some(t.elapsed().as_secs_f64());
-            gpu_notices.extend(r.notices);
+            self.gpu_notices.extend(r.notices);
             Some(r.perplexity)
         } else {
             None
         };
         let t = Instant::now();
         let r = run
-            .perplexity_with_ends(backend, model, &ends, ids, &opts.eval, ctl)
+            .perplexity_with_ends(backend, model, &self.ends, ids, &opts.eval, ctl)
             .await?;
-        gpu_notices.extend(r.notices);
+        self.gpu_notices.extend(r.notices);
         run.report.timings.perplexity_pruned = Some(t.elapsed().as_secs_f64());
         run.report.perplexity = Some(PerplexitySummary {
             dense,
@@ -980,14 +1110,8 @@ pub async fn prune_model_on(
             predicted_tokens: r.predicted_tokens,
             text_tokens: r.text_tokens,
         });
+        Ok(())
     }
-    for n in gpu_notices {
-        if !run.report.notices.contains(&n) {
-            run.report.notices.push(n);
-        }
-    }
-    run.report.timings.total = started.elapsed().as_secs_f64();
-    Ok(run)
 }
 
 /// Writes the pruned model as one safetensors file with the family's Hugging Face names,
