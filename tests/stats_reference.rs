@@ -23,9 +23,13 @@ fn stats(
     opts: &StatsOptions,
 ) -> TensorStats {
     let m = Matrix::new(data, rows, cols).unwrap();
-    pollster::block_on(tensor_stats(backend, m, opts, &Silent))
-        .unwrap()
-        .stats
+    let engine = backend.info().kind;
+    let run = pollster::block_on(tensor_stats(backend, m, opts, &Silent)).unwrap();
+    // A GPU that failed would have handed the run to the CPU twins (which also pass every
+    // check below): the GPU leg must really have run on the GPU.
+    assert_eq!(run.notice, None, "the {engine} run fell back");
+    assert_eq!(run.backend.kind, engine, "the {engine} run fell back");
+    run.stats
 }
 
 fn backends() -> Vec<(&'static str, Backend)> {
