@@ -459,6 +459,26 @@ fn check_export_with_layerlab(
     );
 }
 
+/// OWL with N:M as METHODS.md ("OWL" step 4) writes it, in f64: d = (D - min D) / (max D -
+/// min D) lambda, centred on its mean and rounded half to even (numpy's `np.round`, which
+/// the authors' code calls); block l zeroes N_l = N - d_l of every M.
+fn owl_nm_reference(lod: &[f64], n: usize, lambda: f64) -> Vec<usize> {
+    let (min, max) = lod
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &d| (lo.min(d), hi.max(d)));
+    let d: Vec<f64> = lod
+        .iter()
+        .map(|&x| (x - min) / (max - min) * lambda)
+        .collect();
+    let mean = d.iter().sum::<f64>() / d.len() as f64;
+    d.iter()
+        .map(|&x| {
+            let r = (x - mean).round_ties_even();
+            usize::try_from(n as i64 - r as i64).unwrap()
+        })
+        .collect()
+}
+
 #[test]
 fn owl_nm_groups_zero_exactly_n() {
     let path = model_path();
@@ -491,6 +511,8 @@ fn owl_nm_groups_zero_exactly_n() {
 
     // OWL N:M: more outliers -> fewer zeroed; every group of 4 zeroes exactly N_l.
     let ns: Vec<usize> = run.report.blocks.iter().map(|b| b.nm_n.unwrap()).collect();
+    let lod: Vec<f64> = run.report.blocks.iter().map(|b| b.outlier_ratio).collect();
+    assert_eq!(ns, owl_nm_reference(&lod, 2, 2.0), "N_l from D = {lod:?}");
     assert!(
         ns.iter().any(|&n| n != ns[0]),
         "lambda 2 should spread N: {ns:?}"

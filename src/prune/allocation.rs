@@ -255,6 +255,28 @@ mod tests {
         assert!(owl(&[0.0, 10.0, 10.0], 0.9, 0.2).is_err());
     }
 
+    /// OWL N:M (METHODS.md step 4) worked by hand: d = (D - min) / (max - min) lambda,
+    /// centred, rounded half to even; N_l = N - round(d_l - mean d).
+    #[test]
+    fn owl_nm_matches_hand_arithmetic() {
+        // D = [0, 1, 2, 3], lambda 3: d = [0, 1, 2, 3], mean 1.5, centred [-1.5, -0.5, 0.5,
+        // 1.5], rounded half to even [-2, -0, 0, 2]; N = 2 - that = [4, 2, 2, 0], mean 2.
+        let a = owl_nm(&[0.0, 1.0, 2.0, 3.0], 2, 4, 3.0).unwrap();
+        assert_eq!(a.n, vec![4, 2, 2, 0]);
+        assert!(a.notices.is_empty(), "{:?}", a.notices);
+        // D = [1, 2, 4], lambda 2: d = [0, 2/3, 2], mean 8/9, centred [-8/9, -2/9, 10/9],
+        // rounded [-1, 0, 1]; N = [3, 2, 1], mean 2.
+        let a = owl_nm(&[1.0, 2.0, 4.0], 2, 4, 2.0).unwrap();
+        assert_eq!(a.n, vec![3, 2, 1]);
+        assert!(a.notices.is_empty(), "{:?}", a.notices);
+        // D = [0, 1, 4], lambda 4: d = [0, 1, 4], mean 5/3, centred [-5/3, -2/3, 7/3],
+        // rounded [-2, -1, 2]; N = [4, 3, 0], mean 7/3 != 2: a notice says so.
+        let a = owl_nm(&[0.0, 1.0, 4.0], 2, 4, 4.0).unwrap();
+        assert_eq!(a.n, vec![4, 3, 0]);
+        assert_eq!(a.notices.len(), 1, "{:?}", a.notices);
+        assert!(a.notices[0].contains("2.3333"), "{}", a.notices[0]);
+    }
+
     #[test]
     fn nm_out_of_range_is_an_error() {
         assert!(owl_nm(&[0.0, 10.0], 1, 4, 4.0).is_err());
