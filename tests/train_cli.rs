@@ -130,6 +130,8 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
     let text_path = dir.join("text.txt");
     std::fs::write(&text_path, text()).unwrap();
     let vocab = Tokenizer::char_level(&text()).unwrap().vocab_size();
+    let mut jobs = Vec::new();
+    let mut cases = Vec::new();
     for (norm, tied) in [
         (NormPlacement::Pre, true),
         (NormPlacement::Post, false),
@@ -195,35 +197,40 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
         let (code, err) = layerlab(&argv);
         assert_eq!(code, 0, "{err}");
 
-        let mut py = Command::new(&python);
-        py.arg(root().join("tests/reference/train_torch.py"));
-        for (k, v) in [
-            ("--layers", opts.layers),
-            ("--width", opts.width),
-            ("--heads", opts.heads),
-            ("--kv-heads", opts.kv_heads),
-            ("--ffn", opts.ffn),
-            ("--vocab", vocab),
-            ("--post-blocks", opts.post_blocks()),
-        ] {
-            py.arg(k).arg(v.to_string());
-        }
-        if !tied {
-            py.arg("--untied");
-        }
-        py.arg("--init").arg(&init);
-        py.arg("--batch").arg(&grads);
-        py.arg("--grads-out").arg(&ref_grads);
-        py.arg("--batches").arg(&batches);
-        py.arg("--losses-out").arg(&ref_losses);
-        py.args(["--lr", "1e-2", "--warmup", "0.2"]);
-        let out = py.output().expect("run the PyTorch reference");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-
+        jobs.push(serde_json::json!({
+            "layers": opts.layers,
+            "width": opts.width,
+            "heads": opts.heads,
+            "kv_heads": opts.kv_heads,
+            "ffn": opts.ffn,
+            "vocab": vocab,
+            "post_blocks": opts.post_blocks(),
+            "untied": !tied,
+            "init": init,
+            "batch": grads,
+            "grads_out": ref_grads,
+            "batches": batches,
+            "losses_out": ref_losses,
+            "lr": 1e-2,
+            "warmup": 0.2,
+        }));
+        cases.push((tag, grads, report, ref_grads, ref_losses));
+    }
+    // One PyTorch process for the three models (importing torch is the slow part).
+    let jobs_path = dir.join("jobs.json");
+    std::fs::write(&jobs_path, serde_json::to_vec(&jobs).unwrap()).unwrap();
+    let out = Command::new(&python)
+        .arg(root().join("tests/reference/train_torch.py"))
+        .arg("--jobs")
+        .arg(&jobs_path)
+        .output()
+        .expect("run the PyTorch reference");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (tag, grads, report, ref_grads, ref_losses) in cases {
         // Gradients: every tensor within 2e-4 of the tensor's largest reference entry
         // (float32 against float64).
         let (ours, our_loss) = read_all(&grads);

@@ -8,7 +8,9 @@ RoPE in HF's rotate_half form (theta 10000), causal SDPA with GQA (kv head j ser
 heads j*G..(j+1)*G-1, HF's repeat_kv), SwiGLU, tied or untied LM head, mean cross-entropy.
 Runs in float64 so that its numbers are the reference for the lab's float32.
 
-Usage: train_torch.py --init W.safetensors --batch G.safetensors --grads-out R.safetensors
+Usage: train_torch.py --jobs JOBS.json (a list of objects with the options below, as keys with
+underscores; one process for several models, as importing torch is the slow part), or
+       train_torch.py --init W.safetensors --batch G.safetensors --grads-out R.safetensors
          [--batches B.safetensors --losses-out L.json --lr LR --warmup F] <sizes>
 - the loss and gradients of G's `tokens` (B, T+1) at W, written with the parameter names
   and the loss in the metadata;
@@ -20,6 +22,7 @@ Usage: train_torch.py --init W.safetensors --batch G.safetensors --grads-out R.s
 import argparse
 import json
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +122,7 @@ def lr_at(step, steps, warmup, peak):
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def main():
+def parse(argv):
     ap = argparse.ArgumentParser()
     for k in ["layers", "width", "heads", "kv_heads", "ffn", "vocab", "post_blocks"]:
         ap.add_argument("--" + k.replace("_", "-"), dest=k, type=int, required=True)
@@ -131,8 +134,10 @@ def main():
     ap.add_argument("--losses-out")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=float, default=0.1)
-    a = ap.parse_args()
+    return ap.parse_args(argv)
 
+
+def run(a):
     W = load(a.init)
     expected = dict(names(a))
     assert set(W) == set(expected), f"tensors {sorted(set(W) ^ set(expected))}"
@@ -158,6 +163,23 @@ def main():
             losses.append(loss.item())
         with open(a.losses_out, "w") as f:
             json.dump({"losses": losses}, f)
+
+
+def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--jobs":
+        with open(sys.argv[2]) as f:
+            jobs = json.load(f)
+        for job in jobs:
+            argv = []
+            for k, v in job.items():
+                flag = "--" + k.replace("_", "-")
+                if v is True:
+                    argv.append(flag)
+                elif v is not False and v is not None:
+                    argv += [flag, str(v)]
+            run(parse(argv))
+    else:
+        run(parse(sys.argv[1:]))
 
 
 if __name__ == "__main__":
