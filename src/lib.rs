@@ -20,6 +20,8 @@
 //! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.
 //! - `experiment`: the versioned Experiment that links, the CLI and reports share.
+//! - `train`: Pre-/Post-/Mix-LN decoders trained on the CPU (paired forward/backward kernels,
+//!   Adam, the paper's diagnostics); the reference the GPU training is checked against.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
 pub mod compute;
@@ -32,6 +34,7 @@ pub mod prune;
 pub mod stats;
 pub mod synth;
 pub mod tokenizer;
+pub mod train;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

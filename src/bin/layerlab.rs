@@ -155,6 +155,9 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Train a Pre-LN, Post-LN or Mix-LN decoder from scratch on a text, with per-layer
+    /// diagnostics (gradient norms, hidden-state RMS, angular distance, layer removal).
+    Train(layerlab::train::cli::TrainArgs),
     /// Statistics of a seeded synthetic weight matrix: the reduction the page's compute
     /// check runs, so both can be compared number for number.
     Reduce {
@@ -197,6 +200,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(args) => layerlab::train::cli::run(&args),
         Command::Backend { backend } => {
             let b = Backend::new(backend).await?;
             let info = b.info();

@@ -1,0 +1,544 @@
+//! The training lab's core: Pre-LN, Post-LN and Mix-LN decoders trained from scratch on the
+//! CPU, with the diagnostics the Mix-LN paper plots. This plain-Rust path is the reference
+//! the GPU kernels are checked against, and the CLI's `layerlab train`.
+//!
+//! - `ops`: the paired `*_forward` / `*_backward` kernels (deterministic whatever the
+//!   thread count).
+//! - `model`: the decoder, its init, forward and backward; the norm placement per block.
+//! - `data`: tokenisers (character level or BPE), the 90/10 split, seeded batches.
+//! - `cli` (native only): `layerlab train`'s arguments and files (--init, --grads, --out).
+//!
+//! What it refuses to be: an autodiff engine, a general trainer (one model family, one
+//! optimizer), or fast at scale; it is the lab's ground truth.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cli;
+pub mod data;
+pub mod model;
+pub mod ops;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{LabError, Result};
+use data::{val_windows, Batcher, Corpus};
+use model::{Model, ModelConfig, Weights};
+use ops::AdamConfig;
+
+/// Where the norms sit in every block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    /// Every block Pre-LN.
+    Pre,
+    /// Every block Post-LN.
+    Post,
+    /// The first floor(alpha * L) blocks Post-LN, the rest Pre-LN.
+    Mix,
+}
+
+impl std::str::FromStr for NormPlacement {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "pre" => Ok(NormPlacement::Pre),
+            "post" => Ok(NormPlacement::Post),
+            "mix" => Ok(NormPlacement::Mix),
+            _ => Err(format!(
+                "unknown norm placement '{s}': use pre, post or mix"
+            )),
+        }
+    }
+}
+
+/// One training run's settings. The defaults are the issue's 12 x 128 preset.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainOptions {
+    /// Transformer blocks (L).
+    pub layers: usize,
+    /// Hidden width (C).
+    pub width: usize,
+    /// Query heads (H); width % heads == 0 and the head dim even (RoPE rotates pairs).
+    pub heads: usize,
+    /// Key/value heads (KV); heads % kv_heads == 0 (GQA).
+    pub kv_heads: usize,
+    /// SwiGLU hidden width (F).
+    pub ffn: usize,
+    /// Context length (T): each window holds ctx + 1 tokens.
+    pub ctx: usize,
+    /// Windows per step (B).
+    pub batch: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Peak learning rate (Adam).
+    pub lr: f64,
+    /// Fraction of the steps spent warming up linearly.
+    pub warmup: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub clip: f64,
+    /// Decoupled weight decay (AdamW); 0 = Adam, as the paper.
+    pub weight_decay: f64,
+    /// Seeds the init (ChaCha8 stream 0) and the batches (stream 1).
+    pub seed: u64,
+    /// Validation loss and angular distance every this many steps (and after the last).
+    pub eval_every: usize,
+    pub norm: NormPlacement,
+    /// Mix-LN's ratio: the first floor(alpha * layers) blocks are Post-LN (with norm = mix).
+    pub alpha: f64,
+    /// The LM head shares the embedding matrix.
+    pub tied_head: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            layers: 12,
+            width: 128,
+            heads: 4,
+            kv_heads: 4,
+            ffn: 344,
+            ctx: 128,
+            batch: 16,
+            steps: 300,
+            lr: 1e-3,
+            warmup: 0.1,
+            clip: 0.0,
+            weight_decay: 0.0,
+            seed: 0,
+            eval_every: 50,
+            norm: NormPlacement::Mix,
+            alpha: 0.25,
+            tied_head: true,
+        }
+    }
+}
+
+/// Validation windows per evaluation: this many batches of `batch` windows.
+pub const VAL_BATCHES: usize = 4;
+
+/// The largest (N x V) probability buffer the CPU path allocates: 2^27 floats (512 MiB).
+pub const MAX_LOGITS: usize = 1 << 27;
+
+impl TrainOptions {
+    /// Number of Post-LN blocks this placement gives.
+    pub fn post_blocks(&self) -> usize {
+        match self.norm {
+            NormPlacement::Pre => 0,
+            NormPlacement::Post => self.layers,
+            NormPlacement::Mix => (self.alpha * self.layers as f64).floor() as usize,
+        }
+    }
+
+    /// The model these options describe for a vocabulary, after checking the sizes.
+    pub fn model_config(&self, vocab: usize) -> Result<ModelConfig> {
+        let bad = |m: String| Err(LabError::invalid(m));
+        if self.layers == 0 || self.width == 0 || self.ffn == 0 || self.ctx == 0 {
+            return bad("layers, width, ffn and ctx must all be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("batch must be at least 1".into());
+        }
+        if self.heads == 0 || self.width % self.heads != 0 {
+            return bad(format!(
+                "width {} is not a multiple of heads {}",
+                self.width, self.heads
+            ));
+        }
+        if (self.width / self.heads) % 2 != 0 {
+            return bad(format!(
+                "the head dim width/heads = {} must be even (RoPE rotates pairs)",
+                self.width / self.heads
+            ));
+        }
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return bad(format!(
+                "heads {} is not a multiple of kv_heads {}",
+                self.heads, self.kv_heads
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            return bad(format!("alpha must lie in [0, 1], not {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.warmup) {
+            return bad(format!("warmup must lie in [0, 1), not {}", self.warmup));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) || self.clip.is_nan() || self.clip < 0.0 {
+            return bad("lr and clip must be finite and not negative".into());
+        }
+        if self.eval_every == 0 {
+            return bad("eval_every must be at least 1".into());
+        }
+        if vocab == 0 {
+            return bad("the vocabulary is empty".into());
+        }
+        if vocab > u32::MAX as usize || (self.batch * self.ctx).saturating_mul(vocab) > MAX_LOGITS {
+            return bad(format!(
+                "the vocabulary ({vocab} tokens) is too large for batch x ctx = {}: the LM \
+                 head's probabilities would need {} floats, more than the {MAX_LOGITS} the \
+                 CPU path allows; use the character tokenizer or a smaller batch or ctx",
+                self.batch * self.ctx,
+                (self.batch * self.ctx).saturating_mul(vocab)
+            ));
+        }
+        Ok(ModelConfig {
+            vocab,
+            layers: self.layers,
+            width: self.width,
+            heads: self.heads,
+            kv_heads: self.kv_heads,
+            ffn: self.ffn,
+            post_blocks: self.post_blocks(),
+            tied_head: self.tied_head,
+        })
+    }
+}
+
+/// One optimizer step's numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// 0-based.
+    pub step: usize,
+    /// The learning rate this step used.
+    pub lr: f64,
+    /// Mean cross-entropy of the step's batch, before the update.
+    pub loss: f64,
+    /// L2 norm of each block's parameter gradient (before clipping), one per block.
+    pub grad_norm: Vec<f64>,
+    /// RMS of each block's output over the step's batch, one per block.
+    pub hidden_rms: Vec<f64>,
+    /// Validation loss after this step's update, where evaluated.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub val_loss: Option<f64>,
+}
+
+/// The angular distance matrix of one evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AngularDistance {
+    /// The step after whose update it was measured.
+    pub step: usize,
+    /// `matrix[l][n-1]` = mean over validation windows of arccos(cos(s_l, s_{l+n})) / pi for
+    /// the last token's states, s_0 the embedding output and s_l block l's output
+    /// (l in 0..L, n in 1..=L); null where l + n > L.
+    pub matrix: Vec<Vec<Option<f64>>>,
+}
+
+/// Validation loss with one block skipped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRemoval {
+    pub block: usize,
+    pub loss: f64,
+    /// loss - the full model's validation loss.
+    pub increase: f64,
+}
+
+/// Wall-clock seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub total_s: f64,
+    pub train_s: f64,
+    pub eval_s: f64,
+}
+
+/// What a run reports (the CLI's --json, the page's download).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub options: TrainOptions,
+    pub vocab_size: usize,
+    pub params: usize,
+    pub steps: Vec<StepRecord>,
+    pub angular_distance: Vec<AngularDistance>,
+    /// After training (empty when the run was cancelled).
+    pub layer_removal: Vec<LayerRemoval>,
+    /// Training tokens (B*T per step) per second of training time.
+    pub tokens_per_s: f64,
+    pub timings: Timings,
+}
+
+/// Hears about a run as it goes, and may stop it.
+pub trait TrainMonitor {
+    /// A step finished (`of` steps in all).
+    fn step(&self, _record: &StepRecord, _of: usize) {}
+    /// An evaluation finished.
+    fn eval(&self, _angular: &AngularDistance) {}
+    /// True once the user asked to stop: the run returns what it trained so far.
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A monitor that hears nothing.
+pub struct Quiet;
+impl TrainMonitor for Quiet {}
+
+/// A finished (or stopped) run: its report and the trained model.
+pub struct TrainRun {
+    pub report: TrainReport,
+    pub model: Model,
+    pub cancelled: bool,
+}
+
+/// Gradient of the mean loss of one batch (B rows of T+1 ids) at the model's weights.
+pub fn batch_gradients(model: &Model, batch: &[u32], b: usize, t: usize) -> (f64, Weights) {
+    let mut acts = model.forward(batch, b, t, None);
+    let mut grads = Weights::zeros(&model.cfg);
+    model.backward(&mut acts, &mut grads);
+    (acts.loss, grads)
+}
+
+/// The first batch a run with these options trains on.
+pub fn first_batch(corpus: &Corpus, opts: &TrainOptions) -> Vec<u32> {
+    Batcher::new(opts.seed).next(&corpus.train, opts.batch, opts.ctx)
+}
+
+/// L2 norm of each block's gradient (its nine tensors together).
+pub fn block_grad_norms(grads: &Weights) -> Vec<f64> {
+    grads
+        .blocks
+        .iter()
+        .map(|b| {
+            [
+                &b.norm1, &b.q, &b.k, &b.v, &b.o, &b.norm2, &b.gate, &b.up, &b.down,
+            ]
+            .iter()
+            .map(|t| ops::sum_squares(t))
+            .sum::<f64>()
+            .sqrt()
+        })
+        .collect()
+}
+
+/// Mean validation loss over the fixed validation windows, optionally skipping one block.
+fn val_loss(model: &Model, val: &[u32], b: usize, t: usize, skip: Option<usize>) -> f64 {
+    let per = b * (t + 1);
+    let batches: Vec<&[u32]> = val.chunks(per).collect();
+    batches
+        .iter()
+        .map(|w| model.forward(w, b, t, skip).loss)
+        .sum::<f64>()
+        / batches.len() as f64
+}
+
+/// Validation loss and the angular distance matrix.
+fn evaluate(model: &Model, val: &[u32], b: usize, t: usize, step: usize) -> (f64, AngularDistance) {
+    let per = b * (t + 1);
+    let layers = model.cfg.layers;
+    let c = model.cfg.width;
+    let mut loss = 0.0;
+    let mut sums = vec![vec![0.0f64; layers]; layers];
+    let mut windows = 0usize;
+    let chunks: Vec<&[u32]> = val.chunks(per).collect();
+    for w in &chunks {
+        let acts = model.forward(w, b, t, None);
+        loss += acts.loss;
+        for row in 0..b {
+            let at = (row * t + t - 1) * c;
+            let state = |l: usize| last_token_state(&acts, l, at, c);
+            for (l, row) in sums.iter_mut().enumerate() {
+                for n in 1..=layers - l {
+                    row[n - 1] += angular(state(l), state(l + n));
+                }
+            }
+            windows += 1;
+        }
+    }
+    let matrix = (0..layers)
+        .map(|l| {
+            (1..=layers)
+                .map(|n| (l + n <= layers).then(|| sums[l][n - 1] / windows as f64))
+                .collect()
+        })
+        .collect();
+    (loss / chunks.len() as f64, AngularDistance { step, matrix })
+}
+
+/// s_l at flat offset `at`: the embedding output for l = 0, block l-1's output after.
+fn last_token_state(acts: &model::Activations, l: usize, at: usize, c: usize) -> &[f32] {
+    if l == 0 {
+        &acts.embedded[at..at + c]
+    } else {
+        &acts.blocks[l - 1].out[at..at + c]
+    }
+}
+
+/// arccos(cos(a, b)) / pi in [0, 1], in f64 (cos clamped to [-1, 1]).
+pub fn angular(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x as f64, *y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    let cos = if aa > 0.0 && bb > 0.0 {
+        (ab / (aa.sqrt() * bb.sqrt())).clamp(-1.0, 1.0)
+    } else {
+        1.0
+    };
+    libm::acos(cos) / std::f64::consts::PI
+}
+
+/// Trains a model on `corpus` with `opts` from `init` (or the seeded init), reporting each
+/// step to `monitor`. Deterministic: the same options and corpus give the same bits on any
+/// thread count.
+pub fn train(
+    corpus: &Corpus,
+    opts: &TrainOptions,
+    init: Option<Weights>,
+    monitor: &dyn TrainMonitor,
+) -> Result<TrainRun> {
+    let started = web_time::Instant::now();
+    let cfg = opts.model_config(corpus.vocab_size)?;
+    let (b, t) = (opts.batch, opts.ctx);
+    if corpus.train.len() <= t || corpus.val.len() <= t {
+        return Err(LabError::invalid(format!(
+            "the text is too short for ctx {t}: each split needs at least ctx + 1 = {} tokens \
+             (train {}, validation {})",
+            t + 1,
+            corpus.train.len(),
+            corpus.val.len()
+        )));
+    }
+    if let Some(&bad) = corpus
+        .train
+        .iter()
+        .chain(&corpus.val)
+        .find(|&&id| id as usize >= cfg.vocab)
+    {
+        return Err(LabError::invalid(format!(
+            "token id {bad} is outside the vocabulary of {} tokens",
+            cfg.vocab
+        )));
+    }
+    let weights = match init {
+        Some(w) => w,
+        None => Weights::init(&cfg, opts.seed),
+    };
+    let mut model = Model {
+        cfg: cfg.clone(),
+        weights,
+    };
+    let val = val_windows(&corpus.val, VAL_BATCHES * b, t);
+    let mut batcher = Batcher::new(opts.seed);
+    let mut m = Weights::zeros(&cfg);
+    let mut v = Weights::zeros(&cfg);
+    let adam = AdamConfig {
+        weight_decay: opts.weight_decay,
+        ..AdamConfig::default()
+    };
+    let mut steps = Vec::with_capacity(opts.steps);
+    let mut angular_distance = Vec::new();
+    let (mut train_s, mut eval_s) = (0.0f64, 0.0f64);
+    let mut cancelled = false;
+    let mut last_val = None;
+    for step in 0..opts.steps {
+        if monitor.cancelled() {
+            cancelled = true;
+            break;
+        }
+        let t0 = web_time::Instant::now();
+        let lr = ops::lr_at(step, opts.steps, opts.warmup, opts.lr);
+        let batch = batcher.next(&corpus.train, b, t);
+        let mut acts = model.forward(&batch, b, t, None);
+        let mut grads = Weights::zeros(&cfg);
+        model.backward(&mut acts, &mut grads);
+        let hidden_rms = acts
+            .blocks
+            .iter()
+            .map(|a| (ops::sum_squares(&a.out) / a.out.len() as f64).sqrt())
+            .collect();
+        let loss = acts.loss;
+        drop(acts);
+        let grad_norm = block_grad_norms(&grads);
+        if opts.clip > 0.0 {
+            // torch.nn.utils.clip_grad_norm_: scale by clip / (total + 1e-6) when below 1.
+            let total = grads
+                .tensors()
+                .iter()
+                .map(|g| ops::sum_squares(g))
+                .sum::<f64>()
+                .sqrt();
+            let coef = opts.clip / (total + 1e-6);
+            if coef < 1.0 {
+                for g in grads.tensors_mut() {
+                    ops::scale_inplace(g, coef as f32);
+                }
+            }
+        }
+        for ((p, g), (mi, vi)) in model
+            .weights
+            .tensors_mut()
+            .into_iter()
+            .zip(grads.tensors())
+            .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
+        {
+            ops::adamw_update(p, g, mi, vi, lr, step as u64 + 1, &adam);
+        }
+        train_s += t0.elapsed().as_secs_f64();
+        steps.push(StepRecord {
+            step,
+            lr,
+            loss,
+            grad_norm,
+            hidden_rms,
+            val_loss: None,
+        });
+        if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
+            let t1 = web_time::Instant::now();
+            let (loss, ang) = evaluate(&model, &val, b, t, step);
+            eval_s += t1.elapsed().as_secs_f64();
+            last_val = Some(loss);
+            if let Some(r) = steps.last_mut() {
+                r.val_loss = Some(loss);
+            }
+            monitor.eval(&ang);
+            angular_distance.push(ang);
+        }
+        if let Some(r) = steps.last() {
+            monitor.step(r, opts.steps);
+        }
+    }
+    let t1 = web_time::Instant::now();
+    if steps.is_empty() && !cancelled {
+        let (loss, ang) = evaluate(&model, &val, b, t, 0);
+        last_val = Some(loss);
+        monitor.eval(&ang);
+        angular_distance.push(ang);
+    }
+    let mut layer_removal = Vec::new();
+    if !cancelled {
+        let full = last_val.unwrap_or_else(|| val_loss(&model, &val, b, t, None));
+        for block in 0..cfg.layers {
+            let loss = val_loss(&model, &val, b, t, Some(block));
+            layer_removal.push(LayerRemoval {
+                block,
+                loss,
+                increase: loss - full,
+            });
+        }
+    }
+    eval_s += t1.elapsed().as_secs_f64();
+    let trained_tokens = (steps.len() * b * t) as f64;
+    let report = TrainReport {
+        options: opts.clone(),
+        vocab_size: cfg.vocab,
+        params: model.weights.count(),
+        steps,
+        angular_distance,
+        layer_removal,
+        tokens_per_s: if train_s > 0.0 {
+            trained_tokens / train_s
+        } else {
+            0.0
+        },
+        timings: Timings {
+            total_s: started.elapsed().as_secs_f64(),
+            train_s,
+            eval_s,
+        },
+    };
+    Ok(TrainRun {
+        report,
+        model,
+        cancelled,
+    })
+}

@@ -1,0 +1,406 @@
+//! `layerlab train` against an independent PyTorch implementation (tests/reference/
+//! train_torch.py, float64) from the same weights and batches: the gradients of the first
+//! batch (--init / --grads) for each placement, and the losses of a few Adam steps
+//! (--batches / --json). Plus the CLI's errors for bad input.
+//!
+//! The reference runs in the repository's .cache/venv-torch (scripts/setup.sh); a missing
+//! venv is a failure that says so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use layerlab::io::safetensors::{write_f32, F32Tensor};
+use layerlab::io::{FileSource, ModelFile};
+use layerlab::train::data::Tokenizer;
+use layerlab::train::model::Weights;
+use layerlab::train::{NormPlacement, TrainOptions, TrainReport};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("layerlab-train-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn layerlab(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_layerlab"))
+        .args(args)
+        .output()
+        .expect("run layerlab");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn text() -> String {
+    let mut s = String::new();
+    for i in 0..60 {
+        s.push_str(&format!(
+            "Permission is hereby granted, free of charge, to any person {i}; "
+        ));
+        s.push_str("THE SOFTWARE IS PROVIDED \"AS IS\", WITHOUT WARRANTY.\n");
+    }
+    s
+}
+
+/// Random weights for `opts` (not the lab's init: larger, norm weights away from 1, so that
+/// every path carries gradient), written with the export's names.
+fn write_init(path: &Path, opts: &TrainOptions, vocab: usize, seed: u64) {
+    let cfg = opts.model_config(vocab).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut u = || ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32;
+    let tensors: Vec<F32Tensor> = Weights::specs(&cfg)
+        .into_iter()
+        .map(|s| {
+            let n: usize = s.shape.iter().product();
+            let data: Vec<f32> = if s.shape.len() == 1 {
+                (0..n).map(|_| 1.0 + 0.3 * u()).collect()
+            } else if s.name.contains("embed") {
+                (0..n).map(|_| 1.5 * u()).collect()
+            } else {
+                (0..n).map(|_| 0.3 * u()).collect()
+            };
+            F32Tensor {
+                name: s.name,
+                shape: s.shape,
+                data: data.into(),
+            }
+        })
+        .collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    write_f32(&mut f, &tensors, &BTreeMap::new()).unwrap();
+}
+
+fn read_all(path: &Path) -> (BTreeMap<String, Vec<f32>>, Option<String>) {
+    let src = FileSource::open(path).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+    let mut out = BTreeMap::new();
+    for t in &file.tensors {
+        if t.name != "tokens" {
+            out.insert(t.name.clone(), file.read_f32(&src, t).unwrap());
+        }
+    }
+    let loss = file
+        .metadata
+        .get("loss")
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    (out, loss)
+}
+
+fn size_args(o: &TrainOptions) -> Vec<String> {
+    let mut a: Vec<String> = [
+        ("--layers", o.layers),
+        ("--width", o.width),
+        ("--heads", o.heads),
+        ("--kv-heads", o.kv_heads),
+        ("--ffn", o.ffn),
+    ]
+    .iter()
+    .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+    .collect();
+    if !o.tied_head {
+        a.push("--untied".into());
+    }
+    a
+}
+
+fn torch_python() -> PathBuf {
+    let python = root().join(".cache/venv-torch/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs the PyTorch venv the training \
+         reference needs)",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
+    let python = torch_python();
+    let dir = scratch("torch");
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text()).unwrap();
+    let vocab = Tokenizer::char_level(&text()).unwrap().vocab_size();
+    let mut jobs = Vec::new();
+    let mut cases = Vec::new();
+    for (norm, tied) in [
+        (NormPlacement::Pre, true),
+        (NormPlacement::Post, false),
+        (NormPlacement::Mix, true),
+    ] {
+        let opts = TrainOptions {
+            layers: 3,
+            width: 16,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 20,
+            ctx: 7,
+            batch: 3,
+            steps: 5,
+            lr: 1e-2,
+            warmup: 0.2,
+            norm,
+            alpha: 0.5,
+            tied_head: tied,
+            ..TrainOptions::default()
+        };
+        let tag = format!("{norm:?}");
+        let init = dir.join(format!("{tag}-init.safetensors"));
+        let grads = dir.join(format!("{tag}-grads.safetensors"));
+        let batches = dir.join(format!("{tag}-batches.safetensors"));
+        let report = dir.join(format!("{tag}-report.json"));
+        let ref_grads = dir.join(format!("{tag}-ref.safetensors"));
+        let ref_losses = dir.join(format!("{tag}-ref.json"));
+        write_init(&init, &opts, vocab, 11);
+        let norm_name = tag.to_lowercase();
+        let mut args: Vec<String> = vec![
+            "train".into(),
+            "--norm".into(),
+            norm_name,
+            "--alpha".into(),
+            "0.5".into(),
+            "--ctx".into(),
+            "7".into(),
+            "--batch".into(),
+            "3".into(),
+            "--steps".into(),
+            "5".into(),
+            "--lr".into(),
+            "1e-2".into(),
+            "--warmup".into(),
+            "0.2".into(),
+            "--backend".into(),
+            "cpu".into(),
+            "--text".into(),
+            text_path.display().to_string(),
+        ];
+        args.extend(size_args(&opts));
+        for (flag, p) in [
+            ("--init", &init),
+            ("--grads", &grads),
+            ("--batches", &batches),
+            ("--json", &report),
+        ] {
+            args.push(flag.into());
+            args.push(p.display().to_string());
+        }
+        let argv: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let (code, err) = layerlab(&argv);
+        assert_eq!(code, 0, "{err}");
+
+        jobs.push(serde_json::json!({
+            "layers": opts.layers,
+            "width": opts.width,
+            "heads": opts.heads,
+            "kv_heads": opts.kv_heads,
+            "ffn": opts.ffn,
+            "vocab": vocab,
+            "post_blocks": opts.post_blocks(),
+            "untied": !tied,
+            "init": init,
+            "batch": grads,
+            "grads_out": ref_grads,
+            "batches": batches,
+            "losses_out": ref_losses,
+            "lr": 1e-2,
+            "warmup": 0.2,
+        }));
+        cases.push((tag, grads, report, ref_grads, ref_losses));
+    }
+    // One PyTorch process for the three models (importing torch is the slow part).
+    let jobs_path = dir.join("jobs.json");
+    std::fs::write(&jobs_path, serde_json::to_vec(&jobs).unwrap()).unwrap();
+    let out = Command::new(&python)
+        .arg(root().join("tests/reference/train_torch.py"))
+        .arg("--jobs")
+        .arg(&jobs_path)
+        .output()
+        .expect("run the PyTorch reference");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (tag, grads, report, ref_grads, ref_losses) in cases {
+        // Gradients: every tensor within 2e-4 of the tensor's largest reference entry
+        // (float32 against float64).
+        let (ours, our_loss) = read_all(&grads);
+        let (theirs, their_loss) = read_all(&ref_grads);
+        assert_eq!(
+            ours.keys().collect::<Vec<_>>(),
+            theirs.keys().collect::<Vec<_>>(),
+            "{tag}"
+        );
+        for (name, r) in &theirs {
+            let o = &ours[name];
+            let scale = r.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let worst = o
+                .iter()
+                .zip(r)
+                .map(|(a, b)| (a - b).abs() / scale)
+                .fold(0.0f32, f32::max);
+            assert!(worst < 2e-4, "{tag} {name}: relative error {worst:e}");
+        }
+        let (ol, tl): (f64, f64) = (
+            our_loss.unwrap().parse().unwrap(),
+            their_loss.unwrap().parse().unwrap(),
+        );
+        assert!((ol - tl).abs() < 1e-5 * tl, "{tag}: loss {ol} vs {tl}");
+
+        // Five Adam steps on the same batches: the losses agree to 1e-4 relative.
+        let r: TrainReport = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        let refl: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&ref_losses).unwrap()).unwrap();
+        let refl: Vec<f64> = refl["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(r.steps.len(), refl.len());
+        assert!((r.steps[0].loss - tl).abs() < 1e-5 * tl);
+        for (s, want) in r.steps.iter().zip(&refl) {
+            assert!(
+                (s.loss - want).abs() < 1e-4 * want,
+                "{tag} step {}: loss {} vs PyTorch {want}",
+                s.step,
+                s.loss
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = scratch("errors");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "abcabcabcabc abc").unwrap();
+    let (code, err) = layerlab(&["train", "--text", short.to_str().unwrap(), "--steps", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error: the text is too short"), "{err}");
+
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text()).unwrap();
+    let vocab = Tokenizer::char_level(&text()).unwrap().vocab_size();
+    // An --init file of another model (4 layers, where the options say 2).
+    let other = TrainOptions {
+        layers: 4,
+        width: 16,
+        heads: 4,
+        kv_heads: 4,
+        ffn: 20,
+        ..TrainOptions::default()
+    };
+    let init = dir.join("other.safetensors");
+    write_init(&init, &other, vocab, 3);
+    let base = [
+        "train",
+        "--text",
+        text_path.to_str().unwrap(),
+        "--ffn",
+        "20",
+        "--ctx",
+        "8",
+        "--batch",
+        "2",
+        "--steps",
+        "0",
+        "--init",
+        init.to_str().unwrap(),
+    ];
+    let (code, err) = layerlab(&[&base[..], &["--layers", "2", "--width", "16"]].concat());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("tensor model.layers.2.input_layernorm.weight is not part of the model"),
+        "{err}"
+    );
+    // The same file read as a wider model: the first tensor's shape is wrong.
+    let (code, err) = layerlab(&[&base[..], &["--layers", "4", "--width", "32"]].concat());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!(
+            "tensor model.embed_tokens.weight: expected shape [{vocab}, 32], found [{vocab}, 16]"
+        )),
+        "{err}"
+    );
+    // An untied model's file misses lm_head.weight.
+    let (code, err) =
+        layerlab(&[&base[..], &["--layers", "4", "--width", "16", "--untied"]].concat());
+    assert_eq!(code, 1);
+    assert!(err.contains("tensor lm_head.weight is missing"), "{err}");
+    // GPU training is not built yet: an error, not a silent CPU run.
+    let (code, err) = layerlab(
+        &[
+            &base[..],
+            &["--layers", "4", "--width", "16", "--backend", "gpu"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("GPU training is not built yet"), "{err}");
+    // Too many distinct characters.
+    let wide = dir.join("wide.txt");
+    let s: String = (0..6000u32)
+        .filter_map(|i| char::from_u32(0x4E00 + i))
+        .collect();
+    std::fs::write(&wide, s.repeat(2)).unwrap();
+    let (code, err) = layerlab(&["train", "--text", wide.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("distinct characters"), "{err}");
+}
+
+#[test]
+fn out_writes_llama_names_and_the_placement() {
+    let dir = scratch("out");
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text()).unwrap();
+    let out = dir.join("model.safetensors");
+    let (code, err) = layerlab(&[
+        "train",
+        "--text",
+        text_path.to_str().unwrap(),
+        "--layers",
+        "4",
+        "--width",
+        "8",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--ffn",
+        "12",
+        "--ctx",
+        "8",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--norm",
+        "mix",
+        "--alpha",
+        "0.5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (tensors, _) = read_all(&out);
+    assert_eq!(tensors.len(), 1 + 4 * 9 + 1, "tied: no lm_head");
+    assert_eq!(
+        tensors["model.layers.3.self_attn.k_proj.weight"].len(),
+        4 * 8
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["layerlab"]["post_ln_blocks"], 2);
+    assert_eq!(config["num_key_value_heads"], 1);
+    assert_eq!(config["tie_word_embeddings"], true);
+}
