@@ -9,10 +9,13 @@
 //!   anchor's positive and negative, all as pure functions of per-epoch probabilities;
 //! - `tau`: `scipy.stats.weightedtau` with its defaults, and the per-class ranking score;
 //! - `metrics`: per-group accuracy, worst group, in-distribution accuracy and the per-cue gaps
-//!   as UrbanCars reports them.
+//!   as UrbanCars reports them;
+//! - `cnn`: the CNN's CPU ops (3x3 convolution as im2col + matmul, ReLU, 2x2 max-pooling,
+//!   global average pooling), paired forward/backward.
 //!
 //! Shapes: N = samples, K = classes (= values of each cue), C = 3 channels, S = image side.
 
+pub mod cnn;
 pub mod data;
 pub mod metrics;
 pub mod ranking;
