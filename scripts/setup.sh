@@ -134,11 +134,14 @@ PY
 # reader and dequantiser, safetensors' numpy loader, numpy in float64, Hugging Face's
 # tokenizers and the regex module (\p{L}, \p{N}) for the tokeniser references. Pinned.
 ensure_python_reference() {
-  local stamp=.cache/venv/.layerlab-reference-v2
+  local stamp=.cache/venv/.layerlab-reference-v3
   [ -f "$stamp" ] && return 0
-  say "creating the Python reference venv (.cache/venv: gguf, numpy, safetensors, tokenizers, regex)"
+  say "creating the Python reference venv (.cache/venv: gguf, numpy, safetensors, tokenizers, regex, scipy)"
   python3 -m venv .cache/venv
+  # scipy: weightedtau, the reference for the bias lab's ranking score (1.17 is the last
+  # release that supports Python 3.11).
   .cache/venv/bin/python -m pip install --quiet --disable-pip-version-check \
-    gguf==0.17.1 numpy==2.2.6 safetensors==0.6.2 tokenizers==0.22.2 regex==2026.11.19
+    gguf==0.17.1 numpy==2.2.6 safetensors==0.6.2 tokenizers==0.22.2 regex==2026.11.19 \
+    scipy==1.17.1
   touch "$stamp"
 }

@@ -18,6 +18,7 @@
 //!   `model::gpu_forward`, a LLaMA block on the GPU (`compute::forward`'s kernels).
 //! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
 //! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
+//! - `sebra`: the bias lab: biased shape images, Sebra's ranking bookkeeping, weighted tau.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.
 //! - `experiment`: the versioned Experiment that links, the CLI and reports share.
 //! - `train`: Pre-/Post-/Mix-LN decoders trained on the CPU (paired forward/backward kernels,
@@ -31,6 +32,7 @@ pub mod experiment;
 pub mod io;
 pub mod model;
 pub mod prune;
+pub mod sebra;
 pub mod stats;
 pub mod synth;
 pub mod tokenizer;

@@ -336,6 +336,107 @@ pub fn write_f32_with(
     out.flush().map_err(io)
 }
 
+/// The values of one tensor for [`write_tensors`]: the dtypes a data set needs (F32 pixels,
+/// I64 labels, which PyTorch's cross-entropy takes as they are).
+pub enum TensorValues<'a> {
+    F32(&'a [f32]),
+    I64(&'a [i64]),
+}
+
+impl TensorValues<'_> {
+    fn len(&self) -> usize {
+        match self {
+            TensorValues::F32(v) => v.len(),
+            TensorValues::I64(v) => v.len(),
+        }
+    }
+}
+
+/// One tensor for [`write_tensors`]: its name, row-major shape and values.
+pub struct TypedTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: TensorValues<'a>,
+}
+
+/// [`write_f32`] for tensors of mixed dtypes (F32 and I64, little-endian), all in memory; the
+/// same header rules (names unique, padded to 8 bytes, tensors in the given order).
+pub fn write_tensors(
+    out: &mut dyn std::io::Write,
+    tensors: &[TypedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        let meta: Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        header.insert("__metadata__".into(), Value::Object(meta));
+    }
+    let mut offset = 0u64;
+    for t in tensors {
+        let n: usize = t.shape.iter().product();
+        if n != t.values.len() {
+            return Err(LabError::invalid(format!(
+                "{}: shape {:?} holds {n} values, the data {}",
+                t.name,
+                t.shape,
+                t.values.len()
+            )));
+        }
+        if t.name == "__metadata__" || header.contains_key(&t.name) {
+            return Err(LabError::invalid(format!(
+                "{}: a tensor name may appear only once and may not be __metadata__",
+                t.name
+            )));
+        }
+        let (dtype, size) = match t.values {
+            TensorValues::F32(_) => ("F32", 4),
+            TensorValues::I64(_) => ("I64", 8),
+        };
+        let end = offset + size * n as u64;
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::to_vec(&Value::Object(header))
+        .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let io = |e: std::io::Error| LabError::Io(format!("cannot write the safetensors file: {e}"));
+    out.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    out.write_all(&json).map_err(io)?;
+    let mut buf = Vec::with_capacity(1 << 17);
+    for t in tensors {
+        match t.values {
+            TensorValues::F32(v) => {
+                for chunk in v.chunks(1 << 14) {
+                    buf.clear();
+                    chunk
+                        .iter()
+                        .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                    out.write_all(&buf).map_err(io)?;
+                }
+            }
+            TensorValues::I64(v) => {
+                for chunk in v.chunks(1 << 14) {
+                    buf.clear();
+                    chunk
+                        .iter()
+                        .for_each(|x| buf.extend_from_slice(&x.to_le_bytes()));
+                    out.write_all(&buf).map_err(io)?;
+                }
+            }
+        }
+    }
+    out.flush().map_err(io)
+}
+
 #[cfg(test)]
 mod write_tests {
     use super::*;
@@ -378,5 +479,46 @@ mod write_tests {
             data: vec![1.0f32].into(),
         }];
         assert!(write_f32(&mut Vec::new(), &bad, &meta).is_err());
+    }
+
+    /// Mixed F32/I64 files read back by candle's safetensors loader (an independent reader).
+    #[test]
+    fn typed_files_read_back_in_candle() {
+        let pixels = [0.5f32, -1.25, 3.0, 0.0, 1e-3, 7.0];
+        let labels = [3i64, -1, 1 << 40];
+        let tensors = [
+            TypedTensor {
+                name: "images".into(),
+                shape: vec![1, 2, 3],
+                values: TensorValues::F32(&pixels),
+            },
+            TypedTensor {
+                name: "labels".into(),
+                shape: vec![3],
+                values: TensorValues::I64(&labels),
+            },
+        ];
+        let mut bytes = Vec::new();
+        write_tensors(&mut bytes, &tensors, &BTreeMap::new()).unwrap();
+        let back =
+            candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).unwrap();
+        let images = &back["images"];
+        assert_eq!(images.dims(), &[1, 2, 3]);
+        assert_eq!(images.dtype(), candle_core::DType::F32);
+        let flat: Vec<f32> = images.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(flat, pixels.to_vec());
+        assert_eq!(back["labels"].dtype(), candle_core::DType::I64);
+        assert_eq!(back["labels"].to_vec1::<i64>().unwrap(), labels.to_vec());
+        let bad = [TypedTensor {
+            name: "x".into(),
+            shape: vec![2],
+            values: TensorValues::I64(&labels),
+        }];
+        let e = write_tensors(&mut Vec::new(), &bad, &BTreeMap::new()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("x: shape [2] holds 2 values, the data 3"),
+            "{e}"
+        );
     }
 }
