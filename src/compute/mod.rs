@@ -3,7 +3,8 @@
 //! WebGPU in the browser, Vulkan natively) and on the CPU.
 //!
 //! Every kernel exists twice with the same signature: a WGSL entry point in `shaders/`
-//! driven from `gpu::GpuContext` (or a `forward::Recorder`), and its CPU twin in `cpu` or
+//! recorded through the one `recorder::Recorder` into tensors from the context's buffer pool
+//! (`pool`), and its CPU twin in `cpu` or
 //! `cpu_forward`, which is both the fallback and the reference the parity tests compare
 //! against. Shapes: a tensor is a flat `&[f32]`,
 //! viewed as `[rows, cols]` row-major (`Matrix`); a vector is `[1, n]`.
@@ -17,11 +18,15 @@ pub mod cpu;
 pub mod cpu_forward;
 pub mod forward;
 pub mod gpu;
+pub mod pool;
+pub mod recorder;
 pub mod select;
 pub mod sparse;
 
 pub use backend::{Backend, BackendChoice, BackendInfo, RunControl, Silent};
 pub use gpu::GpuContext;
+pub use pool::{BufferPool, DType, GpuTensor, PoolStats};
+pub use recorder::Recorder;
 
 use serde::{Deserialize, Serialize};
 
