@@ -266,6 +266,9 @@ pub struct GpuTensor {
 }
 
 impl GpuTensor {
+    // Natively wgpu's handles are Send + Sync and so is the Arc; in the browser they are
+    // not, and the page's GPU work runs on one thread.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub(crate) fn new(buf: PooledBuffer, shape: &[usize], dtype: DType) -> GpuTensor {
         GpuTensor {
             buf: Arc::new(buf),
