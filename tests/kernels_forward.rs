@@ -556,6 +556,86 @@ fn smollm2_blocks_match_the_cpu_forward_pass() {
     }
 }
 
+/// Three SmolLM2 blocks recorded back to back with every activation left on the GPU (what a
+/// backward pass needs), then all of them read back in one submission, against the CPU
+/// blocks' Observer inputs and outputs: nothing was read back between blocks.
+#[test]
+fn smollm2_blocks_keep_their_activations_on_the_gpu_with_one_readback() {
+    use layerlab::compute::Recorder;
+    use layerlab::model::gpu_forward::{blocks_forward_recorded, GpuBlock, GpuRope};
+    let gpu = gpu();
+    let path = model_path();
+    let src = FileSource::open(&path).unwrap();
+    let file = ModelFile::open(&src).unwrap();
+    let tok = TextTokenizer::from_gguf(&file, "smollm2").unwrap();
+    let text = std::fs::read_to_string(GPL3).expect("GPL-3 missing (Debian's base-files)");
+    let ids = tok.encode(&text).unwrap();
+    let windows: Vec<&[u32]> = vec![&ids[100..117], &ids[200..217]];
+    let (b, t) = (2, 17);
+    let model = Llama::new(&src, &file, None).unwrap();
+    let c = &model.config;
+    let ends = model.load_ends().unwrap();
+    let x = model.embed(&ends, &windows).unwrap();
+    let rope = Rope::new(t, c.head_dim, c.rope_theta).unwrap();
+
+    // The CPU blocks, recording every Observer call.
+    let mut want = Vec::new();
+    let mut cpu_x = x.clone();
+    let mut blocks = Vec::new();
+    for i in 0..3 {
+        let w = model.load_block(i).unwrap();
+        let mut obs = Record::default();
+        cpu_x = model.block_forward(&w, &cpu_x, &rope, &mut obs).unwrap();
+        want.push(obs.calls);
+        blocks.push(GpuBlock::upload(&gpu, &w).unwrap());
+    }
+
+    let mut rec = Recorder::new(&gpu).unwrap();
+    let xs = rec
+        .upload_f32(&to_vec(&x).unwrap(), &[b * t, c.hidden])
+        .unwrap();
+    let rope_gpu = GpuRope::upload(&gpu, &rope).unwrap();
+    let acts = run(blocks_forward_recorded(
+        &mut rec, c, &blocks, xs, b, t, &rope_gpu,
+    ))
+    .unwrap();
+    assert_eq!(
+        rec.stats().submissions,
+        0,
+        "a block submitted work before the readback"
+    );
+    let mut chosen = Vec::new();
+    for a in &acts {
+        chosen.extend([&a.h, &a.a, &a.h2, &a.m, a.out.as_ref().unwrap()]);
+    }
+    let got = run(rec.read_many(&chosen)).unwrap();
+    assert_eq!((rec.stats().submissions, rec.stats().readbacks), (1, 1));
+    let mut worst = 0f64;
+    for (i, calls) in want.iter().enumerate() {
+        assert_eq!(calls.len(), 5);
+        for (j, call) in calls.iter().enumerate() {
+            let what = format!("block {i} {}", call.1);
+            // Errors compound through the blocks: 1e-5 of the largest value per block.
+            worst = worst.max(assert_close(
+                &what,
+                &got[5 * i + j],
+                &call.3,
+                1e-5 * (i + 1) as f64,
+            ));
+        }
+    }
+    assert_close(
+        "the last block's output",
+        &got[14],
+        &to_vec(&cpu_x).unwrap(),
+        3e-5,
+    );
+    eprintln!(
+        "3 SmolLM2 blocks, one submission: activations within {worst:.2e} of the CPU's; pool {:?}",
+        gpu.pool_stats()
+    );
+}
+
 /// Records the linear inputs only, and says it does not want the block's output.
 struct InputsOnly(Record);
 

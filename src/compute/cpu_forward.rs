@@ -208,3 +208,36 @@ pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
 pub fn residual_add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x + y).collect()
 }
+
+/// Twin of `buffer_ops.wgsl::fill`: x[i] = value.
+pub fn fill(x: &mut [f32], value: f32) {
+    x.fill(value);
+}
+
+/// Twin of `buffer_ops.wgsl::copy_rows`: for r < rows, c < cols,
+/// dst[dst_start + r dst_stride + c] = src[src_start + r src_stride + c].
+#[allow(clippy::too_many_arguments)]
+pub fn copy_rows(
+    src: &[f32],
+    src_start: usize,
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_start: usize,
+    dst_stride: usize,
+    rows: usize,
+    cols: usize,
+) {
+    for r in 0..rows {
+        let s = src_start + r * src_stride;
+        let d = dst_start + r * dst_stride;
+        dst[d..d + cols].copy_from_slice(&src[s..s + cols]);
+    }
+}
+
+/// Twin of `buffer_ops.wgsl::accumulate`: acc[i] += scale b[i], one f32 product and one f32
+/// add (the kernel may fuse them into one rounding).
+pub fn accumulate(acc: &mut [f32], b: &[f32], scale: f32) {
+    for (a, &v) in acc.iter_mut().zip(b) {
+        *a += scale * v;
+    }
+}

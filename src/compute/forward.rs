@@ -2,20 +2,22 @@
 //! SwiGLU and the residual add, each a WGSL kernel whose CPU twin is in `cpu_forward`.
 //!
 //! Shapes (as in `model::llama`): B windows of T tokens, N = B T rows, C hidden, H query
-//! heads, KV key/value heads, D head dim, F FFN width. Every tensor is a `GpuMatrix`
-//! (f32, row-major `[rows, cols]`); q, k, v and the attention output are token-major
-//! `(N, heads D)` = (B, T, heads, D), the layout the linear layers write, so no transpose
-//! is ever needed on the GPU.
+//! heads, KV key/value heads, D head dim, F FFN width. Every tensor is a `GpuTensor` (f32,
+//! row-major; the kernels view it as `[rows, cols]`, rows = all dims but the last); q, k, v
+//! and the attention output are token-major `(N, heads D)` = (B, T, heads, D), the layout
+//! the linear layers write, so no transpose is ever needed on the GPU.
 //!
-//! A `Recorder` records kernels into one command buffer and submits only when a result is
-//! read back (`read`): intermediates stay on the GPU. It holds an out-of-memory and a
-//! validation error scope open between submissions, so a bad dispatch or a lost device
-//! comes back from the next `read` (or `finish`) as `LabError::GpuFailed`, never a panic.
+//! Each kernel is a method of the one `Recorder` (`compute::recorder`), which records it
+//! into the current command buffer with its output from the buffer pool; nothing is
+//! submitted until a result is read back, and errors come back from that submission as
+//! `LabError::GpuFailed`.
 
 use bytemuck::{Pod, Zeroable};
 
-use super::gpu::{GpuContext, GpuMatrix, Shader};
-use super::Matrix;
+use super::gpu::{GpuMatrix, Shader};
+use super::pool::DType;
+pub use super::recorder::Recorder;
+use super::recorder::{as_u32, flat_grid};
 use crate::{LabError, Result};
 
 pub const MATMUL: Shader = Shader {
@@ -206,132 +208,7 @@ impl AttentionShape {
     }
 }
 
-/// Workgroups for `n` work items of `per` each, as a 2-D grid when one dimension is not
-/// enough: the kernels compute item = (wid.y * nwg.x + wid.x) * per + lid.
-fn flat_grid(n: usize, per: usize) -> Result<[u32; 3]> {
-    let groups = n.div_ceil(per).max(1);
-    let x = groups.min(MAX_GROUPS);
-    let y = groups.div_ceil(x);
-    if y > MAX_GROUPS {
-        return Err(LabError::invalid(format!(
-            "{n} work items are too many for one dispatch"
-        )));
-    }
-    Ok([x as u32, y as u32, 1])
-}
-
-fn as_u32(what: &str, n: usize) -> Result<u32> {
-    u32::try_from(n).map_err(|_| {
-        LabError::invalid(format!(
-            "{what}: {n} is beyond what a GPU kernel indexes (u32)"
-        ))
-    })
-}
-
-/// Kernels recorded into one command buffer, submitted when a result is read back.
-pub struct Recorder<'a> {
-    ctx: &'a GpuContext,
-    encoder: wgpu::CommandEncoder,
-    /// [out of memory, validation], pushed in that order, popped in reverse.
-    scopes: Vec<wgpu::ErrorScopeGuard>,
-    /// Bound where a kernel's optional input (a bias) is absent.
-    dummy: wgpu::Buffer,
-}
-
-impl<'a> Recorder<'a> {
-    pub fn new(ctx: &'a GpuContext) -> Result<Self> {
-        ctx.check()?;
-        let scopes = Self::push_scopes(ctx);
-        let dummy = ctx.buffer_with("no bias", &[0f32], wgpu::BufferUsages::STORAGE);
-        Ok(Recorder {
-            ctx,
-            encoder: ctx.device.create_command_encoder(&Default::default()),
-            scopes,
-            dummy,
-        })
-    }
-
-    fn push_scopes(ctx: &GpuContext) -> Vec<wgpu::ErrorScopeGuard> {
-        vec![
-            ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory),
-            ctx.device.push_error_scope(wgpu::ErrorFilter::Validation),
-        ]
-    }
-
-    /// Copies `m` to the GPU.
-    pub fn upload(&mut self, m: Matrix) -> Result<GpuMatrix> {
-        self.ctx.upload(m)
-    }
-
-    /// An uninitialised `[rows, cols]` output (every kernel writes all of its output).
-    fn output(&self, rows: usize, cols: usize) -> Result<GpuMatrix> {
-        self.ctx.check()?;
-        let bytes = (rows * cols * 4) as u64;
-        if bytes > self.ctx.max_binding_elements() as u64 * 4 {
-            return Err(LabError::invalid(format!(
-                "a [{rows}, {cols}] intermediate of {bytes} bytes exceeds this GPU's storage \
-                 binding limit of {} bytes",
-                self.ctx.max_binding_elements() * 4
-            )));
-        }
-        let buffer = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("intermediate"),
-            size: bytes.max(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        Ok(GpuMatrix { buffer, rows, cols })
-    }
-
-    /// Records one dispatch of `entry` with `bindings` at @binding(0..) and `params` last.
-    fn dispatch<P: Pod>(
-        &mut self,
-        shader: &Shader,
-        entry: &'static str,
-        bindings: &[&wgpu::Buffer],
-        params: &P,
-        groups: [u32; 3],
-    ) -> Result<()> {
-        self.ctx.check()?;
-        let pipeline = self.ctx.pipeline(shader, entry)?;
-        let params = self.ctx.buffer_with(
-            "params",
-            std::slice::from_ref(params),
-            wgpu::BufferUsages::UNIFORM,
-        );
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = bindings
-            .iter()
-            .copied()
-            .chain(std::iter::once(&params))
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self
-            .ctx
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(entry),
-                layout: &layout,
-                entries: &entries,
-            });
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(entry),
-                timestamp_writes: None,
-            });
-        pass.set_pipeline(&pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        Ok(())
-    }
-
+impl Recorder<'_> {
     /// y = x W^T (+ b): x (N, K), W (O, K), b (O) -> y (N, O). Kernel: matmul.wgsl.
     pub fn linear(
         &mut self,
@@ -339,44 +216,56 @@ impl<'a> Recorder<'a> {
         w: &GpuMatrix,
         bias: Option<&GpuMatrix>,
     ) -> Result<GpuMatrix> {
-        if x.cols != w.cols {
+        if x.cols() != w.cols() {
             return Err(LabError::invalid(format!(
                 "linear: x is [{}, {}] but W is [{}, {}]; their columns must agree",
-                x.rows, x.cols, w.rows, w.cols
+                x.rows(),
+                x.cols(),
+                w.rows(),
+                w.cols()
             )));
         }
         if let Some(b) = bias {
-            if b.len() != w.rows {
+            if b.len() != w.rows() {
                 return Err(LabError::invalid(format!(
                     "linear: the bias has {} values for {} outputs",
                     b.len(),
-                    w.rows
+                    w.rows()
                 )));
             }
         }
         let (gx, gy) = (
-            w.rows.div_ceil(MATMUL_TILE).max(1),
-            x.rows.div_ceil(MATMUL_TILE).max(1),
+            w.rows().div_ceil(MATMUL_TILE).max(1),
+            x.rows().div_ceil(MATMUL_TILE).max(1),
         );
         if gx > MAX_GROUPS || gy > MAX_GROUPS {
             return Err(LabError::invalid(format!(
                 "linear: [{}, {}] x [{}, {}]^T is too large for one dispatch",
-                x.rows, x.cols, w.rows, w.cols
+                x.rows(),
+                x.cols(),
+                w.rows(),
+                w.cols()
             )));
         }
-        let y = self.output(x.rows, w.rows)?;
+        let mut shape = x.dims().to_vec();
+        match shape.last_mut() {
+            Some(last) => *last = w.rows(),
+            None => shape.push(w.rows()),
+        }
+        let y = self.output(&shape, DType::F32)?;
         let p = LinearParams {
-            n: as_u32("linear rows", x.rows)?,
-            k: as_u32("linear inner dim", x.cols)?,
-            o: as_u32("linear outputs", w.rows)?,
+            n: as_u32("linear rows", x.rows())?,
+            k: as_u32("linear inner dim", x.cols())?,
+            o: as_u32("linear outputs", w.rows())?,
             has_bias: bias.is_some() as u32,
         };
-        let b = bias.map_or(&self.dummy, |b| &b.buffer).clone();
+        let dummy = self.dummy()?;
+        let b = bias.unwrap_or(&dummy);
         if !y.is_empty() {
             self.dispatch(
                 &MATMUL,
                 "linear",
-                &[&x.buffer, &w.buffer, &b, &y.buffer],
+                &[x, w, b, &y],
                 &p,
                 [gx as u32, gy as u32, 1],
             )?;
@@ -386,29 +275,23 @@ impl<'a> Recorder<'a> {
 
     /// Each row of x (rows, C) -> x / sqrt(mean(x^2) + eps) * w, w (C). Kernel: norm.wgsl.
     pub fn rms_norm(&mut self, x: &GpuMatrix, w: &GpuMatrix, eps: f32) -> Result<GpuMatrix> {
-        if w.len() != x.cols {
+        if w.len() != x.cols() {
             return Err(LabError::invalid(format!(
                 "rms_norm: {} weights for rows of {}",
                 w.len(),
-                x.cols
+                x.cols()
             )));
         }
-        let y = self.output(x.rows, x.cols)?;
+        let y = self.output(x.dims(), DType::F32)?;
         let p = NormParams {
-            rows: as_u32("rms_norm rows", x.rows)?,
-            cols: as_u32("rms_norm width", x.cols)?,
-            inv_c: 1.0 / x.cols as f32,
+            rows: as_u32("rms_norm rows", x.rows())?,
+            cols: as_u32("rms_norm width", x.cols())?,
+            inv_c: 1.0 / x.cols() as f32,
             eps,
         };
         if !y.is_empty() {
-            let groups = flat_grid(x.rows, 1)?;
-            self.dispatch(
-                &NORM,
-                "rms_norm",
-                &[&x.buffer, &w.buffer, &y.buffer],
-                &p,
-                groups,
-            )?;
+            let groups = flat_grid(x.rows(), 1)?;
+            self.dispatch(&NORM, "rms_norm", &[x, w, &y], &p, groups)?;
         }
         Ok(y)
     }
@@ -417,28 +300,22 @@ impl<'a> Recorder<'a> {
     /// of logits minus the target's logit; `targets` (rows, 1) holds token ids as f32.
     /// Kernel: nll.wgsl.
     pub fn token_nll(&mut self, logits: &GpuMatrix, targets: &GpuMatrix) -> Result<GpuMatrix> {
-        if targets.len() != logits.rows || logits.cols == 0 || logits.cols > 1 << 24 {
+        if targets.len() != logits.rows() || logits.cols() == 0 || logits.cols() > 1 << 24 {
             return Err(LabError::invalid(format!(
                 "token_nll: {} targets for {} rows of {} logits",
                 targets.len(),
-                logits.rows,
-                logits.cols
+                logits.rows(),
+                logits.cols()
             )));
         }
-        let y = self.output(logits.rows, 1)?;
+        let y = self.output(&[logits.rows(), 1], DType::F32)?;
         let p = RowsParams {
-            rows: as_u32("token_nll rows", logits.rows)?,
-            cols: as_u32("token_nll width", logits.cols)?,
+            rows: as_u32("token_nll rows", logits.rows())?,
+            cols: as_u32("token_nll width", logits.cols())?,
         };
         if !y.is_empty() {
-            let groups = flat_grid(logits.rows, 1)?;
-            self.dispatch(
-                &NLL,
-                "token_nll",
-                &[&logits.buffer, &targets.buffer, &y.buffer],
-                &p,
-                groups,
-            )?;
+            let groups = flat_grid(logits.rows(), 1)?;
+            self.dispatch(&NLL, "token_nll", &[logits, targets, &y], &p, groups)?;
         }
         Ok(y)
     }
@@ -494,13 +371,7 @@ impl<'a> Recorder<'a> {
         };
         as_u32("rope values", last)?;
         let groups = flat_grid(pairs, WG)?;
-        self.dispatch(
-            &ROPE,
-            "rope",
-            &[&x.buffer, &cos.buffer, &sin.buffer],
-            &p,
-            groups,
-        )
+        self.dispatch(&ROPE, "rope", &[x, cos, sin], &p, groups)
     }
 
     /// Causal grouped-query attention: q (N, H D), k and v (N, KV D), token-major ->
@@ -518,8 +389,8 @@ impl<'a> Recorder<'a> {
             if m.len() != n * heads * s.d {
                 return Err(LabError::invalid(format!(
                     "attention: {what} is [{}, {}], expected [{n}, {}]",
-                    m.rows,
-                    m.cols,
+                    m.rows(),
+                    m.cols(),
                     heads * s.d
                 )));
             }
@@ -529,7 +400,7 @@ impl<'a> Recorder<'a> {
         want(k, s.kv_heads, "k")?;
         want(v, s.kv_heads, "v")?;
         as_u32("attention values", q.len())?;
-        let a = self.output(n, s.heads * s.d)?;
+        let a = self.output(&[n, s.heads * s.d], DType::F32)?;
         let p = AttentionParams {
             t: s.t as u32,
             heads: s.heads as u32,
@@ -541,7 +412,7 @@ impl<'a> Recorder<'a> {
         self.dispatch(
             &ATTENTION,
             "causal_attention",
-            &[&q.buffer, &k.buffer, &v.buffer, &a.buffer],
+            &[q, k, v, &a],
             &p,
             [s.t as u32, s.heads as u32, s.batch as u32],
         )?;
@@ -554,26 +425,21 @@ impl<'a> Recorder<'a> {
         a: &GpuMatrix,
         b: &GpuMatrix,
     ) -> Result<GpuMatrix> {
-        if (a.rows, a.cols) != (b.rows, b.cols) {
+        if a.dims() != b.dims() {
             return Err(LabError::invalid(format!(
-                "{entry}: shapes [{}, {}] and [{}, {}] differ",
-                a.rows, a.cols, b.rows, b.cols
+                "{entry}: shapes {:?} and {:?} differ",
+                a.dims(),
+                b.dims()
             )));
         }
-        let out = self.output(a.rows, a.cols)?;
+        let out = self.output(a.dims(), DType::F32)?;
         if !out.is_empty() {
             let p = FlatParams {
                 len: as_u32(entry, a.len())?,
                 _pad: [0; 3],
             };
             let groups = flat_grid(a.len(), WG)?;
-            self.dispatch(
-                &ELEMENTWISE,
-                entry,
-                &[&a.buffer, &b.buffer, &out.buffer],
-                &p,
-                groups,
-            )?;
+            self.dispatch(&ELEMENTWISE, entry, &[a, b, &out], &p, groups)?;
         }
         Ok(out)
     }
@@ -586,75 +452,5 @@ impl<'a> Recorder<'a> {
     /// a + b, elementwise (the residual stream).
     pub fn residual_add(&mut self, a: &GpuMatrix, b: &GpuMatrix) -> Result<GpuMatrix> {
         self.elementwise("residual_add", a, b)
-    }
-
-    /// Submits what was recorded and reports errors raised since the last submission; the
-    /// scopes are opened again for what follows.
-    async fn submit(&mut self) -> Result<()> {
-        let encoder = std::mem::replace(
-            &mut self.encoder,
-            self.ctx.device.create_command_encoder(&Default::default()),
-        );
-        self.ctx.queue.submit([encoder.finish()]);
-        let validation = self.scopes.pop();
-        let oom = self.scopes.pop();
-        let mut failure = None;
-        if let Some(e) = match validation {
-            Some(s) => s.pop().await,
-            None => None,
-        } {
-            failure = Some(LabError::GpuFailed(e.to_string()));
-        }
-        if let Some(e) = match oom {
-            Some(s) => s.pop().await,
-            None => None,
-        } {
-            failure.get_or_insert(LabError::GpuFailed(format!("out of GPU memory: {e}")));
-        }
-        if let Some(f) = failure {
-            // A lost device makes every later call invalid; say so rather than quote the
-            // first validation error it caused. (Natively the loss is only reported from a
-            // poll; in the browser, by the event loop.)
-            #[cfg(not(target_arch = "wasm32"))]
-            let _ = self.ctx.device.poll(wgpu::PollType::Poll);
-            self.ctx.check()?;
-            return Err(f);
-        }
-        self.ctx.check()?;
-        self.scopes = Self::push_scopes(self.ctx);
-        Ok(())
-    }
-
-    /// Runs everything recorded so far and reads `m` back.
-    pub async fn read(&mut self, m: &GpuMatrix) -> Result<Vec<f32>> {
-        self.ctx.check()?;
-        let bytes = m.buffer.size();
-        let staging = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.encoder
-            .copy_buffer_to_buffer(&m.buffer, 0, &staging, 0, bytes);
-        self.submit().await?;
-        let mut values: Vec<f32> = self.ctx.read_mapped(&staging).await?;
-        values.truncate(m.len());
-        Ok(values)
-    }
-
-    /// Runs everything recorded and reports any error it raised.
-    pub async fn finish(mut self) -> Result<()> {
-        self.submit().await
-    }
-}
-
-impl Drop for Recorder<'_> {
-    /// wgpu requires error scopes to be closed in reverse order (it panics otherwise); a
-    /// `Vec` would drop them front to back.
-    fn drop(&mut self) {
-        while let Some(scope) = self.scopes.pop() {
-            drop(scope);
-        }
     }
 }

@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytemuck::{Pod, Zeroable};
 
+use super::pool::{BufferPool, DType, Usage};
+pub use super::pool::{GpuMatrix, GpuTensor, PoolStats};
+use super::recorder::{Arg, Recorder};
 use super::{Bins, Central, Matrix, Moments};
 use crate::{LabError, Result};
 
@@ -66,6 +69,7 @@ pub struct GpuContext {
     modules: Arc<Mutex<HashMap<&'static str, wgpu::ShaderModule>>>,
     pipelines: Arc<Mutex<HashMap<(&'static str, &'static str), wgpu::ComputePipeline>>>,
     health: Arc<Health>,
+    pool: BufferPool,
 }
 
 /// Shader-side parameter block shared by all reduction kernels (see the WGSL `Params`).
@@ -102,28 +106,6 @@ struct CentralPartial {
     m4: f32,
     above: u32,
     _pad: u32,
-}
-
-/// A chunk of a tensor resident in a GPU storage buffer, viewed as `[rows, cols]`.
-pub struct GpuMatrix {
-    pub(crate) buffer: wgpu::Buffer,
-    pub(crate) rows: usize,
-    pub(crate) cols: usize,
-}
-
-impl GpuMatrix {
-    pub fn len(&self) -> usize {
-        self.rows * self.cols
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// `[rows, cols]`.
-    pub fn shape(&self) -> (usize, usize) {
-        (self.rows, self.cols)
-    }
 }
 
 impl GpuContext {
@@ -207,6 +189,7 @@ impl GpuContext {
             modules: Default::default(),
             pipelines: Default::default(),
             health,
+            pool: BufferPool::default(),
         })
     }
 
@@ -300,130 +283,89 @@ impl GpuContext {
         Ok(pipeline)
     }
 
-    /// Copies a chunk of a tensor into a storage buffer.
-    pub fn upload(&self, m: Matrix) -> Result<GpuMatrix> {
-        let bytes = std::mem::size_of_val(m.data) as u64;
+    /// The pool every tensor, parameter block and readback buffer of this context comes
+    /// from.
+    pub fn pool(&self) -> &BufferPool {
+        &self.pool
+    }
+
+    /// Allocations against reuses of this context's buffer pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Copies a chunk of a tensor into a pooled storage buffer, as `[rows, cols]`.
+    pub fn upload(&self, m: Matrix) -> Result<GpuTensor> {
+        self.upload_values(m.data, &[m.rows, m.cols], DType::F32)
+    }
+
+    /// Copies `values` (f32 or u32) into a pooled storage buffer as a tensor of `shape`.
+    pub fn upload_values<T: Pod>(
+        &self,
+        values: &[T],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<GpuTensor> {
+        debug_assert_eq!(std::mem::size_of::<T>(), 4);
+        let n: usize = shape.iter().product();
+        if n != values.len() {
+            return Err(LabError::invalid(format!(
+                "a tensor of shape {shape:?} needs {n} values, found {}",
+                values.len()
+            )));
+        }
+        let bytes = std::mem::size_of_val(values) as u64;
         if bytes > self.max_binding_bytes {
             return Err(LabError::invalid(format!(
                 "a chunk of {bytes} bytes exceeds this GPU's storage binding limit of {} bytes",
                 self.max_binding_bytes
             )));
         }
-        // A zero-sized binding is invalid; an empty matrix gets one unused value.
         self.check()?;
-        let contents: &[f32] = if m.data.is_empty() { &[0.0] } else { m.data };
-        // COPY_SRC: the forward pass reads some inputs back (`forward::Recorder::read`).
-        let buffer = self.buffer_with(
-            "tensor chunk",
-            contents,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        // A host write: only a buffer whose users have all been submitted (see `pool`).
+        let buf = self.pool.take(
+            &self.device,
+            Usage::Storage,
+            bytes,
+            self.max_binding_bytes,
+            false,
         );
-        Ok(GpuMatrix {
-            buffer,
-            rows: m.rows,
-            cols: m.cols,
-        })
+        if bytes > 0 {
+            self.queue
+                .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(values));
+        }
+        Ok(GpuTensor::new(buf, shape, dtype))
     }
 
-    /// A buffer holding `values`, written through the queue. (wgpu's `create_buffer_init`
-    /// maps at creation and panics on a lost device; this reports through `check` instead.)
-    pub(crate) fn buffer_with<T: Pod>(
-        &self,
-        label: &str,
-        values: &[T],
-        usage: wgpu::BufferUsages,
-    ) -> wgpu::Buffer {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
-        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: (bytes.len() as u64).next_multiple_of(4).max(4),
-            usage: usage | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        self.queue.write_buffer(&buffer, 0, bytes);
-        buffer
-    }
-
-    fn uniform<T: Pod>(&self, value: &T) -> wgpu::Buffer {
-        self.buffer_with(
-            "params",
-            std::slice::from_ref(value),
-            wgpu::BufferUsages::UNIFORM,
-        )
-    }
-
-    fn storage_init<T: Pod>(&self, values: &[T]) -> wgpu::Buffer {
-        self.buffer_with("storage", values, wgpu::BufferUsages::STORAGE)
-    }
-
-    /// A zero-filled read-write storage buffer for `count` records of `T`.
-    fn output<T: Pod>(&self, count: usize) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("partials"),
-            size: (count.max(1) * std::mem::size_of::<T>()) as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        })
-    }
-
-    /// Runs one dispatch with `bindings` at @binding(0..) and reads `count` records of `T`
-    /// back from `out`. Errors raised on the way (validation, out of memory, device lost)
-    /// come back as `GpuFailed`.
-    pub(crate) async fn dispatch_read<T: Pod>(
+    /// Runs one reduction kernel, bound as [m, out, params, extra], through a recorder of
+    /// its own, and reads `count` records of `T` back from `out` (zero-filled first when
+    /// `zeroed`: kernels that add into it with atomics).
+    #[allow(clippy::too_many_arguments)]
+    async fn reduce<T: Pod, P: Pod>(
         &self,
         shader: &Shader,
         entry: &'static str,
-        bindings: &[&wgpu::Buffer],
+        m: &GpuTensor,
+        extra: Option<&GpuTensor>,
+        params: &P,
         groups: (u32, u32),
-        out: &wgpu::Buffer,
         count: usize,
+        zeroed: bool,
     ) -> Result<Vec<T>> {
-        self.check()?;
-        let pipeline = self.pipeline(shader, entry)?;
-        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let layout = pipeline.get_bind_group_layout(0);
-        let entries: Vec<wgpu::BindGroupEntry> = bindings
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &layout,
-            entries: &entries,
-        });
-        let bytes = (count.max(1) * std::mem::size_of::<T>()) as u64;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(entry),
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(&pipeline);
-            pass.set_bind_group(0, &bind_group, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, 1);
+        let mut rec = Recorder::new(self)?;
+        let words = (count.max(1) * std::mem::size_of::<T>()).div_ceil(4);
+        let out = if zeroed {
+            rec.zeros(&[words], DType::U32)?
+        } else {
+            rec.output(&[words], DType::U32)?
+        };
+        let mut args = vec![Arg::Tensor(m), Arg::Tensor(&out), Arg::Params];
+        if let Some(e) = extra {
+            args.push(Arg::Tensor(e));
         }
-        encoder.copy_buffer_to_buffer(out, 0, &staging, 0, bytes);
-        self.queue.submit([encoder.finish()]);
-        if let Some(e) = validation.pop().await {
-            return Err(LabError::GpuFailed(e.to_string()));
-        }
-        if let Some(e) = oom.pop().await {
-            return Err(LabError::GpuFailed(format!("out of GPU memory: {e}")));
-        }
-        let mut values: Vec<T> = self.read_mapped(&staging).await?;
-        values.truncate(count);
-        Ok(values)
+        rec.dispatch_args(shader, entry, &args, params, [groups.0, groups.1, 1])?;
+        // The read submits and checks the error scopes; nothing is recorded after it.
+        rec.read_records(&out, count).await
     }
 
     pub(crate) async fn read_mapped<T: Pod>(&self, staging: &wgpu::Buffer) -> Result<Vec<T>> {
@@ -466,12 +408,13 @@ impl GpuContext {
     }
 
     fn column_grid(m: &GpuMatrix) -> Result<(u32, u32)> {
-        let x = m.cols.div_ceil(COL_WG as usize);
-        let y = m.rows.div_ceil(ROWS_PER_GROUP as usize);
+        let x = m.cols().div_ceil(COL_WG as usize);
+        let y = m.rows().div_ceil(ROWS_PER_GROUP as usize);
         if x > 65535 || y > 65535 {
             return Err(LabError::invalid(format!(
                 "a [{}, {}] chunk is too large for one per-column dispatch",
-                m.rows, m.cols
+                m.rows(),
+                m.cols()
             )));
         }
         Ok((x.max(1) as u32, y.max(1) as u32))
@@ -480,14 +423,14 @@ impl GpuContext {
     fn params(m: &GpuMatrix, a: f32, b: f32, c: u32) -> Params {
         Params {
             len: m.len() as u32,
-            rows: m.rows as u32,
-            cols: m.cols as u32,
+            rows: m.rows() as u32,
+            cols: m.cols() as u32,
             rows_per_group: ROWS_PER_GROUP,
             a,
             b,
             c,
             col0: 0,
-            ncols: m.cols as u32,
+            ncols: m.cols() as u32,
             _pad: [0; 3],
         }
     }
@@ -495,16 +438,16 @@ impl GpuContext {
     /// GPU twin of `cpu::tensor_moments`.
     pub async fn tensor_moments(&self, m: &GpuMatrix) -> Result<Moments> {
         let groups = Self::grid_groups(m.len());
-        let params = self.uniform(&Self::params(m, 0.0, 0.0, 0));
-        let out = self.output::<MomentsPartial>(groups as usize);
         let parts: Vec<MomentsPartial> = self
-            .dispatch_read(
+            .reduce(
                 &MOMENTS,
                 "tensor_moments",
-                &[&m.buffer, &out, &params],
+                m,
+                None,
+                &Self::params(m, 0.0, 0.0, 0),
                 (groups, 1),
-                &out,
                 groups as usize,
+                false,
             )
             .await?;
         let mut acc = Moments::EMPTY;
@@ -518,25 +461,25 @@ impl GpuContext {
     /// GPU twin of `cpu::column_moments`.
     pub async fn column_moments(&self, m: &GpuMatrix) -> Result<Vec<Moments>> {
         let (gx, gy) = Self::column_grid(m)?;
-        let params = self.uniform(&Self::params(m, 0.0, 0.0, 0));
-        let count = gy as usize * m.cols;
-        let out = self.output::<MomentsPartial>(count);
+        let count = gy as usize * m.cols();
         let parts: Vec<MomentsPartial> = self
-            .dispatch_read(
+            .reduce(
                 &MOMENTS,
                 "column_moments",
-                &[&m.buffer, &out, &params],
+                m,
+                None,
+                &Self::params(m, 0.0, 0.0, 0),
                 (gx, gy),
-                &out,
                 count,
+                false,
             )
             .await?;
-        let mut cols = vec![Moments::EMPTY; m.cols];
+        let mut cols = vec![Moments::EMPTY; m.cols()];
         for (i, p) in parts.iter().enumerate() {
-            cols[i % m.cols.max(1)].merge(&moments_of(p, 0));
+            cols[i % m.cols().max(1)].merge(&moments_of(p, 0));
         }
         for c in &mut cols {
-            c.count = m.rows as u64;
+            c.count = m.rows() as u64;
         }
         Ok(cols)
     }
@@ -549,16 +492,16 @@ impl GpuContext {
         threshold: f32,
     ) -> Result<Central> {
         let groups = Self::grid_groups(m.len());
-        let params = self.uniform(&Self::params(m, mean, threshold, 0));
-        let out = self.output::<CentralPartial>(groups as usize);
         let parts: Vec<CentralPartial> = self
-            .dispatch_read(
+            .reduce(
                 &CENTRAL,
                 "tensor_central",
-                &[&m.buffer, &out, &params],
+                m,
+                None,
+                &Self::params(m, mean, threshold, 0),
                 (groups, 1),
-                &out,
                 groups as usize,
+                false,
             )
             .await?;
         let mut acc = Central::default();
@@ -570,35 +513,32 @@ impl GpuContext {
 
     /// GPU twin of `cpu::column_central`; `centre[c] = (mean, threshold)`.
     pub async fn column_central(&self, m: &GpuMatrix, centre: &[[f32; 2]]) -> Result<Vec<Central>> {
-        if centre.len() != m.cols {
+        if centre.len() != m.cols() {
             return Err(LabError::invalid(format!(
                 "column_central needs {} centres, found {}",
-                m.cols,
+                m.cols(),
                 centre.len()
             )));
         }
         let (gx, gy) = Self::column_grid(m)?;
-        let params = self.uniform(&Self::params(m, 0.0, 0.0, 0));
-        let centres = self.storage_init(if centre.is_empty() {
-            &[[0.0f32; 2]]
-        } else {
-            centre
-        });
-        let count = gy as usize * m.cols;
-        let out = self.output::<CentralPartial>(count);
+        let flat: Vec<f32> = centre.iter().flatten().copied().collect();
+        let centres = self.upload_values(&flat, &[centre.len(), 2], DType::F32)?;
+        let count = gy as usize * m.cols();
         let parts: Vec<CentralPartial> = self
-            .dispatch_read(
+            .reduce(
                 &CENTRAL,
                 "column_central",
-                &[&m.buffer, &out, &params, &centres],
+                m,
+                Some(&centres),
+                &Self::params(m, 0.0, 0.0, 0),
                 (gx, gy),
-                &out,
                 count,
+                false,
             )
             .await?;
-        let mut cols = vec![Central::default(); m.cols];
+        let mut cols = vec![Central::default(); m.cols()];
         for (i, p) in parts.iter().enumerate() {
-            cols[i % m.cols.max(1)].merge(&central_of(p));
+            cols[i % m.cols().max(1)].merge(&central_of(p));
         }
         Ok(cols)
     }
@@ -606,17 +546,17 @@ impl GpuContext {
     /// GPU twin of `cpu::tensor_histogram`.
     pub async fn tensor_histogram(&self, m: &GpuMatrix, bins: &Bins) -> Result<Vec<u64>> {
         let groups = Self::grid_groups(m.len());
-        let params = self.uniform(&Self::params(m, bins.lo, bins.scale, bins.bins));
         let n = bins.bins as usize;
-        let out = self.output::<u32>(n);
         let counts: Vec<u32> = self
-            .dispatch_read(
+            .reduce(
                 &HISTOGRAM,
                 "tensor_histogram",
-                &[&m.buffer, &out, &params],
+                m,
+                None,
+                &Self::params(m, bins.lo, bins.scale, bins.bins),
                 (groups, 1),
-                &out,
                 n,
+                true,
             )
             .await?;
         Ok(counts.into_iter().map(u64::from).collect())
@@ -628,24 +568,24 @@ impl GpuContext {
         let (_, gy) = Self::column_grid(m)?;
         let nb = bins.bins as usize;
         let per_slice = ((self.max_binding_bytes / 4) as usize / nb).max(1);
-        let mut all = Vec::with_capacity(m.cols * nb);
-        for col0 in (0..m.cols.max(1)).step_by(per_slice) {
-            let ncols = per_slice.min(m.cols - col0);
+        let mut all = Vec::with_capacity(m.cols() * nb);
+        for col0 in (0..m.cols().max(1)).step_by(per_slice) {
+            let ncols = per_slice.min(m.cols() - col0);
             let mut p = Self::params(m, bins.lo, bins.scale, bins.bins);
             p.col0 = col0 as u32;
             p.ncols = ncols as u32;
-            let params = self.uniform(&p);
             let n = ncols * nb;
-            let out = self.output::<u32>(n);
             let gx = ncols.div_ceil(COL_WG as usize).max(1) as u32;
             let counts: Vec<u32> = self
-                .dispatch_read(
+                .reduce(
                     &HISTOGRAM,
                     "column_histogram",
-                    &[&m.buffer, &out, &params],
+                    m,
+                    None,
+                    &p,
                     (gx, gy),
-                    &out,
                     n,
+                    true,
                 )
                 .await?;
             all.extend(counts.into_iter().map(u64::from));

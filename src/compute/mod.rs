@@ -4,13 +4,14 @@
 //! the CPU forward pass's fused attention (`attention`) and sparse linear (`sparse`).
 //!
 //! Every kernel exists twice with the same signature: a WGSL entry point in `shaders/`
-//! driven from `gpu::GpuContext` (or a `forward::Recorder`), and its CPU twin, the reference
-//! the parity tests compare against. The twins in `cpu` (statistics) and `cpu_select`
-//! (masks) are also what a run without a GPU computes with. `cpu_forward`'s are only the
-//! reference (tests and `benches/matmul.rs`; nothing in the lab runs them): a forward pass
-//! without a GPU runs in candle (`model::llama`, `model::gpt2_opt`) with `attention` and
-//! `sparse`, the faster CPU code, which tests/attention.rs and tests/sparse.rs check
-//! against their own references. Shapes: a tensor is a flat `&[f32]`,
+//! recorded through the one `recorder::Recorder` into tensors from the context's buffer pool
+//! (`pool`), and its CPU twin, the reference the parity tests compare against. The twins in
+//! `cpu` (statistics) and `cpu_select` (masks) are also what a run without a GPU computes
+//! with. `cpu_forward`'s are only the reference (tests and `benches/matmul.rs`; nothing in
+//! the lab runs them): a forward pass without a GPU runs in candle (`model::llama`,
+//! `model::gpt2_opt`) with `attention` and `sparse`, the faster CPU code, which
+//! tests/attention.rs and tests/sparse.rs check against their own references. Shapes: a
+//! tensor is a flat `&[f32]`,
 //! viewed as `[rows, cols]` row-major (`Matrix`); a vector is `[1, n]`.
 //!
 //! `Backend` picks the GPU when it comes up and falls back to the CPU, with the reason,
@@ -23,11 +24,15 @@ pub mod cpu_forward;
 pub mod cpu_select;
 pub mod forward;
 pub mod gpu;
+pub mod pool;
+pub mod recorder;
 pub mod select;
 pub mod sparse;
 
 pub use backend::{Backend, BackendChoice, BackendInfo, RunControl, Silent};
 pub use gpu::GpuContext;
+pub use pool::{BufferPool, DType, GpuTensor, PoolStats};
+pub use recorder::Recorder;
 
 use serde::{Deserialize, Serialize};
 

@@ -18,6 +18,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::cpu_select::{check_shape, prune_count, sqrt_scaler, Mask, Pattern};
 use super::gpu::{GpuContext, Shader};
+use super::pool::DType;
+use super::recorder::Recorder;
 use crate::{LabError, Result};
 
 pub const SELECT: Shader = Shader {
@@ -151,38 +153,29 @@ impl GpuContext {
                 "{what}: [{rows}, {cols}] is too large for one selection dispatch"
             )));
         }
-        let params = self.buffer_with(
-            "params",
-            &[SelectParams {
-                rows: rows as u32,
-                cols: cols as u32,
-                k: k as u32,
-                n: n as u32,
-                m: m as u32,
-                _pad: [0; 3],
-            }],
-            wgpu::BufferUsages::UNIFORM,
-        );
+        let params = SelectParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            k: k as u32,
+            n: n as u32,
+            m: m as u32,
+            _pad: [0; 3],
+        };
         self.check()?;
-        let w = self.buffer_with("weight", weight, wgpu::BufferUsages::STORAGE);
-        let s = self.buffer_with("sqrt scaler_row", &sqrt_s, wgpu::BufferUsages::STORAGE);
+        let w = self.upload_values(weight, &[rows, cols], DType::F32)?;
+        let s = self.upload_values(&sqrt_s, &[cols], DType::F32)?;
         let words = total.div_ceil(32);
+        let mut rec = Recorder::new(self)?;
         // The flags start at zero: the kernel only sets bits.
-        let flags = self.buffer_with(
-            "mask",
-            &vec![0u32; words],
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        );
-        let packed: Vec<u32> = self
-            .dispatch_read(
-                &SELECT,
-                entry,
-                &[&w, &s, &flags, &params],
-                (gx as u32, gy as u32),
-                &flags,
-                words,
-            )
-            .await?;
+        let flags = rec.zeros(&[words], DType::U32)?;
+        rec.dispatch(
+            &SELECT,
+            entry,
+            &[&w, &s, &flags],
+            &params,
+            [gx as u32, gy as u32, 1],
+        )?;
+        let packed = rec.read_u32(&flags).await?;
         let mut mask = Mask::empty(rows, cols);
         for (i, p) in mask.pruned.iter_mut().enumerate() {
             *p = packed[i / 32] >> (i % 32) & 1 == 1;

@@ -1,5 +1,5 @@
 //! One LLaMA-family block on the GPU: what `Llama::block_forward` computes, with the
-//! kernels of `compute::forward`, the intermediates kept on the GPU.
+//! kernels of `compute::forward`, the intermediates kept on the GPU in pool buffers.
 //!
 //! Shapes as in `llama`: x (B,T,C), N = B T. Every linear reads and writes (N, features)
 //! row-major, so q (N, H D), k and v (N, KV D) are token-major (B,T,heads,D); RoPE rotates
@@ -16,17 +16,21 @@
 //! x2 = x1 + linear(m, Wdown)                          -> read back: Observer, the result
 //! ```
 //!
-//! The only readbacks are the four linear inputs the Observer sees (the pruning lab's
-//! statistics; none for an Observer that does not want them) and the block's output (none
-//! for one that does not want it: then the down projection is skipped, as on the CPU). A
-//! lost device or a validation error surfaces at the next readback as `LabError::GpuFailed`.
+//! `block_forward_recorded` records a block into a caller's `Recorder` and returns all of
+//! these as `BlockActivations`, still on the GPU: chained through `blocks_forward_recorded`
+//! a whole forward pass runs with no readback per block, and a backward pass can read the
+//! activations it needs. The only readbacks are the ones asked for: the four linear inputs
+//! an Observer wants (the pruning lab's statistics) and the block's output. A lost device or
+//! a validation error surfaces at the next readback as `LabError::GpuFailed`.
 
 use candle_core::{Device, Tensor};
 
-use super::llama::{to_vec, BlockWeights, Ends, Linear, Llama, NoObserver, Observer, Rope};
+use super::llama::{
+    to_vec, BlockWeights, Ends, Linear, Llama, LlamaConfig, NoObserver, Observer, Rope,
+};
 use crate::compute::backend::checkpoint;
 use crate::compute::forward::{AttentionShape, HeadLayout, Recorder};
-use crate::compute::gpu::GpuMatrix;
+use crate::compute::gpu::{GpuMatrix, GpuTensor};
 use crate::compute::RunControl;
 use crate::compute::{GpuContext, Matrix};
 use crate::error::candle_failed::gpu_forward as ce;
@@ -108,6 +112,188 @@ pub async fn block_forward_gpu(
     block_forward_resident(ctx, model, &block, x, rope, obs).await
 }
 
+/// The RoPE tables, (T, D) each, on the GPU.
+pub struct GpuRope {
+    pub t: usize,
+    pub d: usize,
+    pub cos: GpuTensor,
+    pub sin: GpuTensor,
+}
+
+impl GpuRope {
+    pub fn upload(ctx: &GpuContext, rope: &Rope) -> Result<GpuRope> {
+        Ok(GpuRope {
+            t: rope.t,
+            d: rope.d,
+            cos: ctx.upload(Matrix::new(&rope.cos, rope.t, rope.d)?)?,
+            sin: ctx.upload(Matrix::new(&rope.sin, rope.t, rope.d)?)?,
+        })
+    }
+}
+
+/// One block's forward activations, left on the GPU in pool buffers: what a backward pass
+/// reads (llm.c keeps the same list). N = B T rows, token-major.
+pub struct BlockActivations {
+    /// (N, C): the block's input, the residual stream.
+    pub x: GpuTensor,
+    /// (N, C): rms_norm(x, attn_norm), the input of Wq, Wk, Wv.
+    pub h: GpuTensor,
+    /// (N, H D), (N, KV D), (N, KV D): after RoPE.
+    pub q: GpuTensor,
+    pub k: GpuTensor,
+    pub v: GpuTensor,
+    /// (N, H D): the attention output, the input of Wo.
+    pub a: GpuTensor,
+    /// (N, C): x + a Wo^T.
+    pub x1: GpuTensor,
+    /// (N, C): rms_norm(x1, ffn_norm), the input of Wgate and Wup.
+    pub h2: GpuTensor,
+    /// (N, F): h2 Wgate^T and h2 Wup^T.
+    pub gate: GpuTensor,
+    pub up: GpuTensor,
+    /// (N, F): silu(gate) up, the input of Wdown.
+    pub m: GpuTensor,
+    /// (N, C): x1 + m Wdown^T, the block's output; None where the down projection was skipped
+    /// (an Observer that wanted only the inputs).
+    pub out: Option<GpuTensor>,
+}
+
+/// Records one Pre-LN LLaMA block into `rec`: x (B T, C) -> its activations, all left on the
+/// GPU. Nothing is read back (no submission) unless `obs` wants the linears' inputs; then
+/// each is read where the CPU block shows it, and `obs.linear_input` gets it. The down
+/// projection is skipped for an Observer that does not want the output, as on the CPU.
+/// Blocks chained through `out` run a whole forward pass with no readback per block.
+#[allow(clippy::too_many_arguments)]
+pub async fn block_forward_recorded(
+    rec: &mut Recorder<'_>,
+    c: &LlamaConfig,
+    w: &GpuBlock,
+    x: GpuTensor,
+    batch: usize,
+    t: usize,
+    rope: &GpuRope,
+    obs: &mut dyn Observer,
+) -> Result<BlockActivations> {
+    let (b, cc) = (batch, c.hidden);
+    let n = b * t;
+    if x.dims() != [n, cc] {
+        return Err(LabError::invalid(format!(
+            "block {}: the input is {:?}; B {b} windows of T {t} tokens of width {cc} need \
+             [{n}, {cc}]",
+            w.index,
+            x.dims()
+        )));
+    }
+    let (nh, nkv, d) = (c.heads, c.kv_heads, c.head_dim);
+    if rope.t < t || rope.d != d {
+        return Err(LabError::invalid(format!(
+            "block {}: the RoPE tables are ({}, {}); T = {t} tokens of head dim {d} need \
+             ({t}, {d})",
+            w.index, rope.t, rope.d
+        )));
+    }
+    let i = w.index;
+    let eps = c.rms_eps as f32;
+    let cpu = Device::Cpu;
+    let tensor = |v: Vec<f32>, cols: usize| Tensor::from_vec(v, (n, cols), &cpu).map_err(ce);
+    let linear = |rec: &mut Recorder, x: &GpuTensor, l: &GpuLinear| {
+        rec.linear(x, &l.weight, l.bias.as_ref())
+    };
+    // The linears' inputs are read back only for an Observer that wants them.
+    let inputs = obs.wants_inputs();
+
+    // Attention: h = x + attn(rms_norm(x)) (Pre-LN).
+    let h = rec.rms_norm(&x, &w.attn_norm, eps)?;
+    if inputs {
+        obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
+    }
+    let q = linear(rec, &h, &w.q)?;
+    let k = linear(rec, &h, &w.k)?;
+    let v = linear(rec, &h, &w.v)?;
+    rec.rope(
+        &q,
+        HeadLayout::token_major(b, nh, t, d),
+        &rope.cos,
+        &rope.sin,
+    )?;
+    rec.rope(
+        &k,
+        HeadLayout::token_major(b, nkv, t, d),
+        &rope.cos,
+        &rope.sin,
+    )?;
+    let shape = AttentionShape {
+        batch: b,
+        t,
+        heads: nh,
+        kv_heads: nkv,
+        d,
+    };
+    let a = rec.causal_attention(&q, &k, &v, shape)?;
+    if inputs {
+        obs.linear_input(i, &["o"], &tensor(rec.read(&a).await?, nh * d)?)?;
+    }
+    let attn_out = linear(rec, &a, &w.o)?;
+    let x1 = rec.residual_add(&x, &attn_out)?;
+
+    // MLP (SwiGLU): out = x1 + mlp(rms_norm(x1)).
+    let h2 = rec.rms_norm(&x1, &w.ffn_norm, eps)?;
+    if inputs {
+        obs.linear_input(i, &["gate", "up"], &tensor(rec.read(&h2).await?, cc)?)?;
+    }
+    let gate = linear(rec, &h2, &w.gate)?;
+    let up = linear(rec, &h2, &w.up)?;
+    let m = rec.swiglu(&gate, &up)?;
+    if inputs {
+        obs.linear_input(i, &["down"], &tensor(rec.read(&m).await?, c.ffn)?)?;
+    }
+    let out = if obs.wants_output() {
+        let mlp_out = linear(rec, &m, &w.down)?;
+        Some(rec.residual_add(&x1, &mlp_out)?)
+    } else {
+        None
+    };
+    Ok(BlockActivations {
+        x,
+        h,
+        q,
+        k,
+        v,
+        a,
+        x1,
+        h2,
+        gate,
+        up,
+        m,
+        out,
+    })
+}
+
+/// A forward pass through `blocks` in order, x (B T, C) in, recorded into `rec` with no
+/// readback: every block's activations stay on the GPU (for a backward pass), and the last
+/// block's `out` is the result. Read back what is wanted afterwards, in one submission.
+pub async fn blocks_forward_recorded(
+    rec: &mut Recorder<'_>,
+    c: &LlamaConfig,
+    blocks: &[GpuBlock],
+    x: GpuTensor,
+    batch: usize,
+    t: usize,
+    rope: &GpuRope,
+) -> Result<Vec<BlockActivations>> {
+    let mut acts: Vec<BlockActivations> = Vec::with_capacity(blocks.len());
+    let mut input = x;
+    for w in blocks {
+        let a = block_forward_recorded(rec, c, w, input, batch, t, rope, &mut NoObserver).await?;
+        input = a
+            .out
+            .clone()
+            .ok_or_else(|| LabError::invalid("a block without output in a forward pass"))?;
+        acts.push(a);
+    }
+    Ok(acts)
+}
+
 /// `block_forward_gpu` with the weights already on the GPU.
 pub async fn block_forward_resident(
     ctx: &GpuContext,
@@ -125,78 +311,26 @@ pub async fn block_forward_resident(
             w.index, c.hidden
         )));
     }
-    let (nh, nkv, d) = (c.heads, c.kv_heads, c.head_dim);
-    let n = b * t;
-    let (rope_t, rope_d) = (rope.t, rope.d);
-    if rope_t < t || rope_d != d {
+    if rope.t < t || rope.d != c.head_dim {
         return Err(LabError::invalid(format!(
-            "block {}: the RoPE tables are ({rope_t}, {rope_d}); T = {t} tokens of head \
-             dim {d} need ({t}, {d})",
-            w.index
+            "block {}: the RoPE tables are ({}, {}); T = {t} tokens of head dim {} need \
+             ({t}, {})",
+            w.index, rope.t, rope.d, c.head_dim, c.head_dim
         )));
     }
-    let i = w.index;
-    let eps = c.rms_eps as f32;
-    let cpu = Device::Cpu;
-    let tensor = |v: Vec<f32>, cols: usize| Tensor::from_vec(v, (n, cols), &cpu).map_err(ce);
-
     let mut rec = Recorder::new(ctx)?;
-    let xs = rec.upload(Matrix::new(&to_vec(x)?, n, cc)?)?;
-    let cos = rec.upload(Matrix::new(&rope.cos, rope_t, d)?)?;
-    let sin = rec.upload(Matrix::new(&rope.sin, rope_t, d)?)?;
-    let linear = |rec: &mut Recorder, x: &GpuMatrix, l: &GpuLinear| {
-        rec.linear(x, &l.weight, l.bias.as_ref())
-    };
-
-    // The linears' inputs are read back only for an Observer that wants them.
-    let inputs = obs.wants_inputs();
-
-    // Attention.
-    let h = rec.rms_norm(&xs, &w.attn_norm, eps)?;
-    if inputs {
-        obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
-    }
-    let q = linear(&mut rec, &h, &w.q)?;
-    let k = linear(&mut rec, &h, &w.k)?;
-    let v = linear(&mut rec, &h, &w.v)?;
-    rec.rope(&q, HeadLayout::token_major(b, nh, t, d), &cos, &sin)?;
-    rec.rope(&k, HeadLayout::token_major(b, nkv, t, d), &cos, &sin)?;
-    let shape = AttentionShape {
-        batch: b,
-        t,
-        heads: nh,
-        kv_heads: nkv,
-        d,
-    };
-    let a = rec.causal_attention(&q, &k, &v, shape)?;
-    if inputs {
-        obs.linear_input(i, &["o"], &tensor(rec.read(&a).await?, nh * d)?)?;
-    }
-    let attn_out = linear(&mut rec, &a, &w.o)?;
-    let x1 = rec.residual_add(&xs, &attn_out)?;
-
-    // MLP (SwiGLU).
-    let h2 = rec.rms_norm(&x1, &w.ffn_norm, eps)?;
-    if inputs {
-        obs.linear_input(i, &["gate", "up"], &tensor(rec.read(&h2).await?, cc)?)?;
-    }
-    let g = linear(&mut rec, &h2, &w.gate)?;
-    let u = linear(&mut rec, &h2, &w.up)?;
-    let m = rec.swiglu(&g, &u)?;
-    if inputs {
-        obs.linear_input(i, &["down"], &tensor(rec.read(&m).await?, c.ffn)?)?;
-    }
-    if !obs.wants_output() {
+    let xs = rec.upload(Matrix::new(&to_vec(x)?, b * t, cc)?)?;
+    let rope_gpu = GpuRope::upload(ctx, rope)?;
+    let acts = block_forward_recorded(&mut rec, c, w, xs, b, t, &rope_gpu, obs).await?;
+    let Some(x2) = acts.out else {
         // As the CPU block: the down projection's input was the last thing wanted; the
         // input comes back unchanged.
         rec.finish().await?;
         return Ok(x.clone());
-    }
-    let mlp_out = linear(&mut rec, &m, &w.down)?;
-    let x2 = rec.residual_add(&x1, &mlp_out)?;
-    let out = Tensor::from_vec(rec.read(&x2).await?, (b, t, cc), &cpu).map_err(ce)?;
+    };
+    let out = Tensor::from_vec(rec.read(&x2).await?, (b, t, cc), &Device::Cpu).map_err(ce)?;
     rec.finish().await?;
-    obs.block_output(i, &out)?;
+    obs.block_output(w.index, &out)?;
     Ok(out)
 }
 
