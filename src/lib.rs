@@ -19,7 +19,8 @@
 //! - `tokenizer`: text to token ids, from a GGUF file's metadata or a tokenizer.json.
 //! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.
-//! - `experiment`: the versioned Experiment that links, the CLI and reports share.
+//! - `experiment`: the versioned Experiment (one spec variant per lab) that links, the CLI
+//!   (`layerlab run`) and reports share, its link encoding, and the Report envelope.
 //! - `error`: the one error type; every message is a sentence a user can act on.
 
 pub mod compute;

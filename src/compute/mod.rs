@@ -20,7 +20,7 @@ pub mod gpu;
 pub mod select;
 pub mod sparse;
 
-pub use backend::{Backend, BackendChoice, BackendInfo, RunControl, Silent};
+pub use backend::{Backend, BackendChoice, BackendInfo, Metric, RunControl, Silent};
 pub use gpu::GpuContext;
 
 use serde::{Deserialize, Serialize};
