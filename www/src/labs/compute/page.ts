@@ -1,22 +1,23 @@
 // The compute check: statistics of a seeded synthetic matrix on the page's backend, the
 // same numbers `layerlab reduce` prints, so the page and the CLI can be compared directly.
 
-import { download, fmt } from './charts';
-import { $, showFailure } from './dom';
-import type { LabClient } from './lab-client';
-import type { ReduceRequest, StatsRun } from './protocol';
+import { download, fmt, keyValueRows, tableRows } from '../../shell/charts';
+import { $, numberFrom, onEdit, show } from '../../shell/dom';
+import type { LabContext, PageLab } from '../../shell/lab';
+import { RunStatus } from '../../shell/status';
+import type { ComputeSpec, Experiment, ExperimentOf, StatsRun } from '../../protocol';
 
+export function create(ctx: LabContext): PageLab {
+  return new ComputeCheck(ctx);
+}
 
-export class ComputeCheck {
-  private form = $<HTMLFormElement>('reduce-form');
+class ComputeCheck implements PageLab {
+  readonly name = 'compute';
   private runButton = $<HTMLButtonElement>('run');
-  private cancelButton = $<HTMLButtonElement>('cancel');
-  private progress = $<HTMLProgressElement>('progress');
-  private status = $<HTMLSpanElement>('status');
   private notice = $<HTMLParagraphElement>('notice');
-  private error = $<HTMLParagraphElement>('error');
   private result = $<HTMLDivElement>('result');
   private cliLine = $<HTMLElement>('cli-line');
+  private status: RunStatus;
   private fields = {
     rows: $<HTMLInputElement>('rows'),
     cols: $<HTMLInputElement>('cols'),
@@ -27,122 +28,92 @@ export class ComputeCheck {
   };
   private lastRun: StatsRun | null = null;
 
-  constructor(private client: LabClient) {
-    const params = new URLSearchParams(location.search);
-    for (const key of ['rows', 'cols', 'seed'] as const) {
-      const v = params.get(key);
-      if (v !== null) this.fields[key].value = v;
-    }
-    // ck and cbins: the layer view owns k and bins in the URL.
-    if (params.get('ck')) this.fields.k.value = params.get('ck') ?? '';
-    if (params.get('cbins')) this.fields.bins.value = params.get('cbins') ?? '';
-    const pc = params.get('per_column');
-    if (pc !== null) this.fields.perColumn.checked = pc !== '0';
+  constructor(private ctx: LabContext) {
+    this.status = new RunStatus(
+      { progress: $('progress'), status: $('status'), error: $('error'), cancel: $('cancel') },
+      ctx.client,
+    );
+    this.load(ctx.initial('compute'));
     try {
-      this.showCli(this.read());
+      this.showCli(this.experiment());
     } catch {
-      // An invalid value from the URL stays in the form; Run reports it.
+      // An invalid value from the link stays in the form; Run reports it.
     }
-    this.form.addEventListener('submit', (ev) => {
+    $<HTMLFormElement>('reduce-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
       void this.run();
     });
-    this.cancelButton.addEventListener('click', () => {
-      this.status.textContent = 'Cancelling…';
-      client.cancel();
-    });
-    $('lose-device').addEventListener('click', () => client.loseDevice());
-    client.onDeviceLost = (lost) => {
-      this.status.textContent = lost
+    onEdit(Object.values(this.fields), () => ctx.publish(this));
+    $('lose-device').addEventListener('click', () => ctx.client.loseDevice());
+    ctx.client.onDeviceLost = (lost) => {
+      this.status.say(lost
         ? 'The GPU device was destroyed; the next run will finish on the CPU.'
-        : 'No GPU is in use, so there is nothing to lose.';
+        : 'No GPU is in use, so there is nothing to lose.');
     };
     $('download-json').addEventListener('click', () => {
       if (this.lastRun) download('layerlab-reduce.json', JSON.stringify(this.lastRun, null, 2), 'application/json');
     });
-    client.ready.then(() => {
-      this.runButton.disabled = false;
-      this.status.textContent = 'Ready.';
-    }, (e: Error) => this.showError(e.message));
+    this.runButton.disabled = false;
+    this.status.say('Ready.');
   }
 
-  private read(): ReduceRequest {
-    const int = (el: HTMLInputElement, name: string, min: number, max: number): number => {
-      const v = Number(el.value);
-      if (!Number.isInteger(v) || v < min || v > max) {
-        throw new Error(`${name} must be a whole number from ${min} to ${max}, not "${el.value}"`);
-      }
-      return v;
-    };
-    const k = Number(this.fields.k.value);
-    if (!Number.isFinite(k) || k < 0) throw new Error(`k must be a number >= 0, not "${this.fields.k.value}"`);
-    return {
+  private load(e: ExperimentOf<'compute'>): void {
+    show(this.fields.rows, e.rows);
+    show(this.fields.cols, e.cols);
+    show(this.fields.seed, e.seed);
+    show(this.fields.k, e.outlier_k);
+    show(this.fields.bins, e.bins);
+    show(this.fields.perColumn, e.per_column);
+  }
+
+  activate(): void {}
+
+  experiment(): Experiment {
+    const int = (el: HTMLInputElement, name: string, min: number, max: number): number =>
+      numberFrom(el, name, (v) => Number.isInteger(v) && v >= min && v <= max, `a whole number from ${min} to ${max}`);
+    const spec: ComputeSpec = {
+      lab: 'compute',
       rows: int(this.fields.rows, 'rows', 1, 1 << 26),
       cols: int(this.fields.cols, 'cols', 1, 1 << 22),
       seed: int(this.fields.seed, 'seed', 0, Number.MAX_SAFE_INTEGER),
-      outlier_k: k,
+      outlier_k: numberFrom(this.fields.k, 'k', (x) => x >= 0, 'a number >= 0'),
       bins: int(this.fields.bins, 'bins', 1, 256),
       per_column: this.fields.perColumn.checked,
     };
+    return { version: 2, ...spec };
   }
 
-  private showCli(r: ReduceRequest): void {
+  private showCli(e: Experiment): void {
+    if (e.lab !== 'compute') return;
     this.cliLine.textContent =
-      `layerlab reduce --seed ${r.seed} --rows ${r.rows} --cols ${r.cols} --k ${r.outlier_k} --bins ${r.bins}` +
-      (r.per_column ? '' : ' --no-columns');
-  }
-
-  private saveUrl(r: ReduceRequest): void {
-    const p = new URLSearchParams(location.search);
-    p.set('tab', 'compute');
-    p.set('rows', String(r.rows));
-    p.set('cols', String(r.cols));
-    p.set('seed', String(r.seed));
-    p.set('ck', String(r.outlier_k));
-    p.set('cbins', String(r.bins));
-    p.set('per_column', r.per_column ? '1' : '0');
-    history.replaceState(null, '', `${location.pathname}?${p}`);
-    this.showCli(r);
-  }
-
-  private showError(msg: string | null): void {
-    this.error.hidden = msg === null;
-    this.error.textContent = msg ?? '';
+      `layerlab reduce --seed ${e.seed} --rows ${e.rows} --cols ${e.cols} --k ${e.outlier_k} --bins ${e.bins}` +
+      (e.per_column ? '' : ' --no-columns');
   }
 
   private async run(): Promise<void> {
-    if (this.client.busy) {
-      this.showError('The lab is busy with another run; wait for it or cancel it.');
+    if (this.ctx.client.busy) {
+      this.status.error('The lab is busy with another run; wait for it or cancel it.');
       return;
     }
-    let request: ReduceRequest;
+    let experiment: Experiment;
     try {
-      request = this.read();
+      experiment = this.experiment();
     } catch (e) {
-      this.showError((e as Error).message);
+      this.status.error((e as Error).message);
       return;
     }
-    this.showError(null);
-    this.saveUrl(request);
+    this.ctx.publish(this);
+    this.showCli(experiment);
     this.runButton.disabled = true;
-    this.cancelButton.disabled = false;
-    this.progress.value = 0;
-    this.status.textContent = 'Running…';
-    try {
-      const reply = await this.client.call({ type: 'reduce', request }, 'result', (stage, done, total) => {
-        this.progress.max = total;
-        this.progress.value = done;
-        this.status.textContent = `${stage}: ${done} of ${total} steps`;
-      });
-      this.lastRun = reply.run;
-      this.draw(reply.run);
-      this.status.textContent = 'Done.';
-    } catch (e) {
-      showFailure(e, this.status, this.progress, (m) => this.showError(m));
-    } finally {
-      this.runButton.disabled = false;
-      this.cancelButton.disabled = true;
-    }
+    this.status.say('Running…');
+    await this.status.run(async () => {
+      const reply = await this.ctx.client.call('reduce', { experiment },
+        this.status.tracker((stage, done, total) => `${stage}: ${done} of ${total} steps`));
+      this.lastRun = reply.report;
+      this.draw(reply.report);
+      return 'Done.';
+    });
+    this.runButton.disabled = false;
   }
 
   private draw(run: StatsRun): void {
@@ -164,23 +135,11 @@ export class ComputeCheck {
       ['outlier_fraction', 'outlier fraction', s.outlier_fraction],
     ];
     const body = document.querySelector('#stats-table tbody') as HTMLTableSectionElement;
-    body.replaceChildren(
-      ...rows.map(([key, label, value]) => {
-        const tr = document.createElement('tr');
-        const th = document.createElement('th');
-        th.textContent = label;
-        const td = document.createElement('td');
-        td.dataset.stat = key;
-        if (key === 'shape') {
-          td.textContent = `[${s.rows}, ${s.cols}]`;
-        } else {
-          td.dataset.value = String(value);
-          td.textContent = fmt(value);
-        }
-        tr.append(th, td);
-        return tr;
-      }),
-    );
+    keyValueRows(body, rows.map(([key, label, value]) => [label, key === 'shape' ? `[${s.rows}, ${s.cols}]` : fmt(value)]), (td, _label, i) => {
+      const [key, , value] = rows[i];
+      td.dataset.stat = key;
+      if (key !== 'shape') td.dataset.value = String(value);
+    });
     this.drawHistogram(s.histogram.counts, s.histogram.lo, s.histogram.hi);
     this.drawColumns(run);
     this.result.hidden = false;
@@ -211,17 +170,7 @@ export class ComputeCheck {
     table.hidden = c === null;
     if (!c) return;
     const order = c.outlier_fraction.map((_, i) => i).sort((a, b) => c.outlier_fraction[b] - c.outlier_fraction[a]);
-    const body = table.querySelector('tbody') as HTMLTableSectionElement;
-    body.replaceChildren(
-      ...order.slice(0, 8).map((i) => {
-        const tr = document.createElement('tr');
-        for (const text of [String(i), fmt(c.mean_abs[i]), fmt(c.outlier_fraction[i]), fmt(c.kurtosis[i])]) {
-          const td = document.createElement('td');
-          td.textContent = text;
-          tr.append(td);
-        }
-        return tr;
-      }),
-    );
+    tableRows(table.querySelector('tbody') as HTMLTableSectionElement,
+      order.slice(0, 8).map((i) => [String(i), fmt(c.mean_abs[i]), fmt(c.outlier_fraction[i]), fmt(c.kurtosis[i])]));
   }
 }
