@@ -347,8 +347,9 @@ impl Experiment {
         let lab = obj
             .get("lab")
             .and_then(Value::as_str)
-            .ok_or_else(|| invalid("the experiment does not say which lab (\"lab\")"))?;
-        LabSpec::default_for(lab)?;
+            .ok_or_else(|| invalid("the experiment does not say which lab (\"lab\")"))?
+            .to_string();
+        LabSpec::default_for(&lab)?;
         let e: Experiment = serde_json::from_value(Value::Object(obj))
             .map_err(|err| invalid(format!("not a valid {lab} experiment: {err}")))?;
         Ok(e)
@@ -597,7 +598,8 @@ fn from_query_v2(pairs: &[(String, String)]) -> Result<Experiment> {
         .filter(|(k, _)| k != "v" && k != "lab")
         .collect();
     // Kinds first: a `model.kind=file` resets the model before its name and size land.
-    let (kinds, rest): (Vec<_>, Vec<_>) = fields.iter().partition(|(k, _)| k.ends_with("kind"));
+    let (kinds, rest): (Vec<&(String, String)>, Vec<&(String, String)>) =
+        fields.into_iter().partition(|(k, _)| k.ends_with("kind"));
     for (k, v) in kinds.into_iter().chain(rest) {
         let top = k.split('.').next().unwrap_or("");
         let known = spec.get(top).is_some();

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, openPage, serveSite } from './browser.mjs';
+import { CLI, address, openPage, serveSite } from './browser.mjs';
 
 let server;
 let base;
@@ -132,7 +132,7 @@ test('a bad request shows its error, a long run can be cancelled, and the page k
     await page.fill('#rows', '100');
     await page.fill('#cols', '7');
     // The address follows the controls at once, before any run.
-    const link = new URL(page.url()).searchParams;
+    const link = new URL(await address(page)).searchParams;
     assert.equal(link.get('v'), '2');
     assert.equal(link.get('lab'), 'compute');
     assert.equal(link.get('rows'), '100');
@@ -163,7 +163,7 @@ test('the page report reruns in the CLI to the same numbers, and the link reads 
     assertSameStats(stats, rerun.stats, 'page report rerun by the CLI');
     assert.deepEqual(rerun.stats.histogram.counts, report.stats.histogram.counts);
     // The page's own link, read by the CLI, is the report's experiment.
-    const read = JSON.parse(execFileSync(CLI, ['run', page.url(), '--dry-run'], { encoding: 'utf8' }));
+    const read = JSON.parse(execFileSync(CLI, ['run', await address(page), '--dry-run'], { encoding: 'utf8' }));
     assert.deepEqual(read, report.experiment);
     assert.deepEqual(problems, []);
   } finally {

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync,
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, SITE, openPage, serveSite } from './browser.mjs';
+import { CLI, address, SITE, openPage, serveSite } from './browser.mjs';
 
 const SMOL = '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
 const MINI = '.cache/models/all-minilm-l6-v2';
@@ -97,14 +97,14 @@ test('the page opens on SmolLM2, draws every chart, and a link keeps the view', 
     assert.equal(top, maxK.name);
     // Clicking a row draws that tensor's histogram and puts it in the link.
     await page.click('#tensor-table tbody tr:nth-child(2)');
-    const link = new URL(page.url()).searchParams;
+    const link = new URL(await address(page)).searchParams;
     assert.equal(link.get('view.tensor'), await page.inputValue('#tensor-pick'));
     assert.equal(link.get('outlier_k'), '3');
     assert.equal(link.get('bins'), '32');
     assert.equal(link.get('view.stat'), 'outlier_fraction');
     assert.equal(link.get('model.url'), null, 'the built-in model is the default: not in the link');
     // The link reads in the CLI as the report's experiment...
-    assert.deepEqual(JSON.parse(execFileSync(CLI, ['run', page.url(), '--dry-run'], { encoding: 'utf8' })), report.experiment);
+    assert.deepEqual(JSON.parse(execFileSync(CLI, ['run', await address(page), '--dry-run'], { encoding: 'utf8' })), report.experiment);
     // ...and the report reruns in the CLI to the same numbers (`layerlab run REPORT`).
     const dir = mkdtempSync(join(tmpdir(), 'layerlab-layers-'));
     const file = join(dir, 'report.json');
@@ -129,7 +129,7 @@ test('uploading MiniLM gives the CLI report; a corrupt file shows its error and 
     assert.equal(await settled(page), 'Done.', await page.textContent('#layers-error'));
     assert.match(await page.textContent('#model-summary'), /model\.safetensors: safetensors, bert .*6 blocks, 104 tensors/);
     assert.match(await page.textContent('#model-summary'), /with config\.json/);
-    const link = new URL(page.url()).searchParams;
+    const link = new URL(await address(page)).searchParams;
     assert.equal(link.get('model.kind'), 'file');
     assert.equal(link.get('model.name'), 'model.safetensors');
     assert.equal(link.get('model.size'), '90868376');

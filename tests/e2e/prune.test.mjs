@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, SITE, openPage, serveSite } from './browser.mjs';
+import { CLI, address, SITE, openPage, serveSite } from './browser.mjs';
 
 const SMOL = '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
 
@@ -62,7 +62,7 @@ test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the 
     assert.match(await page.textContent('#prune-hist-caption'), /blk\.0\.attn_q\.weight: 331,776 weights/);
     assert.equal(await page.$$eval('#prune-runs-table tbody tr', (r) => r.length), 1);
     // The version-1 link became version 2: only what differs from the defaults.
-    const url = new URL(page.url()).searchParams;
+    const url = new URL(await address(page)).searchParams;
     for (const [k, v] of Object.entries({ v: '2', lab: 'prune', method: null, sparsity: '0.7', nm: null, 'owl.hyper_m': '5', 'owl.lamda': '0.08', nsamples: '2', seqlen: '32', 'eval.seqlen': '32', 'eval.max_windows': '2', calib_text: null, 'calib_text.name': null })) {
       assert.equal(url.get(k), v, `URL parameter ${k}`);
     }
@@ -73,7 +73,7 @@ test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the 
     assert.equal(report.experiment.lab, 'prune');
     assert.deepEqual(report.experiment.calib_text, { kind: 'builtin', name: 'LGPL-2.1' });
     // The page's link reads in the CLI as the report's experiment.
-    assert.deepEqual(JSON.parse(execFileSync(CLI, ['run', page.url(), '--dry-run'], { encoding: 'utf8' })), report.experiment);
+    assert.deepEqual(JSON.parse(execFileSync(CLI, ['run', await address(page), '--dry-run'], { encoding: 'utf8' })), report.experiment);
     // The page's report, rerun by the CLI (`layerlab run REPORT`, the built-in texts from
     // /usr/share/common-licenses): the same report, up to the rounding discussed below.
     const dir = mkdtempSync(join(tmpdir(), 'layerlab-prune-'));
