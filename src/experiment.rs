@@ -184,6 +184,8 @@ impl Default for ComputeSpec {
 
 /// Which lab, and its whole specification. Adding a lab is adding a variant here (and its
 /// line in [`LabSpec::defaults`]).
+// One experiment per run or link: the variants' sizes do not matter, so none is boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "lab", rename_all = "lowercase")]
 pub enum LabSpec {

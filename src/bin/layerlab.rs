@@ -527,6 +527,8 @@ fn text_path(source: &TextSource, flag: Option<&Path>, what: &str) -> Result<Pat
 }
 
 /// A finished run: its report, as the page writes it too, and its summary for a person.
+// One per run: the variants' sizes do not matter, so none is boxed.
+#[allow(clippy::large_enum_variant)]
 enum RunReport {
     Layers(Report<ModelReport>),
     Prune(Report<PruneResult>),
