@@ -59,7 +59,8 @@ if (existsSync(builtin)) {
 console.log(`page built in ${out}`);
 
 // The pruning lab's built-in calibration and evaluation texts: Debian's license texts
-// (www/src/prune.ts BUILTIN_TEXTS; the CLI reads the same files from /usr/share/common-licenses).
+// (src/experiment.rs BUILTIN_TEXTS, handed to the page by the worker; the CLI reads the same
+// files from /usr/share/common-licenses).
 const texts = ['LGPL-2.1', 'GPL-3', 'GPL-2', 'GFDL-1.3', 'MPL-2.0', 'Apache-2.0'];
 mkdirSync(join(out, 'texts'), { recursive: true });
 for (const t of texts) {

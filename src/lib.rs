@@ -20,7 +20,8 @@
 //! - `prune`: magnitude, Wanda, SparseGPT and OWL on one layer or block at a time.
 //! - `sebra`: the bias lab: biased shape images, Sebra's ranking bookkeeping, weighted tau.
 //! - `eval`: perplexity (consecutive windows, each alone) through the block-wise forward.
-//! - `experiment`: the versioned Experiment that links, the CLI and reports share.
+//! - `experiment`: the versioned Experiment (one spec variant per lab) that links, the CLI
+//!   (`layerlab run`) and reports share, its link encoding, and the Report envelope.
 //! - `train`: Pre-/Post-/Mix-LN decoders trained on the CPU (paired forward/backward kernels,
 //!   Adam, the paper's diagnostics); the reference the GPU training is checked against.
 //! - `error`: the one error type; every message is a sentence a user can act on.

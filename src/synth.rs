@@ -7,10 +7,22 @@ use serde::{Deserialize, Serialize};
 
 /// A synthetic weight matrix, described by its seed and shape.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SynthSpec {
     pub seed: u64,
     pub rows: usize,
     pub cols: usize,
+}
+
+/// The compute check's matrix: 1000 x 333 (not a multiple of any workgroup), seed 7.
+impl Default for SynthSpec {
+    fn default() -> Self {
+        SynthSpec {
+            seed: 7,
+            rows: 1000,
+            cols: 333,
+        }
+    }
 }
 
 /// Columns that carry "outlier features" (scaled x6), as LLM activations and weights do.

@@ -244,3 +244,185 @@ fn stats_errors_are_sentences() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `layerlab run` on the compute check's experiment, given three ways (a v2 JSON file, a
+/// page link, and the report `reduce --json` wrote), gives the statistics computed
+/// in-process on the CPU twins for that matrix, and each report carries its experiment.
+#[test]
+fn run_reruns_an_experiment_a_link_and_a_report() {
+    use layerlab::compute::{Backend, Matrix, Silent};
+    use layerlab::stats::{tensor_stats, StatsOptions, StatsRun};
+    use layerlab::synth::{weights, SynthSpec};
+
+    let dir = std::env::temp_dir().join(format!("layerlab-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let experiment = dir.join("compute.json");
+    std::fs::write(
+        &experiment,
+        r#"{"version": 2, "lab": "compute", "seed": 5, "rows": 77, "cols": 31, "bins": 16}"#,
+    )
+    .unwrap();
+    let direct = pollster::block_on(tensor_stats(
+        &Backend::cpu("x"),
+        Matrix::new(
+            &weights(SynthSpec {
+                seed: 5,
+                rows: 77,
+                cols: 31,
+            }),
+            77,
+            31,
+        )
+        .unwrap(),
+        &StatsOptions {
+            outlier_k: 5.0,
+            bins: 16,
+            per_column: true,
+        },
+        &Silent,
+    ))
+    .unwrap();
+    let report_path = dir.join("report.json");
+    let link = "http://localhost:8080/?v=2&lab=compute&bins=16&cols=31&rows=77&seed=5";
+    let (code, _, err) = layerlab(&[
+        "reduce",
+        "--seed",
+        "5",
+        "--rows",
+        "77",
+        "--cols",
+        "31",
+        "--bins",
+        "16",
+        "--backend",
+        "cpu",
+        "--json",
+        report_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for source in [
+        experiment.to_str().unwrap(),
+        link,
+        report_path.to_str().unwrap(),
+    ] {
+        let (code, out, err) = layerlab(&["run", source, "--backend", "cpu", "--json", "-"]);
+        assert_eq!(code, 0, "{source}: {err}");
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let run: StatsRun = serde_json::from_value(report.clone()).unwrap();
+        assert_eq!(run.stats, direct.stats, "{source}");
+        assert_eq!(report["experiment"]["version"], 2, "{source}");
+        assert_eq!(report["experiment"]["lab"], "compute", "{source}");
+        assert_eq!(report["experiment"]["rows"], 77, "{source}");
+        assert_eq!(report["experiment"]["per_column"], true, "{source}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Version-1 experiments, reports and links still open: they are upgraded to version 2
+/// (`--dry-run` prints what would run), and a v1 page report reruns with --model.
+#[test]
+fn version_1_experiments_reports_and_links_open() {
+    let (code, out, err) = layerlab(&["run", &fixture("experiment-v1-prune.json"), "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["version"], 2);
+    assert_eq!(e["lab"], "prune");
+    assert_eq!(e["sparsity"], 0.7);
+    assert_eq!(e["owl"], serde_json::json!({"hyper_m": 5.0, "lamda": 0.08}));
+    assert_eq!(e["eval"]["max_windows"], 2);
+    assert_eq!(
+        e["calib_text"],
+        serde_json::json!({"kind": "builtin", "name": "LGPL-2.1"})
+    );
+    assert!(e.get("stats").is_none() && e.get("prune").is_none(), "{e}");
+
+    // The v1 link of the same experiment, as the old page wrote it.
+    let (code, out, err) = layerlab(&[
+        "run",
+        "http://localhost:8080/?tab=prune&method=wanda&sparsity=0.7&nm=&owl=1&m=5&lamda=0.08\
+         &nsamples=2&seqlen=32&seed=&eval_seqlen=32&eval_windows=2&dense=1&calib=LGPL-2.1&eval=GPL-3",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let from_link: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(from_link, e);
+
+    // A v1 layer-view report from the page, rerun on the file it names: the statistics of
+    // `layerlab stats` with the report's k and bins.
+    let model = minilm();
+    let (code, out, err) = layerlab(&[
+        "run",
+        &fixture("report-v1-layers.json"),
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rerun: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (code, out, err) = layerlab(&[
+        "stats",
+        model.to_str().unwrap(),
+        "--k",
+        "3",
+        "--bins",
+        "32",
+        "--backend",
+        "cpu",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rerun["options"]["outlier_k"], 3.0);
+    assert_eq!(rerun["options"]["bins"], 32);
+    assert_eq!(rerun["tensors"], stats["tensors"]);
+    assert_eq!(rerun["blocks"], stats["blocks"]);
+    assert_eq!(rerun["experiment"], stats["experiment"]);
+    assert_eq!(rerun["experiment"]["version"], 2);
+}
+
+#[test]
+fn run_errors_are_sentences() {
+    let dir = std::env::temp_dir().join(format!("layerlab-run-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let future = dir.join("future.json");
+    std::fs::write(&future, r#"{"version": 9, "lab": "layers"}"#).unwrap();
+    let report = fixture("report-v1-layers.json");
+    let prune = fixture("experiment-v1-prune.json");
+    for (args, expect) in [
+        (
+            vec!["run", future.to_str().unwrap()],
+            "experiment version 9 is not supported",
+        ),
+        (
+            vec!["run", &report],
+            "the experiment's model is the file model.safetensors, dropped on the page: give it with --model PATH",
+        ),
+        (
+            vec!["run", &prune],
+            "the experiment's model is the URL models/SmolLM2-135M-Instruct.Q4_1.gguf: give the file with --model PATH",
+        ),
+        (
+            vec!["run", "?v=2&lab=prune&sparsity=lots", "--dry-run"],
+            "link parameter sparsity: expected a number, found 'lots'",
+        ),
+        (vec!["run", "nothing-here.json"], "cannot read nothing-here.json"),
+    ] {
+        let (code, _, err) = layerlab(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -374,7 +374,8 @@ fn owl_wanda_matches_numpy_and_the_export_reads_back() {
     assert_eq!(theirs["metadata"]["format"], "pt");
     let meta: Value =
         serde_json::from_str(theirs["metadata"]["layerlab"].as_str().unwrap()).unwrap();
-    let spec = &meta["experiment"]["prune"];
+    // Experiment version 2: the pruning options sit beside `lab` (flattened).
+    let spec = &meta["experiment"];
     for (k, v) in serde_json::to_value(&opts).unwrap().as_object().unwrap() {
         assert_eq!(&spec[k], v, "the export's experiment: option {k}");
     }

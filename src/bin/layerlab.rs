@@ -7,9 +7,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use layerlab::compute::RunControl;
-use layerlab::compute::{Backend, BackendChoice, BackendInfo, Matrix, Silent};
+use layerlab::compute::{Backend, BackendChoice, Matrix, Silent};
 use layerlab::eval::{perplexity, PplOptions, PplReport};
-use layerlab::experiment::{Experiment, ModelSource, PruneSpec, TextSource};
+use layerlab::experiment::{
+    ComputeSpec, Experiment, LabSpec, LayersSpec, ModelSource, PruneResult, PruneSpec, Report,
+    TextSource,
+};
 use layerlab::io::{FileSource, Format, ModelFile};
 use layerlab::model::causal::load_causal_lm;
 use layerlab::model::describe;
@@ -38,6 +41,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Rerun any experiment: a JSON experiment, a report the page or the CLI wrote (the
+    /// experiment inside it), or a page link. Writes the same report as the page. A model
+    /// the page read from a URL or a dropped file is given with --model; built-in texts are
+    /// /usr/share/common-licenses/NAME.
+    Run {
+        /// experiment.json, report.json, or a link ('http://…/?v=2&lab=prune&…').
+        experiment: String,
+        /// The model file (instead of the experiment's URL or dropped file).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The calibration text (instead of the experiment's).
+        #[arg(long)]
+        calib: Option<PathBuf>,
+        /// The evaluation text (instead of the experiment's).
+        #[arg(long)]
+        eval: Option<PathBuf>,
+        #[arg(long, default_value = "auto")]
+        backend: BackendChoice,
+        /// Write a pruned model here as safetensors (pruning experiments).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Write the report as JSON to this file ("-" for standard output).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Print the experiment as it was read (JSON, upgraded to the current version) and
+        /// stop without running it.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show which compute backend this machine gives the lab, and why.
     Backend {
         /// auto (GPU if present, else CPU), gpu (fail without one) or cpu.
@@ -53,10 +85,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Outliers are |w| > k x mean |w|.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = LayersSpec::default().outlier_k)]
         k: f32,
         /// Histogram bins (1..=256).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = LayersSpec::default().bins)]
         bins: u32,
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
@@ -76,13 +108,13 @@ enum Command {
         #[arg(long)]
         eval: PathBuf,
         /// Tokens per window.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = PplOptions::default().seqlen)]
         seqlen: usize,
         /// Score only the first N windows.
         #[arg(long)]
         max_windows: Option<usize>,
         /// Windows that pass through a block together.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = PplOptions::default().batch)]
         batch: usize,
         /// Write the report as JSON to this file ("-" for standard output).
         #[arg(long)]
@@ -110,10 +142,10 @@ enum Command {
         owl: bool,
         /// OWL's M: outliers are scores above M x the block's mean score (with --owl; the
         /// outlier ratios are reported at M = 5 without it).
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = OwlOptions::default().hyper_m)]
         hyper_m: f64,
         /// OWL's lambda: block sparsities spread over S +- lambda.
-        #[arg(long, default_value_t = 0.08)]
+        #[arg(long, default_value_t = OwlOptions::default().lamda)]
         lamda: f64,
         /// The calibration text (UTF-8).
         #[arg(long)]
@@ -122,10 +154,10 @@ enum Command {
         #[arg(long)]
         eval: Option<PathBuf>,
         /// Calibration windows.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = PruneOptions::default().nsamples)]
         nsamples: usize,
         /// Tokens per calibration window (and per evaluation window, unless --eval-seqlen).
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = PruneOptions::default().seqlen)]
         seqlen: usize,
         /// Tokens per evaluation window (default: --seqlen).
         #[arg(long)]
@@ -138,7 +170,7 @@ enum Command {
         #[arg(long)]
         max_eval_windows: Option<usize>,
         /// Windows that pass through a block together.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = PruneOptions::default().batch)]
         batch: usize,
         /// Skip the dense model's perplexity.
         #[arg(long)]
@@ -161,17 +193,17 @@ enum Command {
     /// Statistics of a seeded synthetic weight matrix: the reduction the page's compute
     /// check runs, so both can be compared number for number.
     Reduce {
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = ComputeSpec::default().synth.seed)]
         seed: u64,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = ComputeSpec::default().synth.rows)]
         rows: usize,
-        #[arg(long, default_value_t = 333)]
+        #[arg(long, default_value_t = ComputeSpec::default().synth.cols)]
         cols: usize,
         /// Outliers are |w| > k x mean |w|.
-        #[arg(long, default_value_t = 5.0)]
+        #[arg(long, default_value_t = ComputeSpec::default().stats.outlier_k)]
         k: f32,
         /// Histogram bins (1..=256).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = ComputeSpec::default().stats.bins)]
         bins: u32,
         /// Skip the per-column statistics.
         #[arg(long)]
@@ -198,9 +230,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each subcommand in three stages: build the Experiment (from flags, or read it), run it
+/// (`run_experiment`, the same for every face), write the report (`emit`).
 async fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Train(args) => layerlab::train::cli::run(&args),
+    let started = std::time::Instant::now();
+    let (experiment, files, output) = match cli.command {
+        // Training has no Experiment variant yet (the training lab's page comes next); its
+        // CLI runs on its own until then.
+        Command::Train(args) => return layerlab::train::cli::run(&args),
         Command::Backend { backend } => {
             let b = Backend::new(backend).await?;
             let info = b.info();
@@ -208,44 +245,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(reason) = info.reason {
                 println!("reason: {reason}");
             }
-            Ok(())
-        }
-        Command::Stats {
-            model,
-            config,
-            k,
-            bins,
-            backend,
-            json,
-        } => {
-            let started = std::time::Instant::now();
-            let (path, config_path) = resolve_model(&model, config)?;
-            let config = match &config_path {
-                Some(p) => Some(read_config(p)?),
-                None => None,
-            };
-            let src = FileSource::open(&path)?;
-            let file = ModelFile::open(&src)?;
-            let desc = describe(&file, config.as_ref());
-            let opts = StatsOptions {
-                outlier_k: k,
-                bins,
-                per_column: false,
-            };
-            let b = Backend::new(backend).await?;
-            let mut report = model_stats(&b, &src, &file, &desc, &opts, &Silent).await?;
-            report.experiment = Some(Experiment::layers(
-                ModelSource::Path {
-                    path: path.display().to_string(),
-                },
-                opts,
-            ));
-            match json {
-                Some(out) => write_json(&out, &report)?,
-                None => print_model_summary(&report),
-            }
-            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
-            Ok(())
+            return Ok(());
         }
         Command::Ppl {
             model,
@@ -255,53 +255,56 @@ async fn run(cli: Cli) -> Result<()> {
             batch,
             json,
         } => {
-            let started = std::time::Instant::now();
-            let text = read_text(&eval)?;
-            let OpenedLm {
-                path,
-                src,
-                file,
-                config,
-                tokenizer,
-            } = open_for_forward(&model)?;
-            let lm = load_causal_lm(&src, &file, config.as_ref())?;
-            let ids = tokenizer.encode(&text)?;
             let opts = PplOptions {
                 seqlen,
                 max_windows,
                 batch,
             };
-            let report = perplexity(lm.as_ref(), &ids, &opts, &Progress).await?;
-            let out = PplOutput {
-                model: path.display().to_string(),
-                eval: eval.display().to_string(),
-                tokenizer: tokenizer.describe.clone(),
-                report,
+            return run_ppl(&model, &eval, &opts, json.as_deref()).await;
+        }
+        Command::Run {
+            experiment,
+            model,
+            calib,
+            eval,
+            backend,
+            out,
+            json,
+            dry_run,
+        } => {
+            let experiment = read_experiment(&experiment)?;
+            if dry_run {
+                println!("{}", experiment.to_json());
+                return Ok(());
+            }
+            let files = RunFiles {
+                model,
+                config: None,
+                calib,
+                eval,
+                out,
             };
-            // With --json - the JSON alone goes to standard output, the summary to stderr.
-            let to_stdout = json.as_ref().is_none_or(|p| p.as_os_str() != "-");
-            if let Some(p) = &json {
-                write_json(p, &out)?;
-            }
-            let r = &out.report;
-            let summary = format!(
-                "perplexity  {:.4}\ntokens      {} in the text, {} windows of {} ({} predicted, \
-                 {} dropped)\ntokenizer   {}",
-                r.perplexity,
-                r.text_tokens,
-                r.windows,
-                r.seqlen,
-                r.predicted_tokens,
-                r.text_tokens - r.windows * r.seqlen,
-                out.tokenizer
-            );
-            if to_stdout {
-                println!("{summary}");
-            } else {
-                eprintln!("{summary}");
-            }
-            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
-            Ok(())
+            (experiment, files, Output { backend, json })
+        }
+        Command::Stats {
+            model,
+            config,
+            k,
+            bins,
+            backend,
+            json,
+        } => {
+            let experiment = Experiment::layers(LayersSpec {
+                model: path_source(&model),
+                outlier_k: k,
+                bins,
+            });
+            let files = RunFiles {
+                model: Some(model),
+                config,
+                ..RunFiles::default()
+            };
+            (experiment, files, Output { backend, json })
         }
         Command::Prune {
             model,
@@ -324,123 +327,35 @@ async fn run(cli: Cli) -> Result<()> {
             backend,
             json,
         } => {
-            let started = std::time::Instant::now();
-            let nm = nm.as_deref().map(parse_nm).transpose()?;
-            let sparsity =
-                match (sparsity, nm) {
-                    (Some(_), Some(_)) => return Err(LabError::invalid(
-                        "give either --sparsity or --nm, not both (N:M sets the sparsity to N/M)",
-                    )),
-                    (Some(s), None) => s,
-                    (None, Some((n, m))) => n as f64 / m as f64,
-                    (None, None) => {
-                        return Err(LabError::invalid(
-                            "say how much to prune: --sparsity S (in [0, 1)) or --nm N:M",
-                        ))
-                    }
-                };
-            let opts = PruneOptions {
+            let flags = PruneFlags {
                 method,
                 sparsity,
                 nm,
-                owl: owl.then_some(OwlOptions { hyper_m, lamda }),
+                owl,
+                hyper_m,
+                lamda,
                 nsamples,
                 seqlen,
+                eval_seqlen,
                 calib_seed,
+                max_eval_windows,
                 batch,
-                eval: PplOptions {
-                    seqlen: eval_seqlen.unwrap_or(seqlen),
-                    max_windows: max_eval_windows,
-                    batch,
-                },
-                dense_ppl: !no_dense,
-                ..PruneOptions::default()
+                no_dense,
             };
-            if !owl && (hyper_m != 5.0 || lamda != 0.08) {
-                return Err(LabError::invalid(
-                    "--hyper-m and --lamda are OWL's: add --owl (or leave them out)",
-                ));
-            }
-            opts.check()?;
-            let calib_text = read_text(&calib)?;
-            let eval_text = eval.as_deref().map(read_text).transpose()?;
-            let OpenedLm {
-                path,
-                src,
-                file,
-                config,
-                tokenizer,
-            } = open_for_forward(&model)?;
-            let lm = load_causal_lm(&src, &file, config.as_ref())?;
-            let calib_ids = tokenizer.encode(&calib_text)?;
-            let eval_ids = eval_text
-                .as_deref()
-                .map(|t| tokenizer.encode(t))
-                .transpose()?;
-            let b = Backend::new(backend).await?;
-            let run = prune_model_on(
-                &b,
-                lm.as_ref(),
-                &calib_ids,
-                eval_ids.as_deref(),
-                &opts,
-                &Progress,
-            )
-            .await?;
-            let text = |p: &Path| TextSource::Path {
-                path: p.display().to_string(),
+            let experiment = Experiment::prune(PruneSpec {
+                model: path_source(&model),
+                options: flags.options()?,
+                calib_text: text_source(&calib),
+                eval_text: eval.as_deref().map(text_source),
+            });
+            let files = RunFiles {
+                model: Some(model),
+                calib: Some(calib),
+                eval,
+                out,
+                ..RunFiles::default()
             };
-            let experiment = Experiment::prune(
-                ModelSource::Path {
-                    path: path.display().to_string(),
-                },
-                PruneSpec {
-                    options: opts.clone(),
-                    calib_text: text(&calib),
-                    eval_text: eval.as_deref().map_or(
-                        TextSource::Path {
-                            path: String::new(),
-                        },
-                        text,
-                    ),
-                },
-            );
-            let output = PruneOutput {
-                experiment,
-                model: path.display().to_string(),
-                calib: calib.display().to_string(),
-                eval: eval.as_ref().map(|p| p.display().to_string()),
-                tokenizer: tokenizer.describe.clone(),
-                report: run.report.clone(),
-                backend: b.info(),
-            };
-            if let Some(out_path) = &out {
-                let extra = serde_json::json!({ "experiment": output.experiment });
-                let f = std::fs::File::create(out_path).map_err(|e| {
-                    LabError::Io(format!("cannot create {}: {e}", out_path.display()))
-                })?;
-                let mut w = std::io::BufWriter::new(f);
-                export_safetensors(lm.as_ref(), &run, &extra, &mut w)?;
-                if file.format == Format::Gguf {
-                    let cfg = out_path.with_file_name("config.json");
-                    write_json(&cfg, &hf_config(lm.as_ref()))?;
-                }
-            }
-            let to_stdout = json.as_ref().is_none_or(|p| p.as_os_str() != "-");
-            if let Some(p) = &json {
-                write_json(p, &output)?;
-            }
-            let summary = prune_summary(&output.report);
-            if to_stdout {
-                print!("{summary}");
-            } else {
-                eprint!("{summary}");
-            }
-            if let Some(p) = &out {
-                eprintln!("pruned model written to {}", p.display());
-            }
-            eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
-            Ok(())
+            (experiment, files, Output { backend, json })
         }
         Command::Reduce {
             seed,
@@ -452,23 +367,366 @@ async fn run(cli: Cli) -> Result<()> {
             backend,
             json,
         } => {
-            let spec = SynthSpec { seed, rows, cols };
-            let data = weights(spec);
-            let m = Matrix::new(&data, rows, cols)?;
-            let opts = StatsOptions {
-                outlier_k: k,
-                bins,
-                per_column: !no_columns,
-            };
-            let b = Backend::new(backend).await?;
-            let out = tensor_stats(&b, m, &opts, &Silent).await?;
-            match json {
-                Some(path) => write_json(&path, &out)?,
-                None => print_summary(&out),
+            let experiment = Experiment::compute(ComputeSpec {
+                synth: SynthSpec { seed, rows, cols },
+                stats: StatsOptions {
+                    outlier_k: k,
+                    bins,
+                    per_column: !no_columns,
+                },
+            });
+            (experiment, RunFiles::default(), Output { backend, json })
+        }
+    };
+    let b = Backend::new(output.backend).await?;
+    let done = run_experiment(&b, experiment, &files).await?;
+    emit(&done, output.json.as_deref())?;
+    if let Some(p) = &files.out {
+        eprintln!("pruned model written to {}", p.display());
+    }
+    eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Where a run's report goes, and on which backend it runs.
+struct Output {
+    backend: BackendChoice,
+    json: Option<PathBuf>,
+}
+
+/// The files a run reads and writes: the experiment names its sources, and these paths
+/// stand in for the ones a CLI cannot read (a URL, a file dropped on the page) or override
+/// them.
+#[derive(Default)]
+struct RunFiles {
+    model: Option<PathBuf>,
+    config: Option<PathBuf>,
+    calib: Option<PathBuf>,
+    eval: Option<PathBuf>,
+    /// Where the pruned model goes (safetensors), if anywhere.
+    out: Option<PathBuf>,
+}
+
+/// The flags of `layerlab prune`, before they become the experiment's options.
+struct PruneFlags {
+    method: Method,
+    sparsity: Option<f64>,
+    nm: Option<String>,
+    owl: bool,
+    hyper_m: f64,
+    lamda: f64,
+    nsamples: usize,
+    seqlen: usize,
+    eval_seqlen: Option<usize>,
+    calib_seed: Option<u64>,
+    max_eval_windows: Option<usize>,
+    batch: usize,
+    no_dense: bool,
+}
+
+impl PruneFlags {
+    fn options(self) -> Result<PruneOptions> {
+        let nm = self.nm.as_deref().map(parse_nm).transpose()?;
+        let sparsity = match (self.sparsity, nm) {
+            (Some(_), Some(_)) => {
+                return Err(LabError::invalid(
+                    "give either --sparsity or --nm, not both (N:M sets the sparsity to N/M)",
+                ))
             }
-            Ok(())
+            (Some(s), None) => s,
+            (None, Some((n, m))) => n as f64 / m as f64,
+            (None, None) => {
+                return Err(LabError::invalid(
+                    "say how much to prune: --sparsity S (in [0, 1)) or --nm N:M",
+                ))
+            }
+        };
+        let owl_default = OwlOptions::default();
+        if !self.owl && (self.hyper_m != owl_default.hyper_m || self.lamda != owl_default.lamda) {
+            return Err(LabError::invalid(
+                "--hyper-m and --lamda are OWL's: add --owl (or leave them out)",
+            ));
+        }
+        let opts = PruneOptions {
+            method: self.method,
+            sparsity,
+            nm,
+            owl: self.owl.then_some(OwlOptions {
+                hyper_m: self.hyper_m,
+                lamda: self.lamda,
+            }),
+            nsamples: self.nsamples,
+            seqlen: self.seqlen,
+            calib_seed: self.calib_seed,
+            batch: self.batch,
+            eval: PplOptions {
+                seqlen: self.eval_seqlen.unwrap_or(self.seqlen),
+                max_windows: self.max_eval_windows,
+                batch: self.batch,
+            },
+            dense_ppl: !self.no_dense,
+            ..PruneOptions::default()
+        };
+        opts.check()?;
+        Ok(opts)
+    }
+}
+
+fn path_source(p: &Path) -> ModelSource {
+    ModelSource::Path {
+        path: p.display().to_string(),
+    }
+}
+
+fn text_source(p: &Path) -> TextSource {
+    TextSource::Path {
+        path: p.display().to_string(),
+    }
+}
+
+/// `layerlab run`'s argument: a JSON file (an experiment or a report holding one), or a
+/// link (`'http://…/?v=2&lab=prune&…'`).
+fn read_experiment(arg: &str) -> Result<Experiment> {
+    let path = Path::new(arg);
+    if path.is_file() {
+        let text = read_text(path)?;
+        Experiment::parse(&text).map_err(|e| LabError::invalid(format!("{arg}: {e}")))
+    } else if arg.contains('?') || arg.contains('=') {
+        Experiment::parse(arg)
+    } else {
+        Err(LabError::Io(format!(
+            "cannot read {arg}: no such file (give an experiment or report .json, or a link)"
+        )))
+    }
+}
+
+/// The model file a run reads: --model, else the experiment's path. A URL or a file
+/// dropped on the page has to be given with --model.
+fn model_path(source: &ModelSource, files: &RunFiles) -> Result<PathBuf> {
+    if let Some(p) = &files.model {
+        return Ok(p.clone());
+    }
+    match source {
+        ModelSource::Path { path } => Ok(PathBuf::from(path)),
+        ModelSource::Url { url } => Err(LabError::invalid(format!(
+            "the experiment's model is the URL {url}: give the file with --model PATH"
+        ))),
+        ModelSource::File { name, .. } => Err(LabError::invalid(format!(
+            "the experiment's model is the file {name}, dropped on the page: give it with --model PATH"
+        ))),
+    }
+}
+
+/// A text a run reads: the flag's path, else the experiment's (a built-in text is Debian's
+/// /usr/share/common-licenses/NAME, as the page serves it).
+fn text_path(source: &TextSource, flag: Option<&Path>, what: &str) -> Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    match source {
+        TextSource::Builtin { name } => Ok(Path::new("/usr/share/common-licenses").join(name)),
+        TextSource::Path { path } => Ok(PathBuf::from(path)),
+        TextSource::File { name, .. } => Err(LabError::invalid(format!(
+            "the experiment's {what} text is the file {name}, chosen on the page: give it with --{what} PATH"
+        ))),
+    }
+}
+
+/// A finished run: its report, as the page writes it too, and its summary for a person.
+// One per run: the variants' sizes do not matter, so none is boxed.
+#[allow(clippy::large_enum_variant)]
+enum RunReport {
+    Layers(Report<ModelReport>),
+    Prune(Report<PruneResult>),
+    Compute(Report<StatsRun>),
+}
+
+/// The one runner of every face's experiment. The report's experiment names the files
+/// actually read.
+async fn run_experiment(
+    b: &Backend,
+    experiment: Experiment,
+    files: &RunFiles,
+) -> Result<RunReport> {
+    Ok(match experiment.lab {
+        LabSpec::Layers(spec) => RunReport::Layers(run_layers(b, spec, files).await?),
+        LabSpec::Prune(spec) => RunReport::Prune(run_prune(b, spec, files).await?),
+        LabSpec::Compute(spec) => RunReport::Compute(run_compute(b, spec).await?),
+    })
+}
+
+async fn run_layers(
+    b: &Backend,
+    mut spec: LayersSpec,
+    files: &RunFiles,
+) -> Result<Report<ModelReport>> {
+    let model = model_path(&spec.model, files)?;
+    let (path, config_path) = resolve_model(&model, files.config.clone())?;
+    let config = config_path.as_deref().map(read_config).transpose()?;
+    let src = FileSource::open(&path)?;
+    let file = ModelFile::open(&src)?;
+    let desc = describe(&file, config.as_ref());
+    let result = model_stats(b, &src, &file, &desc, &spec.stats_options(), &Silent).await?;
+    spec.model = path_source(&path);
+    Ok(Report {
+        experiment: Experiment::layers(spec),
+        result,
+    })
+}
+
+async fn run_prune(
+    b: &Backend,
+    mut spec: PruneSpec,
+    files: &RunFiles,
+) -> Result<Report<PruneResult>> {
+    spec.options.check()?;
+    let model = model_path(&spec.model, files)?;
+    let calib = text_path(&spec.calib_text, files.calib.as_deref(), "calib")?;
+    let eval = match &spec.eval_text {
+        Some(t) => Some(text_path(t, files.eval.as_deref(), "eval")?),
+        None => files.eval.clone(),
+    };
+    let calib_text = read_text(&calib)?;
+    let eval_text = eval.as_deref().map(read_text).transpose()?;
+    let OpenedLm {
+        path,
+        src,
+        file,
+        config,
+        tokenizer,
+    } = open_for_forward(&model)?;
+    let lm = load_causal_lm(&src, &file, config.as_ref())?;
+    let calib_ids = tokenizer.encode(&calib_text)?;
+    let eval_ids = eval_text
+        .as_deref()
+        .map(|t| tokenizer.encode(t))
+        .transpose()?;
+    let run = prune_model_on(
+        b,
+        lm.as_ref(),
+        &calib_ids,
+        eval_ids.as_deref(),
+        &spec.options,
+        &Progress,
+    )
+    .await?;
+    // The report names the files read; built-in texts keep their names.
+    spec.model = path_source(&path);
+    if files.calib.is_some() || matches!(spec.calib_text, TextSource::File { .. }) {
+        spec.calib_text = text_source(&calib);
+    }
+    if let Some(e) = &eval {
+        if files.eval.is_some() || !matches!(spec.eval_text, Some(TextSource::Builtin { .. })) {
+            spec.eval_text = Some(text_source(e));
         }
     }
+    let experiment = Experiment::prune(spec);
+    if let Some(out_path) = &files.out {
+        let extra = serde_json::json!({ "experiment": experiment });
+        let f = std::fs::File::create(out_path)
+            .map_err(|e| LabError::Io(format!("cannot create {}: {e}", out_path.display())))?;
+        let mut w = std::io::BufWriter::new(f);
+        export_safetensors(lm.as_ref(), &run, &extra, &mut w)?;
+        if file.format == Format::Gguf {
+            let cfg = out_path.with_file_name("config.json");
+            write_json(&cfg, &hf_config(lm.as_ref()))?;
+        }
+    }
+    Ok(Report {
+        experiment,
+        result: PruneResult {
+            model: path.display().to_string(),
+            calib: calib.display().to_string(),
+            eval: eval.as_ref().map(|p| p.display().to_string()),
+            tokenizer: tokenizer.describe.clone(),
+            report: run.report,
+            backend: b.info(),
+        },
+    })
+}
+
+async fn run_compute(b: &Backend, spec: ComputeSpec) -> Result<Report<StatsRun>> {
+    let data = weights(spec.synth);
+    let m = Matrix::new(&data, spec.synth.rows, spec.synth.cols)?;
+    let result = tensor_stats(b, m, &spec.stats, &Silent).await?;
+    Ok(Report {
+        experiment: Experiment::compute(spec),
+        result,
+    })
+}
+
+/// Writes the report as JSON where asked, and the summary: on standard output, unless the
+/// JSON goes there (then the pruning summary goes to standard error; the statistics'
+/// summaries are left out whenever JSON is written, as before).
+fn emit(done: &RunReport, json: Option<&Path>) -> Result<()> {
+    let json_to_stdout = json.is_some_and(|p| p.as_os_str() == "-");
+    match done {
+        RunReport::Layers(r) => match json {
+            Some(p) => write_json(p, r)?,
+            None => print_model_summary(&r.result),
+        },
+        RunReport::Compute(r) => match json {
+            Some(p) => write_json(p, r)?,
+            None => print_summary(&r.result),
+        },
+        RunReport::Prune(r) => {
+            if let Some(p) = json {
+                write_json(p, r)?;
+            }
+            let summary = prune_summary(&r.result.report);
+            if json_to_stdout {
+                eprint!("{summary}");
+            } else {
+                print!("{summary}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_ppl(model: &Path, eval: &Path, opts: &PplOptions, json: Option<&Path>) -> Result<()> {
+    let started = std::time::Instant::now();
+    let text = read_text(eval)?;
+    let OpenedLm {
+        path,
+        src,
+        file,
+        config,
+        tokenizer,
+    } = open_for_forward(model)?;
+    let lm = load_causal_lm(&src, &file, config.as_ref())?;
+    let ids = tokenizer.encode(&text)?;
+    let report = perplexity(lm.as_ref(), &ids, opts, &Progress).await?;
+    let out = PplOutput {
+        model: path.display().to_string(),
+        eval: eval.display().to_string(),
+        tokenizer: tokenizer.describe.clone(),
+        report,
+    };
+    // With --json - the JSON alone goes to standard output, the summary to stderr.
+    let to_stdout = json.is_none_or(|p| p.as_os_str() != "-");
+    if let Some(p) = json {
+        write_json(p, &out)?;
+    }
+    let r = &out.report;
+    let summary = format!(
+        "perplexity  {:.4}\ntokens      {} in the text, {} windows of {} ({} predicted, \
+         {} dropped)\ntokenizer   {}",
+        r.perplexity,
+        r.text_tokens,
+        r.windows,
+        r.seqlen,
+        r.predicted_tokens,
+        r.text_tokens - r.windows * r.seqlen,
+        out.tokenizer
+    );
+    if to_stdout {
+        println!("{summary}");
+    } else {
+        eprintln!("{summary}");
+    }
+    eprintln!("done in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// What `layerlab ppl --json` writes.
@@ -479,19 +737,6 @@ struct PplOutput {
     tokenizer: String,
     #[serde(flatten)]
     report: PplReport,
-}
-
-/// What `layerlab prune --json` writes (the page's report has the same fields).
-#[derive(serde::Serialize)]
-struct PruneOutput {
-    experiment: Experiment,
-    model: String,
-    calib: String,
-    eval: Option<String>,
-    tokenizer: String,
-    #[serde(flatten)]
-    report: PruneReport,
-    backend: BackendInfo,
 }
 
 /// "N:M" -> (N, M), 0 <= N < M.
@@ -641,7 +886,7 @@ impl RunControl for Progress {
     }
 }
 
-fn write_json<T: serde::Serialize>(path: &PathBuf, out: &T) -> Result<()> {
+fn write_json<T: serde::Serialize>(path: &Path, out: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(out).map_err(|e| LabError::Io(e.to_string()))?;
     if path.as_os_str() == "-" {
         let mut stdout = std::io::stdout().lock();

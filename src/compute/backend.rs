@@ -160,6 +160,18 @@ pub trait RunControl {
     fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
         Box::pin(std::future::ready(()))
     }
+    /// The measurements of one step of `stage` (a training step's loss, its gradient norm
+    /// per block…), for the page's live charts: named numbers and small arrays. Hosts that
+    /// draw nothing ignore them.
+    fn metrics(&self, _stage: &str, _step: u64, _values: &[(&str, Metric)]) {}
+}
+
+/// One named measurement of a step: a number, or a small array (one value per block).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Metric {
+    Number(f64),
+    Series(Vec<f64>),
 }
 
 /// Between two steps of a run: yield to the host, then stop if cancelled.

@@ -29,7 +29,7 @@ pub mod recorder;
 pub mod select;
 pub mod sparse;
 
-pub use backend::{Backend, BackendChoice, BackendInfo, RunControl, Silent};
+pub use backend::{Backend, BackendChoice, BackendInfo, Metric, RunControl, Silent};
 pub use gpu::GpuContext;
 pub use pool::{BufferPool, DType, GpuTensor, PoolStats};
 pub use recorder::Recorder;

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{group_stats, Histogram, StatsOptions, TensorStats};
 use crate::compute::{Backend, BackendInfo, RunControl};
-use crate::experiment::Experiment;
 use crate::io::{ByteSource, Format, ModelFile, TensorInfo};
 use crate::model::{Arch, Hyper, ModelDesc};
 use crate::Result;
@@ -84,8 +83,6 @@ pub struct ModelInfo {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelReport {
-    /// What produced this report (set by the caller: the page or the CLI).
-    pub experiment: Option<Experiment>,
     pub model: ModelInfo,
     pub options: StatsOptions,
     pub tensors: Vec<TensorEntry>,
@@ -286,7 +283,6 @@ pub async fn model_stats(
         ));
     }
     Ok(ModelReport {
-        experiment: None,
         model: model_info(&src.name(), file, desc),
         options: opts,
         tensors,

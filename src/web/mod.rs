@@ -7,21 +7,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 
-use crate::compute::{cpu, Backend, BackendChoice, Bins, GpuContext, Matrix, RunControl};
-use crate::experiment::Experiment;
+use crate::compute::{cpu, Backend, BackendChoice, Bins, GpuContext, Matrix, Metric, RunControl};
+use crate::experiment::{
+    Experiment, LabSpec, PruneResult, Report, BUILTIN_MODEL, BUILTIN_TEXTS, EXPERIMENT_VERSION,
+};
 use crate::io::{ByteSource, Format, ModelFile};
 use crate::model::causal::{load_causal_lm, CausalLm};
 use crate::model::llama::to_vec;
 use crate::model::{describe, ModelDesc};
-use crate::prune::driver::{export_safetensors, hf_config, prune_model_on, PruneReport, PruneRun};
+use crate::prune::driver::{export_safetensors, hf_config, prune_model_on, PruneRun};
 use crate::stats::model::{model_info, model_stats};
+use crate::stats::tensor_stats;
 use crate::stats::Histogram;
-use crate::stats::{tensor_stats, StatsOptions};
-use crate::synth::{weights, SynthSpec};
+use crate::synth::weights;
 use crate::tokenizer::TextTokenizer;
 use crate::LabError;
 
@@ -34,13 +36,47 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// The compute check's request: a seeded synthetic matrix and the statistics options.
-#[derive(Serialize, Deserialize)]
-struct ReduceRequest {
-    #[serde(flatten)]
-    synth: SynthSpec,
-    #[serde(flatten)]
-    options: StatsOptions,
+/// What the page needs before it draws its controls: every lab's default experiment (the
+/// one place defaults are defined is Rust), the built-in model and texts, and the version.
+#[wasm_bindgen]
+pub fn lab_defaults() -> Result<JsValue, JsValue> {
+    #[derive(Serialize)]
+    struct Defaults {
+        version: u32,
+        experiments: Vec<Experiment>,
+        builtin_model: &'static str,
+        builtin_texts: &'static [&'static str],
+        owl: crate::prune::driver::OwlOptions,
+    }
+    to_js(&Defaults {
+        version: EXPERIMENT_VERSION,
+        experiments: LabSpec::defaults()
+            .into_iter()
+            .map(Experiment::from)
+            .collect(),
+        builtin_model: BUILTIN_MODEL,
+        builtin_texts: &BUILTIN_TEXTS,
+        owl: crate::prune::driver::OwlOptions::default(),
+    })
+}
+
+/// Reads the page's address (or any link) into `{experiment, view}` (`view`: the pairs
+/// that ride along, `view.*` and `backend`), upgrading version-1 links; the same reader as
+/// `layerlab run LINK`.
+#[wasm_bindgen]
+pub fn experiment_from_link(link: String) -> Result<JsValue, JsValue> {
+    let (experiment, view) = Experiment::from_link(&link).map_err(to_js_err)?;
+    #[derive(Serialize)]
+    struct Read {
+        experiment: Experiment,
+        view: Vec<(String, String)>,
+    }
+    to_js(&Read { experiment, view })
+}
+
+/// An experiment from the page (JSON text), through the one parser every face uses.
+fn parse_experiment(json: &str) -> Result<Experiment, JsValue> {
+    Experiment::parse(json).map_err(|e| JsValue::from_str(&format!("bad experiment: {e}")))
 }
 
 fn to_js<T: Serialize>(value: &T) -> Result<JsValue, JsValue> {
@@ -59,20 +95,57 @@ fn has_navigator_gpu() -> bool {
         .unwrap_or(false)
 }
 
-/// Progress out through a JS callback, cancel in through a flag the worker sets.
+/// Progress out through a JS callback, `on_progress(stage, done, total, metrics?)`; cancel
+/// in through a flag the worker sets.
 struct WebControl<'a> {
     cancel: &'a Cell<bool>,
     on_progress: &'a js_sys::Function,
+    /// The last (done, total), which a step's metrics are sent with.
+    last: Cell<(u64, u64)>,
+}
+
+impl<'a> WebControl<'a> {
+    fn new(cancel: &'a Cell<bool>, on_progress: &'a js_sys::Function) -> Self {
+        WebControl {
+            cancel,
+            on_progress,
+            last: Cell::new((0, 0)),
+        }
+    }
 }
 
 impl RunControl for WebControl<'_> {
     fn progress(&self, stage: &str, done: u64, total: u64) {
+        self.last.set((done, total));
         let _ = self.on_progress.call3(
             &JsValue::NULL,
             &JsValue::from_str(stage),
             &JsValue::from_f64(done as f64),
             &JsValue::from_f64(total as f64),
         );
+    }
+
+    fn metrics(&self, stage: &str, step: u64, values: &[(&str, Metric)]) {
+        #[derive(Serialize)]
+        struct StepMetrics<'v> {
+            step: u64,
+            values: std::collections::BTreeMap<&'v str, &'v Metric>,
+        }
+        let metrics = StepMetrics {
+            step,
+            values: values.iter().map(|(k, v)| (*k, v)).collect(),
+        };
+        let Ok(metrics) = to_js(&metrics) else {
+            return;
+        };
+        let (done, total) = self.last.get();
+        let args = js_sys::Array::of4(
+            &JsValue::from_str(stage),
+            &JsValue::from_f64(done as f64),
+            &JsValue::from_f64(total as f64),
+            &metrics,
+        );
+        let _ = self.on_progress.apply(&JsValue::NULL, &args);
     }
 
     fn cancelled(&self) -> bool {
@@ -203,17 +276,6 @@ struct LastRun {
     experiment: Experiment,
 }
 
-/// What the page's pruning report holds: the CLI's `prune --json` fields, plus the
-/// experiment and the backend.
-#[derive(Serialize)]
-struct PagePruneReport<'a> {
-    experiment: &'a Experiment,
-    tokenizer: String,
-    #[serde(flatten)]
-    report: &'a PruneReport,
-    backend: crate::compute::BackendInfo,
-}
-
 /// The lab's heavy state, owned by the worker.
 #[wasm_bindgen]
 pub struct Lab {
@@ -294,35 +356,36 @@ impl Lab {
         to_js(&self.backend.info())
     }
 
-    /// Statistics of a seeded synthetic matrix (the compute check); `on_progress(stage,
-    /// done, total)` is called between steps. Resolves to the same JSON as
-    /// `layerlab reduce --json`.
+    /// Statistics of a seeded synthetic matrix: the compute check's experiment (JSON);
+    /// `on_progress(stage, done, total)` is called between steps. Resolves to the same
+    /// report as `layerlab reduce --json` and `layerlab run`.
     pub async fn reduce(
         &self,
-        request: JsValue,
+        experiment: String,
         on_progress: js_sys::Function,
     ) -> Result<JsValue, JsValue> {
-        let req: ReduceRequest = serde_wasm_bindgen::from_value(request)
-            .map_err(|e| JsValue::from_str(&format!("bad compute-check request: {e}")))?;
-        let n = req.synth.rows.saturating_mul(req.synth.cols);
+        let experiment = parse_experiment(&experiment)?;
+        let LabSpec::Compute(spec) = &experiment.lab else {
+            return Err(JsValue::from_str(
+                "the compute check needs a compute experiment",
+            ));
+        };
+        let n = spec.synth.rows.saturating_mul(spec.synth.cols);
         if n > MAX_SYNTH_VALUES {
             return Err(JsValue::from_str(&format!(
                 "a [{}, {}] matrix is too big for the page: at most {MAX_SYNTH_VALUES} values",
-                req.synth.rows, req.synth.cols
+                spec.synth.rows, spec.synth.cols
             )));
         }
         self.cancel.set(false);
-        let data = weights(req.synth);
-        let m = Matrix::new(&data, req.synth.rows, req.synth.cols)
+        let data = weights(spec.synth);
+        let m = Matrix::new(&data, spec.synth.rows, spec.synth.cols)
             .map_err(|e| JsValue::from_str(&e.to_string()))?;
-        let ctl = WebControl {
-            cancel: &self.cancel,
-            on_progress: &on_progress,
-        };
-        let run = tensor_stats(&self.backend, m, &req.options, &ctl)
+        let ctl = WebControl::new(&self.cancel, &on_progress);
+        let result = tensor_stats(&self.backend, m, &spec.stats, &ctl)
             .await
             .map_err(|e| JsValue::from_str(&e.to_string()))?;
-        to_js(&run)
+        to_js(&Report { experiment, result })
     }
 
     /// Opens a model (reads its header only) and makes it current; on any error the
@@ -373,32 +436,29 @@ impl Lab {
             .ok_or_else(|| JsValue::from_str("no model is open"))
     }
 
-    /// Prunes the current model as `experiment.prune` says, calibrating on `calib` and
-    /// measuring perplexity on `eval` (the texts themselves); `on_progress(stage, done,
-    /// total)` follows the run. Resolves to the report (the CLI's `prune --json` fields plus
-    /// the experiment and the backend); the pruned weights stay for `pruned_model` and
-    /// `prune_histograms` until the next run.
+    /// Prunes the current model as the pruning experiment (JSON) says, calibrating on
+    /// `calib` and measuring perplexity on `eval` (the texts themselves); `on_progress(stage,
+    /// done, total)` follows the run. Resolves to the report, the same type as `layerlab
+    /// prune --json` and `layerlab run` write; the pruned weights stay for `pruned_model`
+    /// and `prune_histograms` until the next run.
     pub async fn prune(
         &self,
-        experiment: JsValue,
+        experiment: String,
         calib: String,
         eval: String,
         on_progress: js_sys::Function,
     ) -> Result<JsValue, JsValue> {
-        let experiment: Experiment = serde_wasm_bindgen::from_value(experiment)
-            .map_err(|e| JsValue::from_str(&format!("bad experiment: {e}")))?;
-        let spec = experiment
-            .prune
-            .clone()
-            .ok_or_else(|| JsValue::from_str("the experiment has no pruning options"))?;
+        let experiment = parse_experiment(&experiment)?;
+        let LabSpec::Prune(spec) = experiment.lab.clone() else {
+            return Err(JsValue::from_str(
+                "the pruning lab needs a prune experiment",
+            ));
+        };
         let model = self.current_model()?;
         // The previous run's weights go first: two pruned models need not fit at once.
         *self.last_run.borrow_mut() = None;
         self.cancel.set(false);
-        let ctl = WebControl {
-            cancel: &self.cancel,
-            on_progress: &on_progress,
-        };
+        let ctl = WebControl::new(&self.cancel, &on_progress);
         let (run, tokenizer) = {
             let lm = model.causal_lm().map_err(to_js_err)?;
             let tok = model.tokenizer().map_err(to_js_err)?;
@@ -416,11 +476,16 @@ impl Lab {
             .map_err(to_js_err)?;
             (run, tok.describe.clone())
         };
-        let out = to_js(&PagePruneReport {
-            experiment: &experiment,
-            tokenizer,
-            report: &run.report,
-            backend: self.backend.info(),
+        let out = to_js(&Report {
+            experiment: experiment.clone(),
+            result: PruneResult {
+                model: model.source.name.clone(),
+                calib: spec.calib_text.describe(),
+                eval: spec.eval_text.as_ref().map(|t| t.describe()),
+                tokenizer,
+                report: run.report.clone(),
+                backend: self.backend.info(),
+            },
         })?;
         *self.last_run.borrow_mut() = Some(LastRun {
             model,
@@ -529,33 +594,33 @@ impl Lab {
     /// `on_progress(tensor, done, total)` follows the tensors.
     pub async fn model_stats(
         &self,
-        experiment: JsValue,
+        experiment: String,
         on_progress: js_sys::Function,
     ) -> Result<JsValue, JsValue> {
-        let experiment: Experiment = serde_wasm_bindgen::from_value(experiment)
-            .map_err(|e| JsValue::from_str(&format!("bad experiment: {e}")))?;
+        let experiment = parse_experiment(&experiment)?;
+        let LabSpec::Layers(spec) = &experiment.lab else {
+            return Err(JsValue::from_str(
+                "the layer view needs a layers experiment",
+            ));
+        };
         let model = self
             .model
             .borrow()
             .clone()
             .ok_or_else(|| JsValue::from_str("no model is open"))?;
         self.cancel.set(false);
-        let ctl = WebControl {
-            cancel: &self.cancel,
-            on_progress: &on_progress,
-        };
-        let mut report = model_stats(
+        let ctl = WebControl::new(&self.cancel, &on_progress);
+        let result = model_stats(
             &self.backend,
             &model.source,
             &model.file,
             &model.desc,
-            &experiment.stats,
+            &spec.stats_options(),
             &ctl,
         )
         .await
         .map_err(to_js_err)?;
-        report.experiment = Some(experiment);
-        to_js(&report)
+        to_js(&Report { experiment, result })
     }
 
     /// Asks the run in progress to stop at its next step.

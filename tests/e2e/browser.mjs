@@ -33,3 +33,9 @@ export async function openPage(url, flags = []) {
   const close = async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); };
   return { page, problems, close };
 }
+
+/** The page's address as the page has it now (Playwright's page.url() follows
+ *  history.replaceState only after an event round trip). */
+export function address(page) {
+  return page.evaluate(() => location.href);
+}

@@ -5,7 +5,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { CLI, openPage, serveSite } from './browser.mjs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CLI, address, openPage, serveSite } from './browser.mjs';
 
 let server;
 let base;
@@ -128,11 +131,43 @@ test('a bad request shows its error, a long run can be cancelled, and the page k
 
     await page.fill('#rows', '100');
     await page.fill('#cols', '7');
+    // The address follows the controls at once, before any run.
+    const link = new URL(await address(page)).searchParams;
+    assert.equal(link.get('v'), '2');
+    assert.equal(link.get('lab'), 'compute');
+    assert.equal(link.get('rows'), '100');
+    assert.equal(link.get('cols'), '7');
+    assert.equal(link.get('seed'), null, 'a link holds only what differs from the defaults');
     const small = await runCheck(page);
     assert.equal(small.count, 700);
-    assert.match(page.url(), /rows=100&cols=7/);
     assert.deepEqual(problems, []);
   } finally {
     await close();
+  }
+});
+
+test('the page report reruns in the CLI to the same numbers, and the link reads as the same experiment', async () => {
+  const { page, problems, close } = await openLab([], '?v=2&lab=compute&seed=3&rows=211&cols=97&bins=32&per_column=false&backend=cpu');
+  const dir = mkdtempSync(join(tmpdir(), 'layerlab-compute-'));
+  try {
+    assert.equal(await page.inputValue('#rows'), '211');
+    assert.equal(await page.isChecked('#per-column'), false);
+    const stats = await runCheck(page);
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download-json')]);
+    const report = JSON.parse(readFileSync(await download.path(), 'utf8'));
+    assert.deepEqual(report.experiment, { version: 2, lab: 'compute', seed: 3, rows: 211, cols: 97, outlier_k: 5, bins: 32, per_column: false });
+    const file = join(dir, 'report.json');
+    writeFileSync(file, JSON.stringify(report));
+    const rerun = JSON.parse(execFileSync(CLI, ['run', file, '--backend', 'cpu', '--json', '-'], { encoding: 'utf8' }));
+    assert.deepEqual(rerun.experiment, report.experiment);
+    assertSameStats(stats, rerun.stats, 'page report rerun by the CLI');
+    assert.deepEqual(rerun.stats.histogram.counts, report.stats.histogram.counts);
+    // The page's own link, read by the CLI, is the report's experiment.
+    const read = JSON.parse(execFileSync(CLI, ['run', await address(page), '--dry-run'], { encoding: 'utf8' }));
+    assert.deepEqual(read, report.experiment);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync,
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, SITE, openPage, serveSite } from './browser.mjs';
+import { CLI, address, SITE, openPage, serveSite } from './browser.mjs';
 
 const SMOL = '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
 const MINI = '.cache/models/all-minilm-l6-v2';
@@ -97,10 +97,21 @@ test('the page opens on SmolLM2, draws every chart, and a link keeps the view', 
     assert.equal(top, maxK.name);
     // Clicking a row draws that tensor's histogram and puts it in the link.
     await page.click('#tensor-table tbody tr:nth-child(2)');
-    assert.match(page.url(), /tensor=/);
-    assert.match(page.url(), /k=3&bins=32&stat=outlier_fraction/);
-    // The same numbers as the CLI on the same file (with the page's k and bins).
-    const cli = JSON.parse(execFileSync(CLI, ['stats', SMOL, '--backend', 'cpu', '--k', '3', '--bins', '32', '--json', '-'], { encoding: 'utf8', maxBuffer: 1 << 28 }));
+    const link = new URL(await address(page)).searchParams;
+    assert.equal(link.get('view.tensor'), await page.inputValue('#tensor-pick'));
+    assert.equal(link.get('outlier_k'), '3');
+    assert.equal(link.get('bins'), '32');
+    assert.equal(link.get('view.stat'), 'outlier_fraction');
+    assert.equal(link.get('model.url'), null, 'the built-in model is the default: not in the link');
+    // The link reads in the CLI as the report's experiment...
+    assert.deepEqual(JSON.parse(execFileSync(CLI, ['run', await address(page), '--dry-run'], { encoding: 'utf8' })), report.experiment);
+    // ...and the report reruns in the CLI to the same numbers (`layerlab run REPORT`).
+    const dir = mkdtempSync(join(tmpdir(), 'layerlab-layers-'));
+    const file = join(dir, 'report.json');
+    writeFileSync(file, JSON.stringify(report));
+    const cli = JSON.parse(execFileSync(CLI, ['run', file, '--model', SMOL, '--backend', 'cpu', '--json', '-'], { encoding: 'utf8', maxBuffer: 1 << 28 }));
+    rmSync(dir, { recursive: true, force: true });
+    assert.deepEqual(cli.experiment, { ...report.experiment, model: { kind: 'path', path: SMOL } });
     assertSameReport(report, cli);
     assert.deepEqual(problems, []);
   } finally {
@@ -118,7 +129,10 @@ test('uploading MiniLM gives the CLI report; a corrupt file shows its error and 
     assert.equal(await settled(page), 'Done.', await page.textContent('#layers-error'));
     assert.match(await page.textContent('#model-summary'), /model\.safetensors: safetensors, bert .*6 blocks, 104 tensors/);
     assert.match(await page.textContent('#model-summary'), /with config\.json/);
-    assert.match(page.url(), /file=model\.safetensors&size=90868376/);
+    const link = new URL(await address(page)).searchParams;
+    assert.equal(link.get('model.kind'), 'file');
+    assert.equal(link.get('model.name'), 'model.safetensors');
+    assert.equal(link.get('model.size'), '90868376');
     const report = await downloadedReport(page);
     assertSameReport(report, cliReport(join(MINI, 'model.safetensors')));
 
@@ -188,5 +202,33 @@ test('a URL whose server ignores range requests is downloaded once and analysed'
   } finally {
     await close();
     plain.close();
+  }
+});
+
+test('a version-2 link made with a dropped file asks for that file', async () => {
+  const { page, problems, close } = await open('?v=2&model.kind=file&model.name=model.safetensors&model.size=90868376&bins=16');
+  try {
+    await page.waitForFunction(() => /drop it here/.test(document.getElementById('layers-status')?.textContent ?? ''));
+    assert.match(await page.textContent('#layers-status'), /made with the file model\.safetensors \(90,868,376 bytes\)/);
+    assert.equal(await page.inputValue('#layers-bins'), '16');
+    assert.equal(await page.inputValue('#layers-k'), '5', 'k from the Rust defaults');
+    // Editing a control rewrites the address at once.
+    await page.fill('#layers-k', '7');
+    await page.waitForFunction(() => new URL(location.href).searchParams.get('outlier_k') === '7');
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
+
+test('a link that cannot be read says why, and the page opens on the defaults', async () => {
+  const { page, problems, close } = await open('?v=3&lab=layers');
+  try {
+    await page.waitForFunction(() => !document.getElementById('page-notice')?.hidden);
+    assert.match(await page.textContent('#page-notice'), /experiment version 3/);
+    assert.equal(await page.inputValue('#layers-bins'), '64');
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
   }
 });

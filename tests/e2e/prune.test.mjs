@@ -6,10 +6,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CLI, SITE, openPage, serveSite } from './browser.mjs';
+import { CLI, address, SITE, openPage, serveSite } from './browser.mjs';
 
 const SMOL = '.cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf';
 
@@ -41,9 +41,6 @@ async function downloaded(page, selector) {
 // The experiment, small enough for a debug wasm build on 2 cores: 2 calibration windows of
 // 32 tokens, 2 evaluation windows of 32 tokens, OWL-Wanda at 70%.
 const QUERY = '?tab=prune&method=wanda&sparsity=0.7&owl=1&m=5&lamda=0.08&nsamples=2&seqlen=32&eval_seqlen=32&eval_windows=2&dense=1&calib=LGPL-2.1&eval=GPL-3';
-const CLI_ARGS = ['prune', SMOL, '--method', 'wanda', '--owl', '--hyper-m', '5', '--lamda', '0.08', '--sparsity', '0.7',
-  '--nsamples', '2', '--seqlen', '32', '--max-eval-windows', '2',
-  '--calib', '/usr/share/common-licenses/LGPL-2.1', '--eval', '/usr/share/common-licenses/GPL-3', '--json', '-'];
 
 test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the pruned model', async () => {
   const { page, problems, close } = await open(QUERY);
@@ -64,17 +61,28 @@ test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the 
     await page.waitForFunction(() => document.querySelectorAll('#prune-hist-chart canvas').length === 1);
     assert.match(await page.textContent('#prune-hist-caption'), /blk\.0\.attn_q\.weight: 331,776 weights/);
     assert.equal(await page.$$eval('#prune-runs-table tbody tr', (r) => r.length), 1);
-    const url = new URL(page.url()).searchParams;
-    for (const [k, v] of Object.entries({ tab: 'prune', method: 'wanda', sparsity: '0.7', nm: '', owl: '1', m: '5', lamda: '0.08', nsamples: '2', seqlen: '32', eval_seqlen: '32', eval_windows: '2', calib: 'LGPL-2.1', eval: 'GPL-3' })) {
+    // The version-1 link became version 2: only what differs from the defaults.
+    const url = new URL(await address(page)).searchParams;
+    for (const [k, v] of Object.entries({ v: '2', lab: 'prune', method: null, sparsity: '0.7', nm: null, 'owl.hyper_m': '5', 'owl.lamda': '0.08', nsamples: '2', seqlen: '32', 'eval.seqlen': '32', 'eval.max_windows': '2', calib_text: null, 'calib_text.name': null })) {
       assert.equal(url.get(k), v, `URL parameter ${k}`);
     }
 
-    const report = JSON.parse((await downloaded(page, '#prune-report-json')).bytes.toString('utf8'));
+    const reportBytes = (await downloaded(page, '#prune-report-json')).bytes;
+    const report = JSON.parse(reportBytes.toString('utf8'));
+    assert.equal(report.experiment.version, 2);
     assert.equal(report.experiment.lab, 'prune');
-    assert.deepEqual(report.experiment.prune.calib_text, { kind: 'builtin', name: 'LGPL-2.1' });
+    assert.deepEqual(report.experiment.calib_text, { kind: 'builtin', name: 'LGPL-2.1' });
+    // The page's link reads in the CLI as the report's experiment.
+    assert.deepEqual(JSON.parse(execFileSync(CLI, ['run', await address(page), '--dry-run'], { encoding: 'utf8' })), report.experiment);
+    // The page's report, rerun by the CLI (`layerlab run REPORT`, the built-in texts from
+    // /usr/share/common-licenses): the same report, up to the rounding discussed below.
     const dir = mkdtempSync(join(tmpdir(), 'layerlab-prune-'));
     const cliModel = join(dir, 'cli.safetensors');
-    const cli = JSON.parse(execFileSync(CLI, [...CLI_ARGS, '--out', cliModel], { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'ignore'] }));
+    const reportFile = join(dir, 'page-report.json');
+    writeFileSync(reportFile, reportBytes);
+    const cli = JSON.parse(execFileSync(CLI, ['run', reportFile, '--model', SMOL, '--out', cliModel, '--json', '-'], { encoding: 'utf8', maxBuffer: 1 << 26, stdio: ['ignore', 'pipe', 'ignore'] }));
+    assert.deepEqual(cli.experiment, { ...report.experiment, model: { kind: 'path', path: SMOL } });
+    assert.deepEqual(cli.options, report.options);
 
     // Same tokens, windows, allocation and masks: the page (wasm) and the CLI (native) run
     // the same Rust in f32; sums may round differently (SIMD widths), so ratios and

@@ -1,11 +1,13 @@
-// The page: one worker owns the lab (lab-client.ts); each lab is a tab that sends it
-// requests and draws the replies. The URL holds the tab and each lab's experiment.
+// The page: one worker owns the lab (shell/lab-client.ts); each lab is a tab, registered in
+// labs/index.ts, that sends it requests and draws the replies. The address bar holds the
+// shown tab's experiment (shell/url-state.ts), read by Rust (the worker) at start-up.
 
-import { ComputeCheck } from './compute-check';
-import { LabClient } from './lab-client';
-import { LayersLab } from './layers';
-import { PruneLab } from './prune';
-import type { BackendInfo } from './protocol';
+import { LABS } from './labs/index';
+import { LabClient, type Ready } from './shell/lab-client';
+import { defaultsOf, type LabContext, type LabModule, type PageLab } from './shell/lab';
+import { ModelService } from './shell/model';
+import { UrlState } from './shell/url-state';
+import type { BackendInfo, Experiment, LabName } from './protocol';
 
 const backendLine = document.getElementById('backend') as HTMLParagraphElement;
 const statusBar = document.getElementById('page-notice') as HTMLParagraphElement;
@@ -16,38 +18,81 @@ function showBackend(b: BackendInfo): void {
     b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`;
 }
 
-const params = new URLSearchParams(location.search);
-const wanted = params.get('backend');
-const client = new LabClient(wanted === 'cpu' || wanted === 'gpu' ? wanted : 'auto', showBackend, (text) => {
+function notice(text: string): void {
   statusBar.hidden = false;
   statusBar.textContent = text;
-});
+}
 
-const layers = new LayersLab(client);
-const prune = new PruneLab(client, layers);
-new ComputeCheck(client);
+// The labs handle their forms; none may submit (reload the page) before they are ready.
+document.addEventListener('submit', (ev) => ev.preventDefault(), true);
 
-// Tabs: the URL's `tab` picks one; switching keeps every lab's state.
+const params = new URLSearchParams(location.search);
+const wanted = params.get('backend');
+const client = new LabClient(wanted === 'cpu' || wanted === 'gpu' ? wanted : 'auto', showBackend, notice);
+const modules = Promise.all(LABS.map(async (l) => ({ name: l.name, module: await l.page() })));
+
 const tabs = [...document.querySelectorAll<HTMLButtonElement>('nav [data-tab]')];
-function showTab(name: string): void {
+const labs = new Map<LabName, PageLab>();
+let shown: LabName = 'layers';
+let url: UrlState | null = null;
+
+/** The address follows the shown lab's controls; an invalid control leaves it as it was. */
+function publish(lab: PageLab): void {
+  if (lab.name !== shown || !url) return;
+  try {
+    url.write(lab.experiment(), lab.view?.() ?? {});
+  } catch {
+    // The lab says what is wrong when it runs.
+  }
+}
+
+// Tabs: switching keeps every lab's state; the address shows the shown lab's experiment.
+function showTab(name: LabName): void {
+  shown = name;
   for (const t of tabs) {
     const on = t.dataset.tab === name;
     t.setAttribute('aria-selected', String(on));
     const panel = document.getElementById(t.dataset.tab ?? '');
     if (panel) panel.hidden = !on;
   }
-  const p = new URLSearchParams(location.search);
-  p.set('tab', name);
-  history.replaceState(null, '', `${location.pathname}?${p}`);
-  if (name === 'layers') layers.activate();
-  if (name === 'prune') prune.activate();
+  const lab = labs.get(name);
+  if (lab) {
+    publish(lab);
+    lab.activate();
+  }
 }
-for (const t of tabs) t.addEventListener('click', () => showTab(t.dataset.tab ?? 'layers'));
-const first = params.get('tab');
-showTab(first === 'compute' || first === 'prune' ? first : 'layers');
+for (const t of tabs) t.addEventListener('click', () => showTab((t.dataset.tab ?? 'layers') as LabName));
 
-client.ready.catch((e: Error) => {
+/** Builds every lab from Rust's defaults and the link, then shows the link's tab. */
+function start(ready: Ready, loaded: { name: LabName; module: LabModule }[]): void {
+  const link = 'error' in ready.link ? null : ready.link;
+  if ('error' in ready.link) notice(ready.link.error);
+  const view = Object.fromEntries(link?.view ?? []);
+  url = new UrlState(ready.defaults, view);
+  const first: Experiment | null = link?.experiment ?? null;
+  const models = new ModelService(client);
+  const ctx: LabContext = {
+    client,
+    defaults: ready.defaults,
+    models,
+    publish,
+    linkView: (key) => view[key] ?? null,
+    initial: (lab) => {
+      const d = defaultsOf(ready.defaults, lab);
+      if (first?.lab === lab) return first as typeof d;
+      // A lab that reads a model starts with the link's model, whichever lab the link is.
+      const model = first && 'model' in first ? first.model : null;
+      return model && 'model' in d ? { ...d, model } : d;
+    },
+  };
+  for (const { name, module } of loaded) labs.set(name, module.create(ctx));
+  showTab(first?.lab ?? 'layers');
+}
+
+Promise.all([client.ready, modules]).then(([ready, loaded]) => start(ready, loaded), (e: Error) => {
   backendLine.textContent = 'Backend: none';
-  statusBar.hidden = false;
-  statusBar.textContent = e.message;
+  notice(e.message);
 });
+// Until the labs exist, tabs still switch.
+const linkTab = params.get('lab') ?? params.get('tab');
+showTab(LABS.some((l) => l.name === linkTab) ? (linkTab as LabName) : 'layers');

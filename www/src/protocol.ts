@@ -7,15 +7,6 @@ export interface BackendInfo {
   reason: string | null;
 }
 
-export interface ReduceRequest {
-  seed: number;
-  rows: number;
-  cols: number;
-  outlier_k: number;
-  bins: number;
-  per_column: boolean;
-}
-
 export interface Histogram {
   lo: number;
   hi: number;
@@ -57,6 +48,7 @@ export interface TensorStats {
 }
 
 export interface StatsRun {
+  experiment: Experiment;
   stats: TensorStats;
   backend: BackendInfo;
   notice: string | null;
@@ -104,19 +96,53 @@ export interface PruneOptions {
   outlier_sweep: number[];
 }
 
-/** The pruning lab's part of an experiment: the options and which texts. */
-export interface PruneSpec extends PruneOptions {
-  calib_text: TextSource;
-  eval_text: TextSource;
+/** The layer view's spec (src/experiment.rs LayersSpec). */
+export interface LayersSpec {
+  lab: 'layers';
+  model: ModelSource;
+  outlier_k: number;
+  bins: number;
 }
 
-/** The versioned experiment (src/experiment.rs): what the URL, the CLI and reports share. */
-export interface Experiment {
-  version: 1;
-  lab: 'layers' | 'prune';
+/** The pruning lab's spec: the options (flattened), the model and which texts. */
+export interface PruneSpec extends PruneOptions {
+  lab: 'prune';
   model: ModelSource;
-  stats: StatsOptions;
-  prune?: PruneSpec | null;
+  calib_text: TextSource;
+  eval_text: TextSource | null;
+}
+
+/** The compute check's spec: a seeded synthetic matrix and the statistics options. */
+export interface ComputeSpec extends StatsOptions {
+  lab: 'compute';
+  seed: number;
+  rows: number;
+  cols: number;
+}
+
+/** The versioned experiment (src/experiment.rs, version 2): the lab spec beside the
+ *  version, tagged by `lab`. What the URL, the CLI (`layerlab run`) and reports share. */
+export type LabSpec = LayersSpec | PruneSpec | ComputeSpec;
+export type Experiment = LabSpec & { version: 2 };
+export type LabName = LabSpec['lab'];
+/** The experiment of one lab. */
+export type ExperimentOf<L extends LabName> = Extract<LabSpec, { lab: L }> & { version: 2 };
+
+/** What the wasm hands the page before it draws its controls: every default lives in Rust. */
+export interface Defaults {
+  version: number;
+  experiments: Experiment[];
+  builtin_model: string;
+  builtin_texts: string[];
+  /** OWL's M and lambda when OWL is switched on (the pruning spec's default is off). */
+  owl: { hyper_m: number; lamda: number };
+}
+
+/** A step's measurements, streamed with the progress (a training step's loss, its gradient
+ *  norm per block): named numbers and small arrays. */
+export interface StepMetrics {
+  step: number;
+  values: Record<string, number | number[]>;
 }
 
 export interface LinearReport {
@@ -138,7 +164,11 @@ export interface BlockReport {
 }
 
 export interface PruneReport {
-  experiment?: Experiment | null;
+  experiment: Experiment;
+  model: string;
+  calib: string;
+  eval: string | null;
+  tokenizer: string;
   options: PruneOptions;
   outlier_m: number;
   blocks: BlockReport[];
@@ -209,7 +239,7 @@ export function summaryOf(e: Partial<Summary>): Summary | null {
 }
 
 export interface ModelReport {
-  experiment: Experiment | null;
+  experiment: Experiment;
   model: ModelInfo;
   options: StatsOptions;
   tensors: TensorEntry[];
@@ -225,26 +255,30 @@ export interface Opened {
 /** What the page hands the worker to open: a URL, or the files the user dropped. */
 export type OpenRequest = { kind: 'url'; url: string } | { kind: 'files'; files: File[] };
 
+/**
+ * Every request a lab makes of the worker, by name: what goes in and what comes back. A lab
+ * adds its own here and its handlers in its folder's worker.ts (registered in labs/index.ts).
+ */
+export interface Ops {
+  'open-model': { request: { request: OpenRequest }; reply: { opened: Opened; source: ModelSource; companions: string[] } };
+  'model-stats': { request: { experiment: Experiment }; reply: { report: ModelReport } };
+  prune: { request: { experiment: Experiment; calib: string; eval: string }; reply: { report: PruneReport } };
+  'prune-export': { request: Record<string, never>; reply: { file: Blob; config: string | null; name: string } };
+  'prune-histograms': { request: { tensor: string; bins: number }; reply: { before: Histogram; after: Histogram } };
+  reduce: { request: { experiment: Experiment }; reply: { report: StatsRun } };
+}
+export type Op = keyof Ops;
+
 export type ToWorker =
-  | { type: 'init'; backend: 'auto' | 'gpu' | 'cpu' }
-  | { type: 'reduce'; id: number; request: ReduceRequest }
-  | { type: 'open-model'; id: number; request: OpenRequest }
-  | { type: 'model-stats'; id: number; experiment: Experiment }
-  | { type: 'prune'; id: number; experiment: Experiment; calib: string; eval: string }
-  | { type: 'prune-export'; id: number }
-  | { type: 'prune-histograms'; id: number; tensor: string; bins: number }
+  | { type: 'init'; backend: 'auto' | 'gpu' | 'cpu'; link: string }
+  | { type: 'call'; id: number; op: Op; request: unknown }
   | { type: 'cancel' }
   | { type: 'lose-device' };
 
 export type FromWorker =
-  | { type: 'ready'; backend: BackendInfo }
+  | { type: 'ready'; backend: BackendInfo; defaults: Defaults; link: { experiment: Experiment; view: [string, string][] } | { error: string } }
   | { type: 'init-failed'; message: string }
-  | { type: 'progress'; id: number; stage: string; done: number; total: number }
-  | { type: 'result'; id: number; run: StatsRun; backend: BackendInfo }
+  | { type: 'progress'; id: number; stage: string; done: number; total: number; metrics?: StepMetrics }
+  | { type: 'reply'; id: number; op: Op; reply: unknown; backend: BackendInfo }
   | { type: 'error'; id: number; message: string; backend: BackendInfo }
-  | { type: 'device-lost'; lost: boolean; backend: BackendInfo }
-  | { type: 'model-opened'; id: number; opened: Opened; source: ModelSource; companions: string[] }
-  | { type: 'model-report'; id: number; report: ModelReport; backend: BackendInfo }
-  | { type: 'prune-report'; id: number; report: PruneReport; backend: BackendInfo }
-  | { type: 'pruned-model'; id: number; file: Blob; config: string | null; name: string }
-  | { type: 'tensor-histograms'; id: number; before: Histogram; after: Histogram };
+  | { type: 'device-lost'; lost: boolean; backend: BackendInfo };

@@ -1,11 +1,13 @@
 // The worker owns the wasm lab and all heavy state; the page never blocks on computation.
 // One request runs at a time (the page queues); "cancel" is handled between steps, because
-// the lab yields to this worker's event loop at every step.
+// the lab yields to this worker's event loop at every step. Each lab's requests are
+// answered by the handlers of its folder (labs/NAME/worker.ts), registered from labs/index.ts.
 
 import type * as Wasm from '../pkg/layerlab.js';
 import type { Lab } from '../pkg/layerlab.js';
-import type { FromWorker, ToWorker, BackendInfo, Histogram, ModelSource, OpenRequest, Opened } from './protocol';
-import { fileSource, urlSource, type JsSource } from './sources';
+import { LABS } from './labs/index';
+import type { Defaults, Experiment, FromWorker, ToWorker, BackendInfo, Op } from './protocol';
+import type { Handlers } from './worker-api';
 
 const scope = self as unknown as DedicatedWorkerGlobalScope;
 let lab: Lab | null = null;
@@ -32,55 +34,6 @@ async function adapterName(): Promise<string> {
     return [info.vendor, info.architecture, info.description].filter((x) => x).join(' ');
   } catch {
     return '';
-  }
-}
-
-const MODEL_EXT = /\.(gguf|safetensors)$/i;
-
-/** The model file among the user's files, its config.json, and the names of the rest. */
-function pickFiles(files: File[]): { model: File; config: File | null; tokenizer: File | null; companions: string[] } {
-  const models = files.filter((f) => MODEL_EXT.test(f.name));
-  if (models.length === 0) {
-    if (files.length === 1) return { model: files[0], config: null, tokenizer: null, companions: [] };
-    throw new Error(`none of ${files.map((f) => f.name).join(', ')} is a .gguf or .safetensors file`);
-  }
-  if (models.length > 1) {
-    throw new Error(`several model files were given (${models.map((f) => f.name).join(', ')}); give one (sharded checkpoints are not supported yet)`);
-  }
-  const config = files.find((f) => f.name === 'config.json') ?? null;
-  const tokenizer = files.find((f) => f.name === 'tokenizer.json') ?? null;
-  const companions = files.filter((f) => f !== models[0]).map((f) => f.name);
-  return { model: models[0], config, tokenizer, companions };
-}
-
-async function openModel(l: Lab, id: number, request: OpenRequest): Promise<void> {
-  let source: JsSource;
-  let described: ModelSource;
-  let config: string | undefined;
-  let tokenizer: string | undefined;
-  let companions: string[] = [];
-  if (request.kind === 'url') {
-    source = await urlSource(request.url, (done, total) =>
-      post({ type: 'progress', id, stage: 'downloading', done, total }));
-    described = { kind: 'url', url: request.url };
-  } else {
-    const picked = pickFiles(request.files);
-    source = fileSource(picked.model);
-    config = picked.config ? new FileReaderSync().readAsText(picked.config) : undefined;
-    tokenizer = picked.tokenizer ? new FileReaderSync().readAsText(picked.tokenizer) : undefined;
-    companions = picked.companions;
-    described = { kind: 'file', name: picked.model.name, size: picked.model.size };
-  }
-  const opened = l.open_model(source, config, tokenizer) as Opened;
-  post({ type: 'model-opened', id, opened, source: described, companions });
-}
-
-/** Runs one request; a failure becomes its error reply, with the backend as it now is. */
-async function answer(l: Lab, id: number, work: (onProgress: (stage: string, done: number, total: number) => void) => Promise<void>): Promise<void> {
-  try {
-    await work((stage, done, total) => post({ type: 'progress', id, stage, done, total }));
-  } catch (e) {
-    post({ type: 'error', id, message: messageOf(e), backend: backendOf(l) });
   }
 }
 
@@ -119,14 +72,44 @@ async function loadWasm(): Promise<Pkg> {
   return pkg;
 }
 
+let handlers: Handlers = {};
+
+/** Every lab's handlers, from the one list of labs. */
+async function loadHandlers(): Promise<Handlers> {
+  const parts = await Promise.all(LABS.map((l) => l.worker()));
+  return Object.assign({}, ...parts.map((p) => p.handlers)) as Handlers;
+}
+
+/** Runs one request; a failure becomes its error reply, with the backend as it now is. */
+async function answer(l: Lab, id: number, op: Op, request: unknown): Promise<void> {
+  const handler = handlers[op] as ((ctx: unknown, request: unknown) => Promise<unknown>) | undefined;
+  try {
+    if (!handler) throw new Error(`no lab answers "${op}"`);
+    const progress = (stage: string, done: number, total: number, metrics?: unknown) =>
+      post({ type: 'progress', id, stage, done, total, ...(metrics ? { metrics: metrics as never } : {}) });
+    const reply = await handler({ lab: l, progress }, request);
+    post({ type: 'reply', id, op, reply, backend: backendOf(l) });
+  } catch (e) {
+    post({ type: 'error', id, message: messageOf(e), backend: backendOf(l) });
+  }
+}
+
 scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
   const msg = ev.data;
   switch (msg.type) {
     case 'init': {
       try {
         const pkg = await loadWasm();
+        handlers = await loadHandlers();
         lab = await pkg.Lab.create(msg.backend, msg.backend === 'cpu' ? '' : await adapterName());
-        post({ type: 'ready', backend: backendOf(lab) });
+        const defaults = pkg.lab_defaults() as Defaults;
+        let link: { experiment: Experiment; view: [string, string][] } | { error: string };
+        try {
+          link = pkg.experiment_from_link(msg.link) as { experiment: Experiment; view: [string, string][] };
+        } catch (e) {
+          link = { error: `This link cannot be read: ${messageOf(e)}` };
+        }
+        post({ type: 'ready', backend: backendOf(lab), defaults, link });
       } catch (e) {
         // The wasm is built with 128-bit SIMD: say so where that is what failed.
         const message = hasWasmSimd()
@@ -136,58 +119,8 @@ scope.onmessage = async (ev: MessageEvent<ToWorker>) => {
       }
       break;
     }
-    case 'reduce': {
-      const l = lab;
-      if (!l) return;
-      await answer(l, msg.id, async (onProgress) => {
-        const run = await l.reduce(msg.request, onProgress);
-        post({ type: 'result', id: msg.id, run, backend: backendOf(l) });
-      });
-      break;
-    }
-    case 'open-model': {
-      const l = lab;
-      if (!l) return;
-      await answer(l, msg.id, () => openModel(l, msg.id, msg.request));
-      break;
-    }
-    case 'model-stats': {
-      const l = lab;
-      if (!l) return;
-      await answer(l, msg.id, async (onProgress) => {
-        const report = await l.model_stats(msg.experiment, onProgress);
-        post({ type: 'model-report', id: msg.id, report, backend: backendOf(l) });
-      });
-      break;
-    }
-    case 'prune': {
-      const l = lab;
-      if (!l) return;
-      await answer(l, msg.id, async (onProgress) => {
-        const report = await l.prune(msg.experiment, msg.calib, msg.eval, onProgress);
-        post({ type: 'prune-report', id: msg.id, report, backend: backendOf(l) });
-      });
-      break;
-    }
-    case 'prune-export': {
-      const l = lab;
-      if (!l) return;
-      await answer(l, msg.id, async () => {
-        // The file arrives in ~8 MB pieces; a Blob of them is handed over without a copy
-        // (and Chromium may keep a large Blob on disk), so the whole file is never one buffer.
-        const out = l.pruned_model() as { parts: Uint8Array[]; config: string | null; name: string };
-        const file = new Blob(out.parts as BlobPart[], { type: 'application/octet-stream' });
-        post({ type: 'pruned-model', id: msg.id, file, config: out.config, name: out.name });
-      });
-      break;
-    }
-    case 'prune-histograms': {
-      const l = lab;
-      if (!l) return;
-      await answer(l, msg.id, async () => {
-        const h = l.prune_histograms(msg.tensor, msg.bins) as { before: Histogram; after: Histogram };
-        post({ type: 'tensor-histograms', id: msg.id, ...h });
-      });
+    case 'call': {
+      if (lab) await answer(lab, msg.id, msg.op, msg.request);
       break;
     }
     case 'cancel':

@@ -3,11 +3,17 @@
 // stop), it is restarted and every pending request is rejected with the reason; callers keep
 // their own inputs, so nothing the user did is lost.
 
-import type { BackendInfo, FromWorker, ToWorker } from './protocol';
+import type { BackendInfo, Defaults, Experiment, FromWorker, Op, Ops, StepMetrics, ToWorker } from '../protocol';
 
-type Request = ToWorker extends infer T ? (T extends { id: number } ? Omit<T, 'id'> : never) : never;
-type Reply = Extract<FromWorker, { id: number }>;
-type Progress = (stage: string, done: number, total: number) => void;
+type Reply = Extract<FromWorker, { type: 'reply' }>;
+export type Progress = (stage: string, done: number, total: number, metrics?: StepMetrics) => void;
+
+/** What the worker says once it has started: the backend, Rust's defaults, the link read. */
+export interface Ready {
+  backend: BackendInfo;
+  defaults: Defaults;
+  link: { experiment: Experiment; view: [string, string][] } | { error: string };
+}
 
 interface Pending {
   resolve: (reply: Reply) => void;
@@ -26,7 +32,7 @@ export class LabClient {
   onDeviceLost?: (lost: boolean) => void;
   /** Bumped at every (re)start: state held in the worker (an open model) is gone. */
   generation = 0;
-  ready!: Promise<BackendInfo>;
+  ready!: Promise<Ready>;
 
   constructor(
     private backend: 'auto' | 'gpu' | 'cpu',
@@ -44,7 +50,7 @@ export class LabClient {
         const msg = ev.data;
         if (msg.type === 'ready') {
           this.onBackend(msg.backend);
-          resolve(msg.backend);
+          resolve(msg);
         } else if (msg.type === 'init-failed') {
           reject(new Error(`the lab could not start: ${msg.message}`));
         } else {
@@ -56,7 +62,7 @@ export class LabClient {
       ev.preventDefault();
       this.restart(`the lab's worker stopped (${ev.message || 'unknown error'})`);
     };
-    this.send({ type: 'init', backend: this.backend });
+    this.send({ type: 'init', backend: this.backend, link: location.search });
   }
 
   private send(msg: ToWorker): void {
@@ -73,7 +79,7 @@ export class LabClient {
     const p = this.pending.get(msg.id);
     if (!p) return;
     if (msg.type === 'progress') {
-      p.onProgress?.(msg.stage, msg.done, msg.total);
+      p.onProgress?.(msg.stage, msg.done, msg.total, msg.metrics);
       return;
     }
     this.pending.delete(msg.id);
@@ -102,21 +108,21 @@ export class LabClient {
    * Sends a request once the requests before it have finished (the labs share one worker
    * and one run at a time); resolves with its reply, rejects with the worker's error.
    */
-  call<T extends Reply['type']>(request: Request, expect: T, onProgress?: Progress): Promise<Extract<Reply, { type: T }>> {
-    const run = this.queue.then(() => this.callNow(request, expect, onProgress));
+  call<K extends Op>(op: K, request: Ops[K]['request'], onProgress?: Progress): Promise<Ops[K]['reply']> {
+    const run = this.queue.then(() => this.callNow(op, request, onProgress));
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  private async callNow<T extends Reply['type']>(request: Request, expect: T, onProgress?: Progress): Promise<Extract<Reply, { type: T }>> {
+  private async callNow<K extends Op>(op: K, request: Ops[K]['request'], onProgress?: Progress): Promise<Ops[K]['reply']> {
     await this.ready;
     const id = this.nextId++;
     const reply = await new Promise<Reply>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, onProgress });
-      this.send({ ...request, id } as ToWorker);
+      this.send({ type: 'call', id, op, request });
     });
-    if (reply.type !== expect) throw new Error(`the lab answered ${reply.type}, expected ${expect}`);
-    return reply as Extract<Reply, { type: T }>;
+    if (reply.op !== op) throw new Error(`the lab answered ${reply.op}, expected ${op}`);
+    return reply.reply as Ops[K]['reply'];
   }
 
   get busy(): boolean {

@@ -3,17 +3,13 @@
 // the achieved sparsity, the perplexities of every run so far, the pruning curve and the OWL
 // grid; download the pruned model and the report. The experiment lives in the URL.
 
-import type uPlot from 'uplot';
-import { csv, download, fmt, heatmap, multi, plotCanvas, type Series } from './charts';
-import { $, showFailure } from './dom';
-import type { LabClient } from './lab-client';
-import type { LayersLab } from './layers';
-import type { Experiment, Histogram, Method, PruneReport, PruneSpec, TextSource } from './protocol';
+import { binCentres, binEdges, csvButton, download, fmt, heatmap, keyValueRows, multi, Plots, pngButton, tableRows, type Series } from '../../shell/charts';
+import { $, numberFrom, onEdit, show } from '../../shell/dom';
+import { modelOpened } from '../../shell/events';
+import { defaultsOf, type LabContext, type PageLab } from '../../shell/lab';
+import { RunStatus } from '../../shell/status';
+import type { Experiment, ExperimentOf, Histogram, Method, ModelSource, PruneReport, PruneSpec, TextSource } from '../../protocol';
 
-/** License texts served beside the page (texts/NAME), copied from /usr/share/common-licenses. */
-export const BUILTIN_TEXTS = ['LGPL-2.1', 'GPL-3', 'GPL-2', 'GFDL-1.3', 'MPL-2.0', 'Apache-2.0'];
-const DEFAULT_CALIB = 'LGPL-2.1';
-const DEFAULT_EVAL = 'GPL-3';
 const METHODS: Record<Method, string> = { magnitude: 'Magnitude', wanda: 'Wanda', sparsegpt: 'SparseGPT' };
 
 /** One finished run: its label and report, kept for the comparison charts. */
@@ -24,7 +20,9 @@ interface Run {
   report: PruneReport;
 }
 
-function labelOf(spec: PruneSpec): { label: string; family: string } {
+type Options = Pick<PruneSpec, 'method' | 'nm' | 'owl' | 'sparsity'>;
+
+function labelOf(spec: Options): { label: string; family: string } {
   const m = METHODS[spec.method];
   const family = `${spec.owl ? 'OWL-' : ''}${m}${spec.nm ? ` ${spec.nm[0]}:${spec.nm[1]}` : ''}`;
   const amount = spec.nm ? '' : ` ${Math.round(spec.sparsity * 1000) / 10}%`;
@@ -43,18 +41,25 @@ function numberList(text: string, what: string, ok: (x: number) => boolean): num
   return out;
 }
 
-export class PruneLab {
+export function create(ctx: LabContext): PageLab {
+  return new PruneLab(ctx);
+}
+
+class PruneLab implements PageLab {
+  readonly name = 'prune';
   private runs: Run[] = [];
   private current: Run | null = null;
-  private busy = false;
   private calibFile: File | null = null;
   private evalFile: File | null = null;
-  private plots: Record<string, uPlot | null> = {};
+  private plots = new Plots();
   private histTensor: string | null = null;
+  /** The model of the experiment: the one open in the Layers tab, else the link's. */
+  private model: ModelSource;
+  /** Options the form does not show, kept from the link (batch, the outlier sweep's M). */
+  private base: ExperimentOf<'prune'>;
+  private status: RunStatus;
+  private builtinTexts: string[];
 
-  private status = $<HTMLSpanElement>('prune-status');
-  private progress = $<HTMLProgressElement>('prune-progress');
-  private error = $<HTMLParagraphElement>('prune-error');
   private f = {
     method: $<HTMLSelectElement>('prune-method'),
     sparsity: $<HTMLInputElement>('prune-sparsity'),
@@ -75,17 +80,27 @@ export class PruneLab {
     gridM: $<HTMLInputElement>('prune-grid-m'),
   };
 
-  constructor(private client: LabClient, private layers: LayersLab) {
-    for (const sel of [this.f.calib, this.f.eval]) {
-      sel.replaceChildren(...BUILTIN_TEXTS.map((t) => new Option(t, t)), new Option('a .txt file…', 'file'));
-    }
-    this.f.calib.value = DEFAULT_CALIB;
-    this.f.eval.value = DEFAULT_EVAL;
-    this.readUrl();
-    this.wire();
-    layers.onOpened = (_source, summary) => {
-      $('prune-model').textContent = `Model: ${summary}`;
+  constructor(private ctx: LabContext) {
+    this.status = new RunStatus(
+      { progress: $('prune-progress'), status: $('prune-status'), error: $('prune-error'), cancel: $('prune-cancel') },
+      ctx.client,
+    );
+    this.status.onCancel = () => {
+      this.cancelled = true;
     };
+    this.builtinTexts = ctx.defaults.builtin_texts;
+    for (const sel of [this.f.calib, this.f.eval]) {
+      sel.replaceChildren(...this.builtinTexts.map((t) => new Option(t, t)), new Option('a .txt file…', 'file'));
+    }
+    this.base = ctx.initial('prune');
+    this.model = this.base.model;
+    this.load(this.base);
+    this.wire();
+    modelOpened.subscribe(({ source, summary }) => {
+      this.model = source;
+      $('prune-model').textContent = `Model: ${summary}`;
+      ctx.publish(this);
+    });
   }
 
   private activated = false;
@@ -94,63 +109,50 @@ export class PruneLab {
   activate(): void {
     if (this.activated) return;
     this.activated = true;
-    void this.layers.ensureOpen().then((m) => {
+    void this.ctx.models.ensureOpen().then((m) => {
       if (!m) $('prune-model').textContent = 'No model is open: open one in the Layers tab (or drop one there).';
-      if (!this.busy) this.status.textContent = m ? 'Ready: choose the options and press Run.' : 'No model is open.';
+      if (!this.status.busy) this.status.say(m ? 'Ready: choose the options and press Run.' : 'No model is open.');
     });
   }
 
-  private readUrl(): void {
-    const p = new URLSearchParams(location.search);
-    const set = (el: HTMLInputElement | HTMLSelectElement, key: string) => {
-      const v = p.get(key);
-      if (v !== null) el.value = v;
-    };
-    set(this.f.method, 'method');
-    set(this.f.sparsity, 'sparsity');
-    set(this.f.nm, 'nm');
-    set(this.f.m, 'm');
-    set(this.f.lamda, 'lamda');
-    set(this.f.nsamples, 'nsamples');
-    set(this.f.seqlen, 'seqlen');
-    set(this.f.seed, 'seed');
-    set(this.f.evalSeqlen, 'eval_seqlen');
-    set(this.f.evalWindows, 'eval_windows');
-    if (p.has('owl')) this.f.owl.checked = p.get('owl') === '1';
-    if (p.has('dense')) this.f.dense.checked = p.get('dense') === '1';
-    for (const [key, sel] of [['calib', this.f.calib], ['eval', this.f.eval]] as const) {
-      const v = p.get(key);
-      if (v && BUILTIN_TEXTS.includes(v)) sel.value = v;
-      else if (v) $(`prune-${key}-note`).textContent = `This link was made with the text file ${v}: choose it again.`;
+  /** The controls show the experiment. */
+  private load(e: ExperimentOf<'prune'>): void {
+    show(this.f.method, e.method);
+    show(this.f.sparsity, e.sparsity);
+    show(this.f.nm, e.nm ? `${e.nm[0]}:${e.nm[1]}` : '');
+    show(this.f.owl, e.owl !== null);
+    const owl = e.owl ?? this.ctx.defaults.owl;
+    show(this.f.m, owl.hyper_m);
+    show(this.f.lamda, owl.lamda);
+    show(this.f.nsamples, e.nsamples);
+    show(this.f.seqlen, e.seqlen);
+    show(this.f.seed, e.calib_seed);
+    show(this.f.evalSeqlen, e.eval.seqlen);
+    show(this.f.evalWindows, e.eval.max_windows);
+    show(this.f.dense, e.dense_ppl);
+    // An experiment without an evaluation text (the CLI's, without --eval) shows the default.
+    const evalText = e.eval_text ?? this.defaultEvalText();
+    for (const [key, sel, t] of [['calib', this.f.calib, e.calib_text], ['eval', this.f.eval, evalText]] as const) {
+      if (t.kind === 'builtin' && this.builtinTexts.includes(t.name)) sel.value = t.name;
+      else {
+        sel.value = 'file';
+        $(`prune-${key}-note`).textContent = `This link was made with the text file ${t.kind === 'path' ? t.path : t.name}: choose it again.`;
+      }
     }
     this.syncControls();
   }
 
-  private saveUrl(spec: PruneSpec): void {
-    const p = new URLSearchParams(location.search);
-    p.set('method', spec.method);
-    p.set('sparsity', String(spec.sparsity));
-    p.set('nm', spec.nm ? `${spec.nm[0]}:${spec.nm[1]}` : '');
-    p.set('owl', spec.owl ? '1' : '0');
-    p.set('m', this.f.m.value);
-    p.set('lamda', this.f.lamda.value);
-    p.set('nsamples', String(spec.nsamples));
-    p.set('seqlen', String(spec.seqlen));
-    p.set('seed', spec.calib_seed === null ? '' : String(spec.calib_seed));
-    p.set('eval_seqlen', String(spec.eval.seqlen));
-    p.set('eval_windows', spec.eval.max_windows === null ? '' : String(spec.eval.max_windows));
-    p.set('dense', spec.dense_ppl ? '1' : '0');
-    const name = (t: TextSource) => (t.kind === 'builtin' ? t.name : t.kind === 'file' ? t.name : t.path);
-    p.set('calib', name(spec.calib_text));
-    p.set('eval', name(spec.eval_text));
-    history.replaceState(null, '', `${location.pathname}?${p}`);
+  private defaultEvalText(): TextSource {
+    const t = defaultsOf(this.ctx.defaults, 'prune').eval_text;
+    if (!t) throw new Error('this build has no default evaluation text');
+    return t;
   }
 
   private syncControls(): void {
     const nm = this.f.nm.value !== '';
-    this.f.sparsity.disabled = this.busy || nm;
-    this.f.m.disabled = this.busy || !this.f.owl.checked;
-    this.f.lamda.disabled = this.busy || !this.f.owl.checked;
+    this.f.sparsity.disabled = this.status.busy || nm;
+    this.f.m.disabled = this.status.busy || !this.f.owl.checked;
+    this.f.lamda.disabled = this.status.busy || !this.f.owl.checked;
     $('prune-calib-file').hidden = this.f.calib.value !== 'file';
     $('prune-eval-file').hidden = this.f.eval.value !== 'file';
   }
@@ -171,18 +173,16 @@ export class PruneLab {
       const ms = numberList(this.f.gridM.value, 'grid M values', (x) => x > 0);
       return lamdas.flatMap((l) => ms.map((m) => ({ ...base, owl: { hyper_m: m, lamda: l }, dense_ppl: false })));
     }));
-    $('prune-cancel').addEventListener('click', () => {
-      this.cancelled = true;
-      this.status.textContent = 'Cancelling…';
-      this.client.cancel();
-    });
     for (const el of [this.f.nm, this.f.owl, this.f.calib, this.f.eval]) el.addEventListener('change', () => this.syncControls());
+    const { sweep: _s, gridLamda: _l, gridM: _m, ...experimentControls } = this.f;
+    onEdit(Object.values(experimentControls), () => this.ctx.publish(this));
     for (const [input, which] of [[$<HTMLInputElement>('prune-calib-file'), 'calib'], [$<HTMLInputElement>('prune-eval-file'), 'eval']] as const) {
       input.addEventListener('change', () => {
         const file = input.files?.[0] ?? null;
         if (which === 'calib') this.calibFile = file;
         else this.evalFile = file;
         $(`prune-${which}-note`).textContent = file ? `${file.name} (${file.size.toLocaleString('en-US')} bytes)` : '';
+        this.ctx.publish(this);
       });
     }
     $('prune-download-model').addEventListener('click', () => void this.downloadModel());
@@ -194,21 +194,9 @@ export class PruneLab {
   }
 
   private setBusy(busy: boolean): void {
-    this.busy = busy;
+    this.status.setBusy(busy);
     for (const el of document.querySelectorAll<HTMLInputElement | HTMLSelectElement | HTMLButtonElement>('.prune-input')) el.disabled = busy;
-    $<HTMLButtonElement>('prune-cancel').disabled = !busy;
     this.syncControls();
-  }
-
-  private showError(msg: string | null): void {
-    this.error.hidden = msg === null;
-    this.error.textContent = msg ?? '';
-  }
-
-  private num(el: HTMLInputElement, what: string, ok: (x: number) => boolean, rule: string): number {
-    const x = Number(el.value);
-    if (el.value.trim() === '' || !Number.isFinite(x) || !ok(x)) throw new Error(`${what} must be ${rule}, not "${el.value}"`);
-    return x;
   }
 
   private text(sel: HTMLSelectElement, file: File | null, what: string): TextSource {
@@ -217,34 +205,40 @@ export class PruneLab {
     return { kind: 'file', name: file.name, size: file.size };
   }
 
-  /** The experiment's pruning part from the form; an error says which field is wrong. */
+  /** The experiment's pruning spec from the form; an error says which field is wrong. */
   private spec(): PruneSpec {
     const int = (x: number) => Number.isInteger(x);
     const nmText = this.f.nm.value;
     const nm = nmText ? (nmText.split(':').map(Number) as [number, number]) : null;
     const seedText = this.f.seed.value.trim();
     const windowsText = this.f.evalWindows.value.trim();
+    const num = numberFrom;
+    const { version: _v, ...base } = this.base;
     return {
+      ...base,
+      model: this.model,
       method: this.f.method.value as Method,
-      sparsity: nm ? nm[0] / nm[1] : this.num(this.f.sparsity, 'sparsity', (x) => x >= 0 && x < 1, 'a number in [0, 1)'),
+      sparsity: nm ? nm[0] / nm[1] : num(this.f.sparsity, 'sparsity', (x) => x >= 0 && x < 1, 'a number in [0, 1)'),
       nm,
       owl: this.f.owl.checked
-        ? { hyper_m: this.num(this.f.m, 'M', (x) => x > 0, 'a number > 0'), lamda: this.num(this.f.lamda, 'λ', (x) => x >= 0, 'a number >= 0') }
+        ? { hyper_m: num(this.f.m, 'M', (x) => x > 0, 'a number > 0'), lamda: num(this.f.lamda, 'λ', (x) => x >= 0, 'a number >= 0') }
         : null,
-      nsamples: this.num(this.f.nsamples, 'calibration windows', (x) => int(x) && x >= 1, 'a whole number >= 1'),
-      seqlen: this.num(this.f.seqlen, 'calibration window length', (x) => int(x) && x >= 2, 'a whole number >= 2'),
-      calib_seed: seedText === '' ? null : this.num(this.f.seed, 'seed', (x) => int(x) && x >= 0, 'empty or a whole number >= 0'),
-      batch: 8,
+      nsamples: num(this.f.nsamples, 'calibration windows', (x) => int(x) && x >= 1, 'a whole number >= 1'),
+      seqlen: num(this.f.seqlen, 'calibration window length', (x) => int(x) && x >= 2, 'a whole number >= 2'),
+      calib_seed: seedText === '' ? null : num(this.f.seed, 'seed', (x) => int(x) && x >= 0, 'empty or a whole number >= 0'),
       eval: {
-        seqlen: this.num(this.f.evalSeqlen, 'evaluation window length', (x) => int(x) && x >= 2, 'a whole number >= 2'),
-        max_windows: windowsText === '' ? null : this.num(this.f.evalWindows, 'evaluation windows', (x) => int(x) && x >= 1, 'empty (all) or a whole number >= 1'),
-        batch: 8,
+        ...base.eval,
+        seqlen: num(this.f.evalSeqlen, 'evaluation window length', (x) => int(x) && x >= 2, 'a whole number >= 2'),
+        max_windows: windowsText === '' ? null : num(this.f.evalWindows, 'evaluation windows', (x) => int(x) && x >= 1, 'empty (all) or a whole number >= 1'),
       },
       dense_ppl: this.f.dense.checked,
-      outlier_sweep: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
       calib_text: this.text(this.f.calib, this.calibFile, 'calibration'),
       eval_text: this.text(this.f.eval, this.evalFile, 'evaluation'),
     };
+  }
+
+  experiment(): Experiment {
+    return { version: 2, ...this.spec() };
   }
 
   private async loadText(t: TextSource, file: File | null): Promise<string> {
@@ -261,44 +255,40 @@ export class PruneLab {
 
   /** Runs one or more experiments in turn; each finished run is kept and drawn. */
   private async runMany(specs: () => PruneSpec[]): Promise<void> {
-    if (this.busy) return;
+    if (this.status.busy) return;
     let list: PruneSpec[];
     try {
       list = specs();
     } catch (e) {
-      this.showError((e as Error).message);
+      this.status.error((e as Error).message);
       return;
     }
     this.setBusy(true);
-    this.showError(null);
     this.cancelled = false;
     try {
-      this.status.textContent = 'Opening the model…';
-      const model = await this.layers.ensureOpen();
+      this.status.say('Opening the model…');
+      const model = await this.ctx.models.ensureOpen();
       if (!model) throw new Error('no model is open: open one in the Layers tab');
       const calib = await this.loadText(list[0].calib_text, this.calibFile);
-      const evalText = await this.loadText(list[0].eval_text, this.evalFile);
+      const evalText = await this.loadText(list[0].eval_text ?? this.defaultEvalText(), this.evalFile);
       for (const [i, spec] of list.entries()) {
         if (this.cancelled) break;
         const { label, family } = labelOf(spec);
-        const experiment: Experiment = { version: 1, lab: 'prune', model, stats: { outlier_k: 5, bins: 64, per_column: false }, prune: spec };
+        const experiment: Experiment = { version: 2, ...spec, model };
         const prefix = list.length > 1 ? `Run ${i + 1} of ${list.length} (${label}): ` : `${label}: `;
-        this.status.textContent = `${prefix}starting…`;
-        const reply = await this.client.call({ type: 'prune', experiment, calib, eval: evalText }, 'prune-report', (stage, done, total) => {
-          this.progress.max = Math.max(1, total);
-          this.progress.value = done;
-          this.status.textContent = `${prefix}${stage} ${done} of ${total}`;
-        });
+        this.status.say(`${prefix}starting…`);
+        const reply = await this.ctx.client.call('prune', { experiment, calib, eval: evalText },
+          this.status.tracker((stage, done, total) => `${prefix}${stage} ${done} of ${total}`));
         const run: Run = { n: this.runs.length + 1, label, family, report: reply.report };
         this.runs.push(run);
         this.current = run;
-        this.saveUrl(spec);
+        this.ctx.publish(this);
         this.drawRun();
         this.drawRuns();
       }
-      this.status.textContent = this.cancelled ? 'Cancelled.' : 'Done.';
+      this.status.say(this.cancelled ? 'Cancelled.' : 'Done.');
     } catch (e) {
-      showFailure(e, this.status, this.progress, (m) => this.showError(m));
+      this.status.fail(e);
     } finally {
       this.setBusy(false);
     }
@@ -324,20 +314,13 @@ export class PruneLab {
         `${r.timings.perplexity_dense !== null ? `, dense perplexity ${r.timings.perplexity_dense.toFixed(1)} s` : ''}` +
         `${r.timings.perplexity_pruned !== null ? `, pruned perplexity ${r.timings.perplexity_pruned.toFixed(1)} s` : ''})`],
     ];
-    $<HTMLTableElement>('prune-summary').tBodies[0].replaceChildren(...rows.map(([k, v]) => {
-      const tr = document.createElement('tr');
-      const th = document.createElement('th');
-      th.textContent = k;
-      const td = document.createElement('td');
-      td.textContent = v;
+    keyValueRows($<HTMLTableElement>('prune-summary').tBodies[0], rows, (td, k) => {
       td.dataset.key = k;
-      tr.append(th, td);
-      return tr;
-    }));
+    });
     $('prune-notices').hidden = r.notices.length === 0;
     $('prune-notices').textContent = r.notices.join(' ');
 
-    this.plot('outliers', () => multi($('prune-outlier-chart'), 'block', 'outliers (%)', blocks,
+    this.plots.draw('outliers', () => multi($('prune-outlier-chart'), 'block', 'outliers (%)', blocks,
       [{ label: `outlier ratio D (M = ${r.outlier_m})`, y: r.blocks.map((b) => b.outlier_ratio), bars: true }]));
     $('prune-outlier-title').textContent = `Outlier ratio per block: % of Wanda scores above ${r.outlier_m} × the block's mean score (dense model)`;
     const allocation: Series[] = [
@@ -345,7 +328,7 @@ export class PruneLab {
       { label: r.options.owl ? 'OWL (this run)' : 'this run', y: r.blocks.map((b) => b.sparsity) },
       { label: 'achieved', y: r.blocks.map((b) => b.achieved_sparsity) },
     ];
-    this.plot('allocation', () => multi($('prune-allocation-chart'), 'block', 'sparsity', blocks, allocation));
+    this.plots.draw('allocation', () => multi($('prune-allocation-chart'), 'block', 'sparsity', blocks, allocation));
     const roles = [...new Set(r.blocks.flatMap((b) => b.linears.map((l) => l.role)))];
     const cell = (ri: number, ci: number) => r.blocks[ci].linears.find((l) => l.role === roles[ri])?.achieved_sparsity ?? null;
     heatmap($<HTMLCanvasElement>('prune-heatmap'), $('prune-heatmap-tip'), roles, blocks, cell, 'achieved sparsity', false);
@@ -354,11 +337,6 @@ export class PruneLab {
       (ri, ci) => sweep.blocks[ci]?.[ri] ?? null, 'outlier ratio (%)', true);
     this.fillTensorPicker();
     void this.drawHistograms();
-  }
-
-  private plot(key: string, draw: () => uPlot): void {
-    this.plots[key]?.destroy();
-    this.plots[key] = draw();
   }
 
   private fillTensorPicker(): void {
@@ -378,12 +356,11 @@ export class PruneLab {
     if (!tensor) return;
     this.histTensor = tensor;
     try {
-      const reply = await this.client.call({ type: 'prune-histograms', tensor, bins: 64 }, 'tensor-histograms');
+      const reply = await this.ctx.client.call('prune-histograms', { tensor, bins: 64 });
       this.histograms = { before: reply.before, after: reply.after };
       const { before, after } = reply;
-      const w = (before.hi - before.lo) / before.counts.length;
-      const x = before.counts.map((_, i) => before.lo + (i + 0.5) * w);
-      this.plot('hist', () => multi($('prune-hist-chart'), 'weight', 'count (log)', x,
+      const x = binCentres(before);
+      this.plots.draw('hist', () => multi($('prune-hist-chart'), 'weight', 'count (log)', x,
         [{ label: 'dense', y: before.counts, bars: true }, { label: 'pruned', y: after.counts }], { log: true }));
       const total = before.counts.reduce((a, b) => a + b, 0);
       $('prune-hist-caption').textContent = `${tensor}: ${total.toLocaleString('en-US')} weights in ${before.counts.length} bins over [${fmt(before.lo)}, ${fmt(before.hi)}] (the dense range); the pruned weights are the zeros in the bin holding 0.`;
@@ -395,23 +372,19 @@ export class PruneLab {
   private drawRuns(): void {
     $('prune-runs').hidden = this.runs.length === 0;
     const table = $<HTMLTableElement>('prune-runs-table');
-    table.tBodies[0].replaceChildren(...this.runs.map((run) => {
-      const tr = document.createElement('tr');
+    tableRows(table.tBodies[0], this.runs.map((run) => {
       const p = run.report.perplexity;
-      for (const v of [String(run.n), run.label, `${(100 * run.report.achieved_sparsity).toFixed(2)}%`, fmt(p?.dense ?? null), fmt(p?.pruned ?? null), `${run.report.timings.total.toFixed(1)} s`]) {
-        const td = document.createElement('td');
-        td.textContent = v;
-        tr.append(td);
-      }
+      return [String(run.n), run.label, `${(100 * run.report.achieved_sparsity).toFixed(2)}%`, fmt(p?.dense ?? null), fmt(p?.pruned ?? null), `${run.report.timings.total.toFixed(1)} s`];
+    }), (tr, i) => {
+      const run = this.runs[i];
       tr.onclick = () => {
         this.current = run;
         this.drawRun();
       };
       tr.classList.toggle('selected', run === this.current);
-      return tr;
-    }));
+    });
     const withPpl = this.runs.filter((r) => r.report.perplexity);
-    this.plot('ppl', () => multi($('prune-ppl-chart'), 'run', 'perplexity (log)', withPpl.map((r) => r.n),
+    this.plots.draw('ppl', () => multi($('prune-ppl-chart'), 'run', 'perplexity (log)', withPpl.map((r) => r.n),
       [{ label: 'pruned', y: withPpl.map((r) => r.report.perplexity?.pruned ?? null), bars: true },
         { label: 'dense', y: withPpl.map((r) => r.report.perplexity?.dense ?? null) }], { log: true }));
     // The pruning curve: perplexity against achieved sparsity, one line per method family.
@@ -424,7 +397,7 @@ export class PruneLab {
         return hits.length ? (hits[hits.length - 1].report.perplexity?.pruned ?? null) : null;
       }),
     }));
-    this.plot('curve', () => multi($('prune-curve-chart'), 'sparsity', 'perplexity (log)', xs, curve, { log: true }));
+    this.plots.draw('curve', () => multi($('prune-curve-chart'), 'sparsity', 'perplexity (log)', xs, curve, { log: true }));
     // The OWL grid: runs with OWL at the current run's method, pattern and sparsity.
     const cur = this.current?.report.options;
     const owlRuns = withPpl.filter((r) => r.report.options.owl && cur && r.report.options.method === cur.method &&
@@ -436,7 +409,7 @@ export class PruneLab {
       const at = (l: number, m: number) => owlRuns.filter((r) => r.report.options.owl!.lamda === l && r.report.options.owl!.hyper_m === m).pop()?.report.perplexity?.pruned ?? null;
       heatmap($<HTMLCanvasElement>('prune-grid-heatmap'), $('prune-grid-tip'), lamdas.map((l) => `λ = ${l}`), ms,
         (ri, ci) => at(lamdas[ri], ms[ci]), 'perplexity', true, 'M');
-      $('prune-grid-title').textContent = `OWL grid: pruned perplexity over λ and M (${cur ? labelOf({ ...(cur as PruneSpec), owl: null }).label.trim() : ''})`;
+      $('prune-grid-title').textContent = `OWL grid: pruned perplexity over λ and M (${cur ? labelOf({ ...cur, owl: null }).label.trim() : ''})`;
     }
   }
 
@@ -444,64 +417,62 @@ export class PruneLab {
     if (!this.current) return;
     const button = $<HTMLButtonElement>('prune-download-model');
     button.disabled = true;
-    const was = this.status.textContent;
-    this.status.textContent = 'Writing the pruned model…';
+    const was = $('prune-status').textContent ?? '';
+    this.status.say('Writing the pruned model…');
     try {
-      const reply = await this.client.call({ type: 'prune-export' }, 'pruned-model');
+      const reply = await this.ctx.client.call('prune-export', {});
       download(reply.name, reply.file, 'application/octet-stream');
       // A GGUF source has no config.json for transformers: offer the one made for it.
       const config = $<HTMLButtonElement>('prune-download-config');
       config.hidden = !reply.config;
       config.onclick = () => reply.config && download('config.json', reply.config, 'application/json');
-      this.status.textContent = was;
+      this.status.say(was);
     } catch (e) {
-      this.showError(`Cannot write the pruned model: ${(e as Error).message}`);
-      this.status.textContent = was;
+      this.status.error(`Cannot write the pruned model: ${(e as Error).message}`);
+      this.status.say(was);
     } finally {
       button.disabled = false;
     }
   }
 
   private wireExports(): void {
-    const png = (key: string) => () => {
-      const p = this.plots[key];
-      if (p) download(`${key}.png`, plotCanvas(p));
-    };
     const report = () => this.current?.report;
-    $('prune-outlier-png').onclick = png('outliers');
-    $('prune-allocation-png').onclick = png('allocation');
-    $('prune-hist-png').onclick = png('hist');
-    $('prune-ppl-png').onclick = png('ppl');
-    $('prune-curve-png').onclick = png('curve');
-    $('prune-heatmap-png').onclick = () => download('achieved-sparsity.png', $<HTMLCanvasElement>('prune-heatmap'));
-    $('prune-sweep-png').onclick = () => download('outlier-sweep.png', $<HTMLCanvasElement>('prune-sweep-heatmap'));
-    $('prune-grid-png').onclick = () => download('owl-grid.png', $<HTMLCanvasElement>('prune-grid-heatmap'));
-    $('prune-blocks-csv').onclick = () => {
+    for (const key of ['outliers', 'allocation', 'hist', 'ppl', 'curve']) {
+      const id = key === 'outliers' ? 'outlier' : key;
+      pngButton($(`prune-${id}-png`), `${key}.png`, () => this.plots.get(key));
+    }
+    pngButton($('prune-heatmap-png'), 'achieved-sparsity.png', () => $<HTMLCanvasElement>('prune-heatmap'));
+    pngButton($('prune-sweep-png'), 'outlier-sweep.png', () => $<HTMLCanvasElement>('prune-sweep-heatmap'));
+    pngButton($('prune-grid-png'), 'owl-grid.png', () => $<HTMLCanvasElement>('prune-grid-heatmap'));
+    csvButton($('prune-blocks-csv'), 'blocks.csv', () => {
       const r = report();
-      if (r) download('blocks.csv', csv(['block', 'outlier_ratio_percent', 'sparsity_uniform', 'sparsity_allocated', 'nm_n', 'achieved_sparsity'],
-        r.blocks.map((b, i) => [b.index, b.outlier_ratio, r.allocation_uniform[i] ?? null, b.sparsity, b.nm_n, b.achieved_sparsity])));
-    };
-    $('prune-linears-csv').onclick = () => {
+      return r ? {
+        header: ['block', 'outlier_ratio_percent', 'sparsity_uniform', 'sparsity_allocated', 'nm_n', 'achieved_sparsity'],
+        rows: r.blocks.map((b, i) => [b.index, b.outlier_ratio, r.allocation_uniform[i] ?? null, b.sparsity, b.nm_n, b.achieved_sparsity]),
+      } : null;
+    });
+    csvButton($('prune-linears-csv'), 'linears.csv', () => {
       const r = report();
-      if (r) download('linears.csv', csv(['block', 'role', 'tensor', 'rows', 'cols', 'outlier_ratio_percent', 'achieved_sparsity'],
-        r.blocks.flatMap((b) => b.linears.map((l) => [b.index, l.role, l.tensor, l.rows, l.cols, l.outlier_ratio, l.achieved_sparsity]))));
-    };
-    $('prune-sweep-csv').onclick = () => {
+      return r ? {
+        header: ['block', 'role', 'tensor', 'rows', 'cols', 'outlier_ratio_percent', 'achieved_sparsity'],
+        rows: r.blocks.flatMap((b) => b.linears.map((l) => [b.index, l.role, l.tensor, l.rows, l.cols, l.outlier_ratio, l.achieved_sparsity])),
+      } : null;
+    });
+    csvButton($('prune-sweep-csv'), 'outlier-sweep.csv', () => {
       const r = report();
-      if (r) download('outlier-sweep.csv', csv(['block', ...r.outlier_sweep.m.map((m) => `M=${m}`)], r.blocks.map((b, i) => [b.index, ...(r.outlier_sweep.blocks[i] ?? [])])));
-    };
-    $('prune-hist-csv').onclick = () => {
+      return r ? { header: ['block', ...r.outlier_sweep.m.map((m) => `M=${m}`)], rows: r.blocks.map((b, i) => [b.index, ...(r.outlier_sweep.blocks[i] ?? [])]) } : null;
+    });
+    csvButton($('prune-hist-csv'), () => `histogram-${this.histTensor}.csv`, () => {
       const h = this.histograms;
-      if (!h) return;
-      const w = (h.before.hi - h.before.lo) / h.before.counts.length;
-      download(`histogram-${this.histTensor}.csv`, csv(['bin_lo', 'bin_hi', 'dense', 'pruned'],
-        h.before.counts.map((c, i) => [h.before.lo + i * w, h.before.lo + (i + 1) * w, c, h.after.counts[i]])));
-    };
-    $('prune-runs-csv').onclick = () => download('runs.csv', csv(['run', 'label', 'method', 'owl', 'hyper_m', 'lamda', 'nm', 'sparsity', 'achieved_sparsity', 'ppl_dense', 'ppl_pruned', 'seconds'],
-      this.runs.map((r) => {
+      return h ? { header: ['bin_lo', 'bin_hi', 'dense', 'pruned'], rows: binEdges(h.before).map((b, i) => [b.lo, b.hi, h.before.counts[i], h.after.counts[i]]) } : null;
+    });
+    csvButton($('prune-runs-csv'), 'runs.csv', () => ({
+      header: ['run', 'label', 'method', 'owl', 'hyper_m', 'lamda', 'nm', 'sparsity', 'achieved_sparsity', 'ppl_dense', 'ppl_pruned', 'seconds'],
+      rows: this.runs.map((r) => {
         const o = r.report.options;
         return [r.n, r.label, o.method, o.owl ? 1 : 0, o.owl?.hyper_m ?? null, o.owl?.lamda ?? null, o.nm ? o.nm.join(':') : null, o.sparsity,
           r.report.achieved_sparsity, r.report.perplexity?.dense ?? null, r.report.perplexity?.pruned ?? null, r.report.timings.total];
-      })));
+      }),
+    }));
   }
 }

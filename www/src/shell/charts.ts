@@ -1,6 +1,7 @@
-// Charts of the layer view: bars per block (uPlot), a block x linear heatmap (canvas), a
-// histogram (uPlot), and their exports (PNG of the drawing, CSV of the numbers). uPlot is a
-// small, fast canvas charting library with hover values built in.
+// The charts and tables every lab draws: bars per block and lines (uPlot), a rows x blocks
+// heatmap (canvas), histograms over bin centres, tables from rows, and their exports (PNG of
+// the drawing, CSV of the numbers) wired to buttons. uPlot is a small, fast canvas charting
+// library with hover values built in.
 
 import uPlot from 'uplot';
 import 'uplot/dist/uPlot.min.css';
@@ -72,12 +73,22 @@ export function barsPerBlock(el: HTMLElement, label: string, x: number[], y: (nu
   );
 }
 
+/** Equal bins over [lo, hi]: bin i spans [lo + i w, lo + (i + 1) w], w = (hi - lo) / n. */
+export function binEdges(h: { lo: number; hi: number; counts: number[] }): { lo: number; hi: number; centre: number }[] {
+  const w = (h.hi - h.lo) / h.counts.length;
+  return h.counts.map((_, i) => ({ lo: h.lo + i * w, hi: h.lo + (i + 1) * w, centre: h.lo + (i + 0.5) * w }));
+}
+
+/** The centre of every bin, the x of a histogram's bars. */
+export function binCentres(h: { lo: number; hi: number; counts: number[] }): number[] {
+  return binEdges(h).map((b) => b.centre);
+}
+
 /** A histogram: bars over bin centres, log-scaled counts (empty bins drawn as gaps). */
 export function histogram(el: HTMLElement, lo: number, hi: number, counts: number[]): uPlot {
   el.replaceChildren();
   const width = Math.max(320, el.clientWidth || 640);
-  const w = (hi - lo) / counts.length;
-  const x = counts.map((_, i) => lo + (i + 0.5) * w);
+  const x = binCentres({ lo, hi, counts });
   return new uPlot(
     {
       width,
@@ -231,4 +242,74 @@ export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number
     [x, ...series.map((s) => clean(s.y))] as uPlot.AlignedData,
     el,
   );
+}
+
+/** A lab's uPlot charts by name: drawing one again destroys the old drawing first. */
+export class Plots {
+  private plots: Record<string, uPlot | null> = {};
+
+  draw(key: string, make: () => uPlot): uPlot {
+    this.plots[key]?.destroy();
+    const p = make();
+    this.plots[key] = p;
+    return p;
+  }
+
+  clear(key: string): void {
+    this.plots[key]?.destroy();
+    this.plots[key] = null;
+  }
+
+  get(key: string): uPlot | null {
+    return this.plots[key] ?? null;
+  }
+}
+
+/** The button saves a PNG of what `drawing` gives now (a uPlot or a canvas; null: nothing). */
+export function pngButton(button: HTMLElement, name: string, drawing: () => uPlot | HTMLCanvasElement | null): void {
+  button.onclick = () => {
+    const d = drawing();
+    if (d) download(name, d instanceof HTMLCanvasElement ? d : plotCanvas(d));
+  };
+}
+
+export interface Table {
+  header: string[];
+  rows: (string | number | null)[][];
+}
+
+/** The button saves a CSV of what `table` gives now (null: nothing yet); `name` may depend on it. */
+export function csvButton(button: HTMLElement, name: string | (() => string), table: () => Table | null): void {
+  button.onclick = () => {
+    const t = table();
+    if (t) download(typeof name === 'string' ? name : name(), csv(t.header, t.rows));
+  };
+}
+
+/** Table rows of text cells; `each(tr, i)` may add a class, a data attribute or a click. */
+export function tableRows(body: HTMLTableSectionElement, rows: string[][], each?: (tr: HTMLTableRowElement, i: number) => void): void {
+  body.replaceChildren(...rows.map((cells, i) => {
+    const tr = document.createElement('tr');
+    for (const c of cells) {
+      const td = document.createElement('td');
+      td.textContent = c;
+      tr.append(td);
+    }
+    each?.(tr, i);
+    return tr;
+  }));
+}
+
+/** A two-column table: a header cell (the name) and a value cell per row. */
+export function keyValueRows(body: HTMLTableSectionElement, rows: [string, string][], each?: (td: HTMLTableCellElement, key: string, i: number) => void): void {
+  body.replaceChildren(...rows.map(([k, v], i) => {
+    const tr = document.createElement('tr');
+    const th = document.createElement('th');
+    th.textContent = k;
+    const td = document.createElement('td');
+    td.textContent = v;
+    each?.(td, k, i);
+    tr.append(th, td);
+    return tr;
+  }));
 }

@@ -1,0 +1,43 @@
+// What a lab is to the page: a tab that shows an experiment in its controls and says which
+// experiment its controls describe. The frame (main.ts) gives each lab the worker client,
+// Rust's defaults, the address bar and the open model; labs/index.ts lists the labs.
+
+import type { LabClient } from './lab-client';
+import type { ModelService } from './model';
+import type { View } from './url-state';
+import type { Defaults, Experiment, ExperimentOf, LabName } from '../protocol';
+
+export interface LabContext {
+  client: LabClient;
+  defaults: Defaults;
+  models: ModelService;
+  /** The address bar follows this lab's controls now (when its tab is the one shown). */
+  publish(lab: PageLab): void;
+  /** A setting of the link beside the experiment (`view.stat`, `backend`). */
+  linkView(key: string): string | null;
+  /** The experiment a lab starts from: the link's, if it is that lab's, else the defaults. */
+  initial<L extends LabName>(lab: L): ExperimentOf<L>;
+}
+
+export interface PageLab {
+  readonly name: LabName;
+  /** Called each time its tab is shown. */
+  activate(): void;
+  /** The experiment the controls describe now; throws a sentence naming a bad control. */
+  experiment(): Experiment;
+  /** The view settings that ride along in the address (`stat` becomes `view.stat`). */
+  view?(): Record<string, string>;
+}
+
+export interface LabModule {
+  create(ctx: LabContext): PageLab;
+}
+
+/** The defaults of one lab, from Rust. */
+export function defaultsOf<L extends LabName>(defaults: Defaults, lab: L): ExperimentOf<L> {
+  const e = defaults.experiments.find((x) => x.lab === lab);
+  if (!e) throw new Error(`this build of the lab has no ${lab} defaults`);
+  return structuredClone(e) as ExperimentOf<L>;
+}
+
+export type { View };
