@@ -164,22 +164,13 @@ impl Default for PruneSpec {
 }
 
 /// The compute check: statistics of a seeded synthetic matrix (`layerlab reduce`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ComputeSpec {
     #[serde(flatten)]
     pub synth: SynthSpec,
     #[serde(flatten)]
     pub stats: StatsOptions,
-}
-
-impl Default for ComputeSpec {
-    fn default() -> Self {
-        ComputeSpec {
-            synth: SynthSpec::default(),
-            stats: StatsOptions::default(),
-        }
-    }
 }
 
 /// Which lab, and its whole specification. Adding a lab is adding a variant here (and its
@@ -600,8 +591,8 @@ fn from_query_v2(pairs: &[(String, String)]) -> Result<Experiment> {
         .filter(|(k, _)| k != "v" && k != "lab")
         .collect();
     // Kinds first: a `model.kind=file` resets the model before its name and size land.
-    let (kinds, rest): (Vec<&(String, String)>, Vec<&(String, String)>) =
-        fields.into_iter().partition(|(k, _)| k.ends_with("kind"));
+    type Pairs<'a> = Vec<&'a (String, String)>;
+    let (kinds, rest): (Pairs, Pairs) = fields.into_iter().partition(|(k, _)| k.ends_with("kind"));
     for (k, v) in kinds.into_iter().chain(rest) {
         let top = k.split('.').next().unwrap_or("");
         let known = spec.get(top).is_some();
