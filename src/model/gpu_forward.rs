@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! h = rms_norm(x, attn_norm)                          -> read back: Observer (q, k, v)
-//! q, k, v = linear(h, Wq|Wk|Wv); rope(q), rope(k)
+//! q, k, v = linear(h, Wq|Wk|Wv); rope(q), rope(k)       (Qwen3: per-head rms_norm first)
 //! a = causal_attention(q, k, v)                       -> read back: Observer (o)
 //! x1 = x + linear(a, Wo)
 //! h2 = rms_norm(x1, ffn_norm)                         -> read back: Observer (gate, up)
@@ -39,6 +39,16 @@ fn ce(e: candle_core::Error) -> LabError {
 fn upload(ctx: &GpuContext, t: &Tensor, rows: usize, cols: usize) -> Result<GpuMatrix> {
     let v = to_vec(t)?;
     ctx.upload(Matrix::new(&v, rows, cols)?)
+}
+
+/// The same buffer as a (rows, cols) matrix of the same length.
+fn per_head(m: &GpuMatrix, rows: usize, cols: usize) -> GpuMatrix {
+    debug_assert_eq!(m.len(), rows * cols);
+    GpuMatrix {
+        buffer: m.buffer.clone(),
+        rows,
+        cols,
+    }
 }
 
 /// One linear layer's weight (out, in) and bias (out) on the GPU.
@@ -73,6 +83,8 @@ pub struct GpuBlock {
     pub gate: GpuLinear,
     pub up: GpuLinear,
     pub down: GpuLinear,
+    /// Qwen3's q_norm and k_norm weights, (1, D) each.
+    pub qk_norm: Option<(GpuMatrix, GpuMatrix)>,
 }
 
 impl GpuBlock {
@@ -92,6 +104,10 @@ impl GpuBlock {
             gate: GpuLinear::upload(ctx, &w.gate)?,
             up: GpuLinear::upload(ctx, &w.up)?,
             down: GpuLinear::upload(ctx, &w.down)?,
+            qk_norm: match &w.qk_norm {
+                Some((q, k)) => Some((norm(q)?, norm(k)?)),
+                None => None,
+            },
         })
     }
 }
@@ -159,9 +175,23 @@ pub async fn block_forward_resident(
     if inputs {
         obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
     }
-    let q = linear(&mut rec, &h, &w.q)?;
-    let k = linear(&mut rec, &h, &w.k)?;
+    let mut q = linear(&mut rec, &h, &w.q)?;
+    let mut k = linear(&mut rec, &h, &w.k)?;
     let v = linear(&mut rec, &h, &w.v)?;
+    if let Some((q_norm, k_norm)) = &w.qk_norm {
+        // Qwen3: the same RMSNorm kernel over each head's D values, (N, heads D) read as
+        // (N heads, D) rows of the same buffer, written back as (N, heads D).
+        q = per_head(
+            &rec.rms_norm(&per_head(&q, n * nh, d), q_norm, eps)?,
+            n,
+            nh * d,
+        );
+        k = per_head(
+            &rec.rms_norm(&per_head(&k, n * nkv, d), k_norm, eps)?,
+            n,
+            nkv * d,
+        );
+    }
     rec.rope(&q, HeadLayout::token_major(b, nh, t, d), &cos, &sin)?;
     rec.rope(&k, HeadLayout::token_major(b, nkv, t, d), &cos, &sin)?;
     let shape = AttentionShape {
