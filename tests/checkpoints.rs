@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use layerlab::compute::Silent;
 use layerlab::eval::{perplexity, PplOptions};
 use layerlab::io::{FileSource, ModelFile};
-use layerlab::model::causal::load_causal_lm;
+use layerlab::model::causal::{llama_forward_refusal, load_causal_lm};
 use layerlab::model::llama::{to_vec, Llama, NoObserver};
 use serde_json::{json, Value};
 
@@ -244,6 +244,18 @@ fn what_is_not_computed_is_refused_by_name() {
     c["model_type"] = json!("granite");
     c["architectures"] = json!(["GraniteForCausalLM"]);
     assert_says(&refusal("t5_default", &c), &["'granite'", "qwen3"]);
+    // The same sentence, up front, for a view that opens any model (statistics).
+    let (src, file) = open("t5_default");
+    let notice = llama_forward_refusal(&file, Some(&c), "m").expect("granite accepted");
+    assert_says(
+        &notice,
+        &["the pruning lab cannot run this model", "'granite'"],
+    );
+    assert_eq!(
+        llama_forward_refusal(&file, Some(&config("t5_default")), "m"),
+        None
+    );
+    drop(src);
     // A key that changes the maths.
     let mut c = config("t5_default");
     c["hidden_act"] = json!("gelu");
