@@ -145,3 +145,27 @@ ensure_python_reference() {
     scipy==1.17.1
   touch "$stamp"
 }
+
+# PyTorch + transformers in their own git-ignored venv: the reference of tests/checkpoints.rs
+# (tests/reference/checkpoints.py) and the baseline of benches/prune.sh. PyPI's only Linux
+# x86_64 torch wheel is the CUDA build, whose dependencies (cuda-toolkit, nvidia-cudnn, -nccl, ...) add ~3 GB;
+# the wheel alone (539 MB) with its pure-Python dependencies, plus small stub libraries for
+# the CUDA ones (benches/torch_cuda_stubs.py), runs on the CPU with MKL. accelerate (which
+# transformers wants for GGUF loading) goes in without its dependencies for the same reason.
+ensure_torch_reference() {
+  local venv=.cache/venv-torch
+  local stamp=$venv/.layerlab-torch-v1
+  [ -f "$stamp" ] && return 0
+  say "creating the PyTorch + transformers venv ($venv: torch 2.15.0 without CUDA, transformers, gguf)"
+  python3 -m venv "$venv"
+  local pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+  "${pip[@]}" --no-deps torch==2.15.0 accelerate==1.15.0
+  # torch's and accelerate's pure-Python dependencies (pip warns that the CUDA ones are missing).
+  "${pip[@]}" filelock==4.3.1 typing-extensions==4.16.0 sympy==1.14.0 networkx==3.6.1 \
+    jinja2==3.1.6 fsspec==2026.9.0 numpy==2.4.6 psutil==7.2.2 pyyaml==6.0.4 packaging==26.4 \
+    transformers==5.24.0 gguf==0.19.0 tokenizers==0.23.3 safetensors==0.8.0 2>&1 \
+    | grep -v "which is not installed\|but you have setuptools\|dependency resolver does not" || true
+  "$venv/bin/python" benches/torch_cuda_stubs.py
+  "$venv/bin/python" -c "import torch, transformers; assert not torch.cuda.is_available(); torch.ones(2) @ torch.ones(2)"
+  touch "$stamp"
+}

@@ -15,6 +15,7 @@ cargo clippy --lib --target wasm32-unknown-unknown -- -D warnings
 
 ensure_models
 ensure_python_reference
+ensure_torch_reference
 
 say "Rust tests (CPU twins, and the WGSL kernels on the Vulkan adapter: lavapipe here)"
 cargo test

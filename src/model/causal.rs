@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::io::safetensors::F32Tensor;
 use crate::io::{ByteSource, ModelFile};
 use crate::model::gpt2_opt::{Gpt2Opt, LnBlock};
-use crate::model::llama::{to_vec, BlockWeights, Ends, Linear, Llama, Observer, Rope};
+use crate::model::llama::{to_vec, BlockWeights, Ends, Family, Linear, Llama, Observer, Rope};
 use crate::model::{describe, Arch, ModelDesc};
 use crate::{LabError, Result};
 
@@ -128,7 +128,7 @@ impl CausalLm for Llama<'_> {
         Llama::load_block(self, index).map(|w| Block::Llama(Box::new(w)))
     }
     fn rope(&self, t: usize) -> Result<Option<Rope>> {
-        Rope::new(t, self.config.head_dim, self.config.rope_theta).map(Some)
+        Llama::rope(self, t).map(Some)
     }
     fn embed(&self, ends: &Ends, windows: &[&[u32]]) -> Result<Tensor> {
         Llama::embed(self, ends, windows)
@@ -193,6 +193,15 @@ impl CausalLm for Llama<'_> {
                 vec![c.hidden],
                 to_vec(&w.attn_norm)?,
             ))?;
+            if let Some((q_norm, k_norm)) = &w.qk_norm {
+                for (which, norm) in [("q_norm", q_norm), ("k_norm", k_norm)] {
+                    sink(t(
+                        format!("{p}.self_attn.{which}.weight"),
+                        vec![c.head_dim],
+                        to_vec(norm)?,
+                    ))?;
+                }
+            }
             for role in BlockWeights::ROLES {
                 if role == "gate" {
                     sink(t(
@@ -231,11 +240,7 @@ impl CausalLm for Llama<'_> {
     /// From the model's own sizes: what transformers needs to load a GGUF source's export.
     fn hf_config(&self) -> Value {
         let c = &self.config;
-        let (arch, model_type) = if self.desc.arch_name == "qwen2" {
-            ("Qwen2ForCausalLM", "qwen2")
-        } else {
-            ("LlamaForCausalLM", "llama")
-        };
+        let (arch, model_type) = (c.family.hf_class(), c.family.model_type());
         let has_bias = self.desc.blocks.first().is_some_and(|b| {
             b.linears
                 .iter()
@@ -253,13 +258,23 @@ impl CausalLm for Llama<'_> {
             "vocab_size": c.vocab,
             "rms_norm_eps": c.rms_eps,
             "rope_theta": c.rope_theta,
+            "rope_scaling": crate::model::rope::hf_rope_scaling(&c.rope),
             "hidden_act": "silu",
             "tie_word_embeddings": self.desc.head.is_none(),
             "torch_dtype": "float32",
         });
+        if let Some(w) = c.sliding_window {
+            v["sliding_window"] = serde_json::json!(w);
+            if matches!(c.family, Family::Qwen2 | Family::Qwen3) {
+                v["use_sliding_window"] = serde_json::json!(true);
+            }
+        }
+        if c.family == Family::Qwen3 {
+            v["attention_bias"] = serde_json::json!(has_bias);
+        }
         if model_type == "llama" {
             v["attention_bias"] = serde_json::json!(has_bias);
-            v["mlp_bias"] = serde_json::json!(false);
+            v["mlp_bias"] = serde_json::json!(c.mlp_bias);
         }
         if let Some(ctx) = self.desc.hyper.context {
             v["max_position_embeddings"] = serde_json::json!(ctx);
@@ -398,4 +413,26 @@ pub async fn block_forward_on_any(
         return crate::model::gpu_forward::block_forward_on(backend, llama, bw, x, rope, obs).await;
     }
     Ok((model.block_forward(w, x, rope, obs)?, None))
+}
+
+/// Why the pruning lab cannot run this LLaMA-family model (None when it can, or when the
+/// model is of another family, whose loader says why itself): the checks `Llama::new` makes
+/// before reading a weight, for a view that opens any model (statistics) and wants to say
+/// up front that the forward pass will refuse it.
+pub fn llama_forward_refusal(
+    file: &ModelFile,
+    config: Option<&Value>,
+    name: &str,
+) -> Option<String> {
+    let desc = describe(file, config);
+    if desc.arch != Arch::Llama {
+        return None;
+    }
+    let check = || -> Result<()> {
+        let c = crate::model::llama::LlamaConfig::new(file, &desc, config, name)?;
+        crate::model::llama_config::check_tensors(file, &desc, &c, name)
+    };
+    check()
+        .err()
+        .map(|e| format!("the pruning lab cannot run this model: {e}"))
 }

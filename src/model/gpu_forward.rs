@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! h = rms_norm(x, attn_norm)                          -> read back: Observer (q, k, v)
-//! q, k, v = linear(h, Wq|Wk|Wv); rope(q), rope(k)
+//! q, k, v = linear(h, Wq|Wk|Wv); rope(q), rope(k)       (Qwen3: per-head rms_norm first)
 //! a = causal_attention(q, k, v)                       -> read back: Observer (o)
 //! x1 = x + linear(a, Wo)
 //! h2 = rms_norm(x1, ffn_norm)                         -> read back: Observer (gate, up)
@@ -74,6 +74,8 @@ pub struct GpuBlock {
     pub gate: GpuLinear,
     pub up: GpuLinear,
     pub down: GpuLinear,
+    /// Qwen3's q_norm and k_norm weights, (1, D) each.
+    pub qk_norm: Option<(GpuMatrix, GpuMatrix)>,
 }
 
 impl GpuBlock {
@@ -93,6 +95,10 @@ impl GpuBlock {
             gate: GpuLinear::upload(ctx, &w.gate)?,
             up: GpuLinear::upload(ctx, &w.up)?,
             down: GpuLinear::upload(ctx, &w.down)?,
+            qk_norm: match &w.qk_norm {
+                Some((q, k)) => Some((norm(q)?, norm(k)?)),
+                None => None,
+            },
         })
     }
 }
@@ -207,9 +213,20 @@ pub async fn block_forward_recorded(
     if inputs {
         obs.linear_input(i, &["q", "k", "v"], &tensor(rec.read(&h).await?, cc)?)?;
     }
-    let q = linear(rec, &h, &w.q)?;
-    let k = linear(rec, &h, &w.k)?;
+    let mut q = linear(rec, &h, &w.q)?;
+    let mut k = linear(rec, &h, &w.k)?;
     let v = linear(rec, &h, &w.v)?;
+    if let Some((q_norm, k_norm)) = &w.qk_norm {
+        // Qwen3: the same RMSNorm kernel over each head's D values, (N, heads D) viewed as
+        // (N heads, D) rows of the same buffer, then viewed back as (N, heads D).
+        let n = b * t;
+        q = rec
+            .rms_norm(&q.reshape(&[n * nh, d])?, q_norm, eps)?
+            .reshape(&[n, nh * d])?;
+        k = rec
+            .rms_norm(&k.reshape(&[n * nkv, d])?, k_norm, eps)?
+            .reshape(&[n, nkv * d])?;
+    }
     rec.rope(
         &q,
         HeadLayout::token_major(b, nh, t, d),

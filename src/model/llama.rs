@@ -29,9 +29,14 @@
 //! batch), so only one block's weights are ever resident. `Observer` sees the input of each
 //! linear of block i (the pruning lab's per-linear statistics) and each block's output.
 //!
+//! Qwen3 adds `q = rmsnorm_D(q) * q_norm`, `k = rmsnorm_D(k) * k_norm` per head before RoPE.
+//! RoPE's frequencies (theta, linear / dynamic / llama3 / yarn scaling, llama.cpp's
+//! rope_freqs) are `model::rope`'s; which checkpoint conventions are read, and what is
+//! refused, is `model::llama_config`.
+//!
 //! What this module refuses to be: a generator (no KV cache, no sampling), a trainer (no
-//! backward), or fast (candle's CPU matmul, nothing fused). Partial rotary embeddings, RoPE
-//! scaling and sliding windows are refused with an error, not approximated.
+//! backward), or fast (candle's CPU matmul, nothing fused). Partial rotary embeddings and
+//! windows longer than a sliding window are refused with an error, not approximated.
 
 use candle_core::{DType as CDType, Device, Tensor, D};
 use serde_json::Value;
@@ -40,139 +45,12 @@ use crate::compute::attention;
 use crate::compute::forward::AttentionShape;
 use crate::compute::sparse::SparseRows;
 use crate::error::candle_failed::forward as ce;
-use crate::io::{ByteSource, Format, MetaValue, ModelFile};
-use crate::model::{describe, Arch, ModelDesc};
+use crate::io::{ByteSource, ModelFile};
+use crate::model::rope::{RopeScaling, RopeSpec};
+use crate::model::{describe, ModelDesc};
 use crate::{LabError, Result};
 
-/// The sizes and constants of the forward pass.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LlamaConfig {
-    /// C
-    pub hidden: usize,
-    pub layers: usize,
-    /// H
-    pub heads: usize,
-    /// KV
-    pub kv_heads: usize,
-    /// D = C / H
-    pub head_dim: usize,
-    /// F
-    pub ffn: usize,
-    /// V
-    pub vocab: usize,
-    /// RMSNorm's eps (GGUF `<arch>.attention.layer_norm_rms_epsilon`, HF `rms_norm_eps`).
-    pub rms_eps: f64,
-    /// RoPE base (GGUF `<arch>.rope.freq_base`, HF `rope_theta`; 10000 when absent, the
-    /// default of both llama.cpp and transformers).
-    pub rope_theta: f64,
-    /// GGUF "llama": attn_q/attn_k rows are in llama.cpp's interleaved order, undone on load.
-    pub unpermute_qk: bool,
-}
-
-impl LlamaConfig {
-    /// From a file's metadata (GGUF) or its config.json (safetensors).
-    pub fn new(
-        file: &ModelFile,
-        desc: &ModelDesc,
-        config: Option<&Value>,
-        name: &str,
-    ) -> Result<LlamaConfig> {
-        let bad = |msg: String| LabError::BadFile(format!("{name}: {msg}"));
-        if desc.arch != Arch::Llama {
-            return Err(bad(format!(
-                "the forward pass runs LLaMA-family, GPT-2 and OPT models; this is '{}'",
-                desc.arch_name
-            )));
-        }
-        let h = &desc.hyper;
-        let need = |v: Option<usize>, what: &str| {
-            v.filter(|&n| n > 0)
-                .ok_or_else(|| bad(format!("the model does not say its {what}")))
-        };
-        let hidden = need(h.hidden, "hidden width")?;
-        let heads = need(h.heads, "number of attention heads")?;
-        let kv_heads = need(h.kv_heads, "number of key/value heads")?;
-        let layers = need(h.layers, "number of blocks")?;
-        let ffn = need(h.ffn, "FFN width")?;
-        let vocab = need(h.vocab, "vocabulary size")?;
-        if hidden % heads != 0 || heads % kv_heads != 0 {
-            return Err(bad(format!(
-                "hidden width {hidden}, {heads} heads and {kv_heads} key/value heads do not \
-                 divide evenly"
-            )));
-        }
-        let head_dim = hidden / heads;
-        if head_dim % 2 != 0 {
-            return Err(bad(format!("head dim {head_dim} is odd; RoPE needs pairs")));
-        }
-        let (rms_eps, rope_theta, unpermute_qk) = match file.format {
-            Format::Gguf => {
-                let arch = desc.arch_name.as_str();
-                let f = |key: &str| match file.metadata.get(&format!("{arch}.{key}")) {
-                    Some(MetaValue::Float(v)) => Some(*v),
-                    Some(v) => v.as_u64().map(|u| u as f64),
-                    None => None,
-                };
-                let eps = f("attention.layer_norm_rms_epsilon").ok_or_else(|| {
-                    bad(format!(
-                        "the metadata has no {arch}.attention.layer_norm_rms_epsilon"
-                    ))
-                })?;
-                if let Some(dims) = f("rope.dimension_count") {
-                    if dims as usize != head_dim {
-                        return Err(bad(format!(
-                            "{arch}.rope.dimension_count is {dims}, the head dim {head_dim}: \
-                             partial rotary embeddings are not supported"
-                        )));
-                    }
-                }
-                if file
-                    .metadata
-                    .contains_key(&format!("{arch}.rope.scaling.type"))
-                {
-                    return Err(bad("RoPE scaling is not supported yet".into()));
-                }
-                let unpermute = match arch {
-                    "llama" => true,
-                    "qwen2" => false,
-                    other => {
-                        return Err(bad(format!(
-                            "general.architecture '{other}': LayerLab's forward pass knows \
-                             GGUF 'llama' and 'qwen2' (how their q/k rows are ordered)"
-                        )))
-                    }
-                };
-                (eps, f("rope.freq_base").unwrap_or(10000.0), unpermute)
-            }
-            Format::Safetensors => {
-                let c = config.ok_or_else(|| {
-                    bad("a safetensors model needs its config.json for the forward pass".into())
-                })?;
-                if c.get("rope_scaling").is_some_and(|v| !v.is_null()) {
-                    return Err(bad("RoPE scaling is not supported yet".into()));
-                }
-                let eps = c
-                    .get("rms_norm_eps")
-                    .and_then(Value::as_f64)
-                    .ok_or_else(|| bad("config.json has no rms_norm_eps".into()))?;
-                let theta = c.get("rope_theta").and_then(Value::as_f64);
-                (eps, theta.unwrap_or(10000.0), false)
-            }
-        };
-        Ok(LlamaConfig {
-            hidden,
-            layers,
-            heads,
-            kv_heads,
-            head_dim,
-            ffn,
-            vocab,
-            rms_eps,
-            rope_theta,
-            unpermute_qk,
-        })
-    }
-}
+pub use super::llama_config::{Family, LlamaConfig};
 
 /// y = x W^T + b for x (N, in), W (out, in).
 pub struct Linear {
@@ -273,6 +151,8 @@ pub struct BlockWeights {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// Qwen3's per-head RMSNorm weights of q and k, (D) each; None for the other families.
+    pub qk_norm: Option<(Tensor, Tensor)>,
 }
 
 impl BlockWeights {
@@ -364,8 +244,10 @@ impl Observer for NoObserver {
 }
 
 /// cos and sin of the RoPE angles for positions 0..T: (T, D) row-major, each half the same.
-/// angle(t, i) = t * theta^(-2i/D), i < D/2 (computed in f64). Applied by the CPU forward's
-/// attention (`compute::attention`) and the GPU's RoPE kernel.
+/// angle(t, i) = t * inv_freq_i, i < D/2, inv_freq as `model::rope` says (theta^(-2i/D)
+/// unscaled), computed in f64; both tables times the attention factor (YaRN's, else 1).
+/// Applied by the CPU forward's attention (`compute::attention`) and the GPU's RoPE kernel,
+/// so both honour the same scaling.
 pub struct Rope {
     /// T: positions.
     pub t: usize,
@@ -378,16 +260,29 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// Unscaled RoPE of base `theta`.
     pub fn new(t: usize, head_dim: usize, theta: f64) -> Result<Rope> {
+        Rope::with_spec(t, &RopeSpec::plain(theta, head_dim))
+    }
+
+    /// The tables of `spec` for windows of `t` tokens (dynamic scaling depends on T).
+    pub fn with_spec(t: usize, spec: &RopeSpec) -> Result<Rope> {
+        let head_dim = spec.dim;
         let half = head_dim / 2;
+        let (inv_freq, attention_factor) = spec.inv_freq(t);
+        if half == 0 || inv_freq.len() != half {
+            return Err(LabError::invalid(format!(
+                "RoPE: {} frequencies for a head dim of {head_dim}",
+                inv_freq.len()
+            )));
+        }
         let mut cos = Vec::with_capacity(t * head_dim);
         let mut sin = Vec::with_capacity(t * head_dim);
         for pos in 0..t {
             for j in 0..head_dim {
-                let i = j % half;
-                let angle = pos as f64 * theta.powf(-2.0 * i as f64 / head_dim as f64);
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
+                let angle = pos as f64 * inv_freq[j % half];
+                cos.push((angle.cos() * attention_factor) as f32);
+                sin.push((angle.sin() * attention_factor) as f32);
             }
         }
         Ok(Rope {
@@ -459,13 +354,27 @@ impl<'a> Llama<'a> {
     ) -> Result<Llama<'a>> {
         let name = src.name();
         let desc = describe(file, config);
-        let config = LlamaConfig::new(file, &desc, config, &name)?;
+        let mut config = LlamaConfig::new(file, &desc, config, &name)?;
         if desc.blocks.len() != config.layers {
             return Err(LabError::BadFile(format!(
                 "{name}: the metadata says {} blocks, the file has tensors for {}",
                 config.layers,
                 desc.blocks.len()
             )));
+        }
+        crate::model::llama_config::check_tensors(file, &desc, &config, &name)?;
+        if let RopeScaling::Freqs(div) = &mut config.rope.scaling {
+            // llama.cpp's rope_freqs.weight (Llama 3.1/3.2 GGUF): a divisor per frequency.
+            let t = file.tensor("rope_freqs.weight").ok_or_else(|| {
+                LabError::BadFile(format!("{name}: tensor rope_freqs.weight is missing"))
+            })?;
+            let v = file.read_f32(src, t)?;
+            if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(LabError::BadFile(format!(
+                    "{name}: rope_freqs.weight holds {bad}; its divisors must be positive"
+                )));
+            }
+            *div = v.into_iter().map(f64::from).collect();
         }
         Ok(Llama {
             src,
@@ -476,27 +385,46 @@ impl<'a> Llama<'a> {
         })
     }
 
+    /// The RoPE tables for windows of `t` tokens, with the model's scaling; a window longer
+    /// than the model's sliding window is refused (attention would then differ).
+    pub fn rope(&self, t: usize) -> Result<Rope> {
+        if let Some(w) = self.config.sliding_window {
+            if t > w {
+                return Err(LabError::invalid(format!(
+                    "{}: windows of {t} tokens are longer than the model's sliding window \
+                     ({w}); LayerLab computes full causal attention only, so use a window of at \
+                     most {w} tokens",
+                    self.name
+                )));
+            }
+        }
+        Rope::with_spec(t, &self.config.rope)
+    }
+
     /// The model's name (its file), for messages.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// A tensor as f32, checked against the shape the config implies.
-    fn read(&self, tensor: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// A tensor as f32, checked against the shape the config implies (`role` says which
+    /// config fields that shape comes from, for the error).
+    fn read(&self, tensor: &str, shape: &[usize], role: &str) -> Result<Vec<f32>> {
         let t = self.file.tensor(tensor).ok_or_else(|| {
             LabError::BadFile(format!("{}: tensor {tensor} is missing", self.name))
         })?;
         if t.shape != shape {
             return Err(LabError::BadFile(format!(
-                "{}: {tensor}: expected shape {shape:?}, found {:?}",
-                self.name, t.shape
+                "{}: {tensor}: expected shape {shape:?} ({}), found {:?}",
+                self.name,
+                self.config.shape_origin(role),
+                t.shape
             )));
         }
         self.file.read_f32(self.src, t)
     }
 
-    fn tensor(&self, tensor: &str, shape: &[usize]) -> Result<Tensor> {
-        let data = self.read(tensor, shape)?;
+    fn tensor(&self, tensor: &str, shape: &[usize], role: &str) -> Result<Tensor> {
+        let data = self.read(tensor, shape, role)?;
         Tensor::from_vec(data, shape, &Device::Cpu).map_err(ce)
     }
 
@@ -530,14 +458,14 @@ impl<'a> Llama<'a> {
             ))
         })?;
         let permuted = self.config.unpermute_qk && (role == "q" || role == "k");
-        let mut w = self.read(&l.tensor, &[out, inp])?;
+        let mut w = self.read(&l.tensor, &[out, inp], role)?;
         if permuted {
             w = self.unpermute(w, inp);
         }
         let weight = Tensor::from_vec(w, (out, inp), &Device::Cpu).map_err(ce)?;
         let bias = match &l.bias {
             Some(name) => {
-                let mut b = self.read(name, &[out])?;
+                let mut b = self.read(name, &[out], role)?;
                 if permuted {
                     b = self.unpermute(b, 1);
                 }
@@ -580,19 +508,50 @@ impl<'a> Llama<'a> {
                         ["attention", "FFN"][which]
                     ))
                 })?;
-            self.tensor(name, &[cc])
+            self.tensor(name, &[cc], "norm")
+        };
+        // The linears first: a wrong head dim shows on q_proj, the clearest place.
+        let (q, k, v, o) = (
+            self.linear(index, "q", qd, cc)?,
+            self.linear(index, "k", kvd, cc)?,
+            self.linear(index, "v", kvd, cc)?,
+            self.linear(index, "o", cc, qd)?,
+        );
+        // Qwen3's q_norm / k_norm (HF) or attn_q_norm / attn_k_norm (GGUF), (D) each.
+        let qk_norm = if c.qk_norm {
+            let find = |which: &str| -> Result<Tensor> {
+                let name = b
+                    .other
+                    .iter()
+                    .find(|n| {
+                        n.ends_with(&format!(".{which}.weight"))
+                            || n.ends_with(&format!(".attn_{which}.weight"))
+                    })
+                    .ok_or_else(|| {
+                        LabError::BadFile(format!(
+                            "{}: block {index} has no {which} tensor (Qwen3 normalises q and k \
+                             per head)",
+                            self.name
+                        ))
+                    })?;
+                self.tensor(name, &[c.head_dim], which)
+            };
+            Some((find("q_norm")?, find("k_norm")?))
+        } else {
+            None
         };
         Ok(BlockWeights {
             index,
             attn_norm: norm(0)?,
-            q: self.linear(index, "q", qd, cc)?,
-            k: self.linear(index, "k", kvd, cc)?,
-            v: self.linear(index, "v", kvd, cc)?,
-            o: self.linear(index, "o", cc, qd)?,
+            q,
+            k,
+            v,
+            o,
             ffn_norm: norm(1)?,
             gate: self.linear(index, "gate", f, cc)?,
             up: self.linear(index, "up", f, cc)?,
             down: self.linear(index, "down", cc, f)?,
+            qk_norm,
         })
     }
 
@@ -605,16 +564,17 @@ impl<'a> Llama<'a> {
             .embedding
             .as_deref()
             .ok_or_else(|| missing("token embedding"))?;
-        let embed = self.tensor(embed_name, &[c.vocab, c.hidden])?;
+        let embed = self.tensor(embed_name, &[c.vocab, c.hidden], "embedding")?;
         let norm_name = self
             .desc
             .final_norm
             .as_deref()
             .ok_or_else(|| missing("final norm"))?;
-        let final_norm = self.tensor(norm_name, &[c.hidden])?;
-        let head = match &self.desc.head {
-            Some(h) => self.tensor(h, &[c.vocab, c.hidden])?,
-            None => embed.clone(),
+        let final_norm = self.tensor(norm_name, &[c.hidden], "norm")?;
+        // check_tensors made sure the file has a head exactly when it is not tied.
+        let head = match (&self.desc.head, c.tied_head) {
+            (Some(h), false) => self.tensor(h, &[c.vocab, c.hidden], "head")?,
+            _ => embed.clone(),
         };
         Ok(Ends {
             embed,
@@ -679,9 +639,20 @@ impl<'a> Llama<'a> {
             kv_heads: nkv,
             d,
         };
+        let (mut q, mut k) = (w.q.forward(&h)?, w.k.forward(&h)?);
+        if let Some((q_norm, k_norm)) = &w.qk_norm {
+            // Qwen3: RMSNorm over each head's D values, (N, heads D) seen as (N heads, D).
+            let per_head = |x: &Tensor, heads: usize, norm: &Tensor| -> Result<Tensor> {
+                rms_norm(&x.reshape((b * t * heads, d)).map_err(ce)?, norm, c.rms_eps)?
+                    .reshape((b * t, heads * d))
+                    .map_err(ce)
+            };
+            q = per_head(&q, nh, q_norm)?;
+            k = per_head(&k, nkv, k_norm)?;
+        }
         let a = attention::causal_attention(
-            &to_vec(&w.q.forward(&h)?)?,
-            &to_vec(&w.k.forward(&h)?)?,
+            &to_vec(&q)?,
+            &to_vec(&k)?,
             &to_vec(&w.v.forward(&h)?)?,
             Some((&rope.cos, &rope.sin)),
             shape,
@@ -721,11 +692,7 @@ impl<'a> Llama<'a> {
     pub fn forward(&self, windows: &[&[u32]], obs: &mut dyn Observer) -> Result<Tensor> {
         let ends = self.load_ends()?;
         let mut x = self.embed(&ends, windows)?;
-        let rope = Rope::new(
-            windows[0].len(),
-            self.config.head_dim,
-            self.config.rope_theta,
-        )?;
+        let rope = self.rope(windows[0].len())?;
         for i in 0..self.config.layers {
             let w = self.load_block(i)?;
             x = self.block_forward(&w, &x, &rope, obs)?;

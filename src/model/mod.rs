@@ -22,6 +22,8 @@ pub mod causal;
 pub mod gpt2_opt;
 pub mod gpu_forward;
 pub mod llama;
+pub mod llama_config;
+pub mod rope;
 
 use std::collections::{BTreeMap, BTreeSet};
 
