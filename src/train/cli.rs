@@ -306,52 +306,35 @@ fn finish(mut w: std::io::BufWriter<std::fs::File>, path: &Path) -> Result<()> {
         .map_err(|e| LabError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
-/// A safetensors file of F32 tensors and one I64 tensor (token ids), with string metadata.
-/// Written here because the shared writer (`io::safetensors::write_f32`) is F32 only.
+/// A safetensors file of F32 tensors and one I64 tensor (token ids), with string metadata,
+/// through the shared writer (`io::safetensors::write_tensors`).
 fn write_with_tokens(
     path: &Path,
     floats: &[(String, Vec<usize>, &[f32])],
     tokens: (&str, Vec<usize>, &[u32]),
-    metadata: serde_json::Value,
+    metadata: &[(&str, String)],
 ) -> Result<()> {
-    use serde_json::{json, Map, Value};
-    use std::io::Write;
-    let mut header = Map::new();
-    header.insert("__metadata__".into(), metadata);
-    let mut offset = 0u64;
-    for (name, shape, data) in floats {
-        let end = offset + 4 * data.len() as u64;
-        header.insert(
-            name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
-    }
-    let end = offset + 8 * tokens.2.len() as u64;
-    header.insert(
-        tokens.0.into(),
-        json!({"dtype": "I64", "shape": tokens.1, "data_offsets": [offset, end]}),
-    );
-    let mut head = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
-    while head.len() % 8 != 0 {
-        head.push(b' ');
-    }
-    let mut w = create(path)?;
-    let io = |e: std::io::Error| LabError::Io(format!("cannot write {}: {e}", path.display()));
-    w.write_all(&(head.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&head).map_err(io)?;
-    for (_, _, data) in floats {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        w.write_all(&bytes).map_err(io)?;
-    }
-    let bytes: Vec<u8> = tokens
-        .2
+    use crate::io::safetensors::{write_tensors, TensorValues, TypedTensor};
+    let ids: Vec<i64> = tokens.2.iter().map(|&v| i64::from(v)).collect();
+    let mut tensors: Vec<TypedTensor> = floats
         .iter()
-        .flat_map(|&v| (v as i64).to_le_bytes())
+        .map(|(name, shape, data)| TypedTensor {
+            name: name.clone(),
+            shape: shape.clone(),
+            values: TensorValues::F32(data),
+        })
         .collect();
-    w.write_all(&bytes).map_err(io)?;
+    tensors.push(TypedTensor {
+        name: tokens.0.into(),
+        shape: tokens.1,
+        values: TensorValues::I64(&ids),
+    });
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let mut w = create(path)?;
+    write_tensors(&mut w, &tensors, &meta)?;
     finish(w, path)
 }
 
@@ -375,7 +358,7 @@ fn write_grads(
         path,
         &floats,
         ("tokens", vec![b, t + 1], batch),
-        serde_json::json!({"format": "pt", "loss": format!("{loss:.9e}")}),
+        &[("format", "pt".into()), ("loss", format!("{loss:.9e}"))],
     )
 }
 
@@ -391,7 +374,7 @@ fn write_batches(path: &Path, corpus: &Corpus, opts: &TrainOptions) -> Result<()
         path,
         &[],
         ("tokens", vec![opts.steps, opts.batch, opts.ctx + 1], &all),
-        serde_json::json!({"format": "pt"}),
+        &[("format", "pt".into())],
     )
 }
 
