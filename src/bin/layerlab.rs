@@ -776,6 +776,14 @@ fn open_for_forward(model: &Path) -> Result<OpenedLm> {
         (Format::Safetensors, Some(p)) => Some(read_config(p)?),
         _ => None,
     };
+    // A model the forward pass would refuse is refused before the tokeniser is asked for.
+    if let Some(refusal) = layerlab::model::causal::llama_forward_refusal(
+        &file,
+        config.as_ref(),
+        &path.display().to_string(),
+    ) {
+        return Err(LabError::invalid(refusal));
+    }
     let tokenizer = load_tokenizer(&file, &path)?;
     Ok(OpenedLm {
         path,

@@ -414,8 +414,19 @@ impl Lab {
             desc: &'a ModelDesc,
             tensors: &'a [crate::io::TensorInfo],
         }
+        let mut info = model_info(&source.name, &file, &desc);
+        // The layer view opens any model; a LLaMA-family model the forward pass would refuse
+        // (an unknown rope_type, a tensor it does not use, ...) says so now, by name.
+        if let Some(refusal) =
+            crate::model::causal::llama_forward_refusal(&file, config.as_ref(), &source.name)
+        {
+            info.notice = Some(match info.notice {
+                Some(n) => format!("{n} {refusal}"),
+                None => refusal,
+            });
+        }
         let out = to_js(&Opened {
-            info: model_info(&source.name, &file, &desc),
+            info,
             desc: &desc,
             tensors: &file.tensors,
         })?;
