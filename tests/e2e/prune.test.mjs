@@ -108,15 +108,19 @@ test('OWL-Wanda on SmolLM2 in the page gives the CLI report, its charts and the 
     assert.equal(report.perplexity.text_tokens, cli.perplexity.text_tokens);
     near(report.perplexity.dense, cli.perplexity.dense, 1e-3, 'dense perplexity');
     // The pruned perplexity agrees less closely, and honestly so: wasm and native f32 sums
-    // round differently (candle's dense matmul blocks differently; libm's exp), and where
-    // two Wanda scores are that close the masks part; later blocks calibrate on the
-    // already-pruned earlier ones, so the difference grows block by block (the masks below:
-    // identical in blocks 0-3, a few percent apart by block 29). On 62 predicted tokens at
-    // 70% sparsity that moves the pruned perplexity by several percent either way: measured
-    // page vs CLI 836 vs 818, 892 vs 896 and 794 vs 730 across three versions of the
-    // forward pass (each change of rounding reshuffles the near-ties). Pruning the wrong
-    // weights instead would cost orders of magnitude.
-    near(report.perplexity.pruned, cli.perplexity.pruned, 0.15, 'pruned perplexity');
+    // round differently (candle's dense matmul blocks by the CPU's SIMD width: AVX2, AVX-512
+    // or wasm's 128 bits; libm's exp), and where two Wanda scores are that close the masks
+    // part; later blocks calibrate on the already-pruned earlier ones, so the difference
+    // grows block by block (the masks below: identical in blocks 0-3, ~2% of entries apart
+    // over all blocks). On 62 predicted tokens at 70% sparsity that moves the pruned
+    // perplexity a lot: page vs CLI measured 836/818, 892/896 and 794/730 on an AVX2 machine,
+    // and 748/1022 on an AVX-512 one (AMD EPYC), where the page built from the commit before
+    // also gives 748: the CLI's native rounding depends on the CPU. So the perplexities are
+    // held only within 2x of each other (as tests/prune_gpu.rs holds the GPU's), and the
+    // real agreement is checked on the masks below; pruning the wrong weights instead would
+    // cost orders of magnitude.
+    const ratio = report.perplexity.pruned / cli.perplexity.pruned;
+    assert.ok(ratio > 0.5 && ratio < 2, `pruned perplexity: page ${report.perplexity.pruned} vs CLI ${cli.perplexity.pruned}`);
     assert.ok(report.perplexity.pruned > report.perplexity.dense, 'pruning 70% should cost perplexity');
 
     // The pruned model: safetensors with Hugging Face names, F32, the reported zeros.
