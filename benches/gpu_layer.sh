@@ -22,15 +22,16 @@ say "building the release CLI"
 cargo build --release --bin layerlab
 NEW=target/release/layerlab
 mkdir -p "$OUT"
-[ -x /usr/bin/time ] || as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q time >/dev/null
 
-# secs NAME CMD...: wall seconds of one run (GNU time); output to $OUT/NAME.log.
+# secs NAME CMD...: wall seconds of one run; output to $OUT/NAME.log. Timed in the shell, as
+# CMD may be one of the functions below (GNU time runs only programs).
 secs() {
-  local name=$1
+  local name=$1 t0 t1
   shift
-  /usr/bin/time -o "$OUT/time" -f "%e" "$@" >"$OUT/$name.log" 2>&1 \
-    || { echo "error: $name failed:" >&2; tail -20 "$OUT/$name.log" >&2; exit 1; }
-  tail -1 "$OUT/time"
+  t0=$(date +%s.%N)
+  "$@" >"$OUT/$name.log" 2>&1 || { echo "error: $name failed:" >&2; tail -20 "$OUT/$name.log" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
 }
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a < b) ? a : b }'; }
 
@@ -51,11 +52,12 @@ for task in stats prune; do
   awk -v o="$best_old" -v n="$best_new" -v t="$task" \
     'BEGIN { printf "%s: old %.2f s, new %.2f s (best of runs), old / new = %.2fx (target: >= 1)\n", t, o, n, o / n }'
 done
-# The same numbers from both: the reports without their timings and backend notes.
+# The same numbers from both: the reports without their timings, backend notes and the
+# experiment envelope (version 2 since the new frame; its content is checked by tests/cli.rs).
 strip() { .cache/venv/bin/python -c 'import json,sys
 d = json.load(open(sys.argv[1]))
 def clean(x):
-    if isinstance(x, dict): return {k: clean(v) for k, v in x.items() if "time" not in k and k not in ("backend", "elapsed_s")}
+    if isinstance(x, dict): return {k: clean(v) for k, v in x.items() if "time" not in k and k not in ("backend", "elapsed_s", "timings", "experiment")}
     if isinstance(x, list): return [clean(v) for v in x]
     return x
 print(json.dumps(clean(d), sort_keys=True))' "$1"; }
