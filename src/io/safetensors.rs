@@ -230,6 +230,74 @@ pub struct F32Tensor<'a> {
 pub type TensorProducer<'p> =
     dyn Fn(&mut dyn FnMut(F32Tensor<'_>) -> Result<()>) -> Result<()> + 'p;
 
+/// A safetensors header being written: `__metadata__` (string to string), then one entry
+/// per tensor in file order, each checked (shape against length, names unique) and placed
+/// after the previous one. Shared by [`write_f32_with`] and [`write_tensors`].
+struct HeaderBuilder {
+    header: Map<String, Value>,
+    offset: u64,
+}
+
+impl HeaderBuilder {
+    fn new(metadata: &BTreeMap<String, String>) -> Self {
+        let mut header = Map::new();
+        if !metadata.is_empty() {
+            let meta: Map<String, Value> = metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            header.insert("__metadata__".into(), Value::Object(meta));
+        }
+        HeaderBuilder { header, offset: 0 }
+    }
+
+    /// The next tensor: `len` values of `bytes` bytes each, as `dtype`.
+    fn add(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        len: usize,
+        dtype: &str,
+        bytes: u64,
+    ) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if n != len {
+            return Err(LabError::invalid(format!(
+                "{name}: shape {shape:?} holds {n} values, the data {len}"
+            )));
+        }
+        if name == "__metadata__" || self.header.contains_key(name) {
+            return Err(LabError::invalid(format!(
+                "{name}: a tensor name may appear only once and may not be __metadata__"
+            )));
+        }
+        let end = self.offset + bytes * n as u64;
+        self.header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [self.offset, end]}),
+        );
+        self.offset = end;
+        Ok(())
+    }
+
+    /// The header's length (u64, little-endian) and its JSON, padded with spaces to a
+    /// multiple of 8 bytes as Hugging Face's writer does, so every tensor starts aligned.
+    fn write(self, out: &mut dyn std::io::Write) -> Result<()> {
+        let mut json = serde_json::to_vec(&Value::Object(self.header))
+            .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
+        while json.len() % 8 != 0 {
+            json.push(b' ');
+        }
+        out.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(write_error)?;
+        out.write_all(&json).map_err(write_error)
+    }
+}
+
+fn write_error(e: std::io::Error) -> LabError {
+    LabError::Io(format!("cannot write the safetensors file: {e}"))
+}
+
 /// Writes `tensors` as a safetensors file to `out`, in the given order, all F32
 /// little-endian, with `metadata` as `__metadata__` (string to string; transformers wants
 /// `{"format": "pt"}`). The header is padded with spaces to a multiple of 8 bytes, as
@@ -260,50 +328,15 @@ pub fn write_f32_with(
     metadata: &BTreeMap<String, String>,
     produce: &TensorProducer<'_>,
 ) -> Result<()> {
-    let mut header = Map::new();
-    if !metadata.is_empty() {
-        let meta: Map<String, Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        header.insert("__metadata__".into(), Value::Object(meta));
-    }
+    let mut header = HeaderBuilder::new(metadata);
     let mut layout: Vec<(String, Vec<usize>)> = Vec::new();
-    let mut offset = 0u64;
     produce(&mut |t| {
-        let n: usize = t.shape.iter().product();
-        if n != t.data.len() {
-            return Err(LabError::invalid(format!(
-                "{}: shape {:?} holds {n} values, the data {}",
-                t.name,
-                t.shape,
-                t.data.len()
-            )));
-        }
-        if t.name == "__metadata__" || header.contains_key(&t.name) {
-            return Err(LabError::invalid(format!(
-                "{}: a tensor name may appear only once and may not be __metadata__",
-                t.name
-            )));
-        }
-        let end = offset + 4 * n as u64;
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
+        header.add(&t.name, &t.shape, t.data.len(), "F32", 4)?;
         layout.push((t.name, t.shape));
         Ok(())
     })?;
-    let mut json = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
-    let io = |e: std::io::Error| LabError::Io(format!("cannot write the safetensors file: {e}"));
-    out.write_all(&(json.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    out.write_all(&json).map_err(io)?;
+    header.write(out)?;
+    let io = write_error;
     let mut buf = Vec::with_capacity(1 << 16);
     let mut next = layout.iter();
     produce(&mut |t| {
@@ -366,51 +399,16 @@ pub fn write_tensors(
     tensors: &[TypedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut header = Map::new();
-    if !metadata.is_empty() {
-        let meta: Map<String, Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect();
-        header.insert("__metadata__".into(), Value::Object(meta));
-    }
-    let mut offset = 0u64;
+    let mut header = HeaderBuilder::new(metadata);
     for t in tensors {
-        let n: usize = t.shape.iter().product();
-        if n != t.values.len() {
-            return Err(LabError::invalid(format!(
-                "{}: shape {:?} holds {n} values, the data {}",
-                t.name,
-                t.shape,
-                t.values.len()
-            )));
-        }
-        if t.name == "__metadata__" || header.contains_key(&t.name) {
-            return Err(LabError::invalid(format!(
-                "{}: a tensor name may appear only once and may not be __metadata__",
-                t.name
-            )));
-        }
         let (dtype, size) = match t.values {
             TensorValues::F32(_) => ("F32", 4),
             TensorValues::I64(_) => ("I64", 8),
         };
-        let end = offset + size * n as u64;
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [offset, end]}),
-        );
-        offset = end;
+        header.add(&t.name, &t.shape, t.values.len(), dtype, size)?;
     }
-    let mut json = serde_json::to_vec(&Value::Object(header))
-        .map_err(|e| LabError::invalid(format!("cannot encode the safetensors header: {e}")))?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
-    let io = |e: std::io::Error| LabError::Io(format!("cannot write the safetensors file: {e}"));
-    out.write_all(&(json.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    out.write_all(&json).map_err(io)?;
+    header.write(out)?;
+    let io = write_error;
     let mut buf = Vec::with_capacity(1 << 17);
     for t in tensors {
         match t.values {
