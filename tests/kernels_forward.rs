@@ -505,7 +505,7 @@ fn smollm2_blocks_match_the_cpu_forward_pass() {
     let model = Llama::new(&src, &file, None).unwrap();
     let ends = model.load_ends().unwrap();
     let mut x = model.embed(&ends, &windows).unwrap();
-    let rope = Rope::new(33, model.config.head_dim, model.config.rope_theta).unwrap();
+    let rope = Rope::new(33, model.config.head_dim, model.config.rope.theta).unwrap();
     for block in 0..2 {
         let w = model.load_block(block).unwrap();
         let mut cpu_obs = Record::default();
@@ -576,7 +576,7 @@ fn smollm2_blocks_keep_their_activations_on_the_gpu_with_one_readback() {
     let c = &model.config;
     let ends = model.load_ends().unwrap();
     let x = model.embed(&ends, &windows).unwrap();
-    let rope = Rope::new(t, c.head_dim, c.rope_theta).unwrap();
+    let rope = Rope::new(t, c.head_dim, c.rope.theta).unwrap();
 
     // The CPU blocks, recording every Observer call.
     let mut want = Vec::new();
@@ -670,7 +670,7 @@ fn losing_the_device_mid_block_is_an_error_not_a_panic() {
     let ends = model.load_ends().unwrap();
     let ids: Vec<u32> = (0..7).map(|i| 100 + 37 * i).collect();
     let x = model.embed(&ends, &[&ids]).unwrap();
-    let rope = Rope::new(7, model.config.head_dim, model.config.rope_theta).unwrap();
+    let rope = Rope::new(7, model.config.head_dim, model.config.rope.theta).unwrap();
     let w = model.load_block(0).unwrap();
     let mut obs = LoseDevice { gpu: gpu.clone() };
     match run(block_forward_gpu(&gpu, &model, &w, &x, &rope, &mut obs)) {
@@ -702,7 +702,7 @@ fn a_block_whose_gpu_is_lost_is_redone_on_the_cpu() {
     let ends = model.load_ends().unwrap();
     let ids: Vec<u32> = (0..9).map(|i| 200 + 41 * i).collect();
     let x = model.embed(&ends, &[&ids]).unwrap();
-    let rope = Rope::new(9, model.config.head_dim, model.config.rope_theta).unwrap();
+    let rope = Rope::new(9, model.config.head_dim, model.config.rope.theta).unwrap();
     let w = model.load_block(0).unwrap();
     let mut want_obs = Record::default();
     let want = model.block_forward(&w, &x, &rope, &mut want_obs).unwrap();
@@ -761,7 +761,7 @@ fn batches_on_one_upload_match_the_cpu_and_survive_losing_the_gpu() {
         let b: Vec<u32> = (0..9).map(|i| 900 + 53 * i + k).collect();
         model.embed(&ends, &[&a, &b]).unwrap()
     };
-    let rope = Rope::new(9, model.config.head_dim, model.config.rope_theta).unwrap();
+    let rope = Rope::new(9, model.config.head_dim, model.config.rope.theta).unwrap();
     let w = model.load_block(1).unwrap();
     let inputs: Vec<Tensor> = (0..3).map(batch).collect();
     let want: Vec<Vec<f32>> = inputs

@@ -128,7 +128,7 @@ fn logits_and_hidden_state_match_numpy() {
         (c.hidden, c.layers, c.heads, c.kv_heads, c.head_dim, c.ffn, c.vocab),
         (576, 30, 9, 3, 64, 1536, 49152)
     );
-    assert_eq!(c.rope_theta, 100000.0);
+    assert_eq!(c.rope.theta, 100000.0);
     assert!(c.unpermute_qk);
 
     let mut cap = Capture {

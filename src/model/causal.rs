@@ -257,7 +257,7 @@ impl CausalLm for Llama<'_> {
             "head_dim": c.head_dim,
             "vocab_size": c.vocab,
             "rms_norm_eps": c.rms_eps,
-            "rope_theta": c.rope_theta,
+            "rope_theta": c.rope.theta,
             "rope_scaling": crate::model::rope::hf_rope_scaling(&c.rope),
             "hidden_act": "silu",
             "tie_word_embeddings": self.desc.head.is_none(),

@@ -77,10 +77,9 @@ pub struct LlamaConfig {
     pub vocab: usize,
     /// RMSNorm's eps (GGUF `<arch>.attention.layer_norm_rms_epsilon`, HF `rms_norm_eps`).
     pub rms_eps: f64,
-    /// RoPE base (GGUF `<arch>.rope.freq_base`, HF `rope_parameters.rope_theta` or
-    /// `rope_theta`; 10000 when absent, the default of both llama.cpp and transformers).
-    pub rope_theta: f64,
-    /// The whole RoPE: theta, dims and scaling (`model::rope`).
+    /// The whole RoPE (`model::rope`): its base theta (GGUF `<arch>.rope.freq_base`, HF
+    /// `rope_parameters.rope_theta` or `rope_theta`; 10000 when absent, the default of both
+    /// llama.cpp and transformers), dims and scaling.
     pub rope: RopeSpec,
     /// GGUF "llama": attn_q/attn_k rows are in llama.cpp's interleaved order, undone on load.
     pub unpermute_qk: bool,
@@ -370,7 +369,6 @@ fn from_hf(c: &Value, desc: &ModelDesc, name: &str) -> Result<LlamaConfig> {
         ffn,
         vocab,
         rms_eps,
-        rope_theta: rope.theta,
         rope,
         unpermute_qk: false,
         qk_norm: family == Family::Qwen3,
@@ -573,7 +571,6 @@ fn from_gguf(file: &ModelFile, desc: &ModelDesc, name: &str) -> Result<LlamaConf
         ffn,
         vocab,
         rms_eps,
-        rope_theta: theta,
         rope: RopeSpec {
             theta,
             dim: head_dim,
