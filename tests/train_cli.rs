@@ -106,8 +106,8 @@ fn size_args(o: &TrainOptions) -> Vec<String> {
     .iter()
     .flat_map(|(k, v)| [k.to_string(), v.to_string()])
     .collect();
-    if !o.tied_head {
-        a.push("--untied".into());
+    if o.tied_head {
+        a.push("--tied".into());
     }
     a
 }
@@ -298,6 +298,7 @@ fn bad_input_gives_clear_errors() {
         heads: 4,
         kv_heads: 4,
         ffn: 20,
+        tied_head: true,
         ..TrainOptions::default()
     };
     let init = dir.join("other.safetensors");
@@ -317,14 +318,16 @@ fn bad_input_gives_clear_errors() {
         "--init",
         init.to_str().unwrap(),
     ];
-    let (code, err) = layerlab(&[&base[..], &["--layers", "2", "--width", "16"]].concat());
+    let (code, err) =
+        layerlab(&[&base[..], &["--layers", "2", "--width", "16", "--tied"]].concat());
     assert_eq!(code, 1);
     assert!(
         err.contains("tensor model.layers.2.input_layernorm.weight is not part of the model"),
         "{err}"
     );
     // The same file read as a wider model: the first tensor's shape is wrong.
-    let (code, err) = layerlab(&[&base[..], &["--layers", "4", "--width", "32"]].concat());
+    let (code, err) =
+        layerlab(&[&base[..], &["--layers", "4", "--width", "32", "--tied"]].concat());
     assert_eq!(code, 1);
     assert!(
         err.contains(&format!(
@@ -332,9 +335,8 @@ fn bad_input_gives_clear_errors() {
         )),
         "{err}"
     );
-    // An untied model's file misses lm_head.weight.
-    let (code, err) =
-        layerlab(&[&base[..], &["--layers", "4", "--width", "16", "--untied"]].concat());
+    // The file is a tied model's: read as an untied one (the default), it misses lm_head.weight.
+    let (code, err) = layerlab(&[&base[..], &["--layers", "4", "--width", "16"]].concat());
     assert_eq!(code, 1);
     assert!(err.contains("tensor lm_head.weight is missing"), "{err}");
     // GPU training is not built yet: an error, not a silent CPU run.
@@ -393,7 +395,8 @@ fn out_writes_llama_names_and_the_placement() {
     ]);
     assert_eq!(code, 0, "{err}");
     let (tensors, _) = read_all(&out);
-    assert_eq!(tensors.len(), 1 + 4 * 9 + 1, "tied: no lm_head");
+    assert_eq!(tensors.len(), 1 + 4 * 9 + 1 + 1, "untied: lm_head too");
+    assert_eq!(tensors["lm_head.weight"].len(), tensors["model.embed_tokens.weight"].len());
     assert_eq!(
         tensors["model.layers.3.self_attn.k_proj.weight"].len(),
         4 * 8
@@ -402,5 +405,5 @@ fn out_writes_llama_names_and_the_placement() {
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["layerlab"]["post_ln_blocks"], 2);
     assert_eq!(config["num_key_value_heads"], 1);
-    assert_eq!(config["tie_word_embeddings"], true);
+    assert_eq!(config["tie_word_embeddings"], false);
 }

@@ -66,9 +66,10 @@ pub struct TrainArgs {
     /// Validation loss and angular distance every N steps (and after the last).
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
-    /// An LM head of its own instead of the tied embedding.
+    /// Tie the LM head to the embedding (the Mix-LN code's LLaMA configs untie it: with its
+    /// embedding init N(0, sqrt(2/5)) a tied head starts at a loss near 80).
     #[arg(long)]
-    pub untied: bool,
+    pub tied: bool,
     /// The training text (UTF-8); the last 10% validates.
     #[arg(long)]
     pub text: PathBuf,
@@ -115,7 +116,7 @@ impl TrainArgs {
             eval_every: self.eval_every,
             norm: self.norm,
             alpha: self.alpha,
-            tied_head: !self.untied,
+            tied_head: self.tied,
         }
     }
 }

@@ -108,7 +108,7 @@ impl Default for TrainOptions {
             eval_every: 50,
             norm: NormPlacement::Mix,
             alpha: 0.25,
-            tied_head: true,
+            tied_head: false,
         }
     }
 }
