@@ -396,7 +396,10 @@ fn out_writes_llama_names_and_the_placement() {
     assert_eq!(code, 0, "{err}");
     let (tensors, _) = read_all(&out);
     assert_eq!(tensors.len(), 1 + 4 * 9 + 1 + 1, "untied: lm_head too");
-    assert_eq!(tensors["lm_head.weight"].len(), tensors["model.embed_tokens.weight"].len());
+    assert_eq!(
+        tensors["lm_head.weight"].len(),
+        tensors["model.embed_tokens.weight"].len()
+    );
     assert_eq!(
         tensors["model.layers.3.self_attn.k_proj.weight"].len(),
         4 * 8
@@ -406,4 +409,117 @@ fn out_writes_llama_names_and_the_placement() {
     assert_eq!(config["layerlab"]["post_ln_blocks"], 2);
     assert_eq!(config["num_key_value_heads"], 1);
     assert_eq!(config["tie_word_embeddings"], false);
+}
+
+#[test]
+fn bpe_tokenizer_trains_on_the_ids_an_independent_tokenizer_gives() {
+    // SmolLM2's BPE from its GGUF: the first batch (written by --grads) must be windows of the
+    // ids that Hugging Face's `tokenizers` gives for the same text (tests/reference/
+    // tokenizer_ids.py builds it from the GGUF's vocabulary and merges with gguf-py), taken
+    // from the first 90% of them; the vocabulary is SmolLM2's published 49152; and at the
+    // init (untied head N(0, 0.02), width 16) the logits are near 0, so the first loss is
+    // within 0.05 of ln 49152 = 10.80.
+    let model = root().join(".cache/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        model.is_file(),
+        "{} is missing: run scripts/setup.sh's ensure_models (scripts/test.sh does)",
+        model.display()
+    );
+    let dir = scratch("bpe");
+    let text: String = std::fs::read_to_string("/usr/share/common-licenses/MPL-2.0")
+        .unwrap()
+        .chars()
+        .take(4000)
+        .collect();
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, &text).unwrap();
+    let (grads, report) = (dir.join("grads.safetensors"), dir.join("report.json"));
+    let (code, err) = layerlab(&[
+        "train",
+        "--text",
+        text_path.to_str().unwrap(),
+        "--tokenizer",
+        model.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "2",
+        "--ffn",
+        "16",
+        "--ctx",
+        "16",
+        "--batch",
+        "3",
+        "--steps",
+        "0",
+        "--grads",
+        grads.to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = r.get("report").unwrap_or(&r);
+    assert_eq!(r["vocab_size"], 49152);
+    let (_, loss) = read_all(&grads);
+    let loss: f64 = loss.expect("loss in the metadata").parse().unwrap();
+    assert!((loss - 49152f64.ln()).abs() < 0.05, "first loss {loss}");
+
+    let python = root().join(".cache/venv/bin/python");
+    let script = "import json, sys\n\
+                  from safetensors.numpy import load_file\n\
+                  print(json.dumps(load_file(sys.argv[1])['tokens'].tolist()))\n";
+    let out = Command::new(&python)
+        .args(["-c", script, grads.to_str().unwrap()])
+        .output()
+        .expect("run the Python reference");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut child = Command::new(&python)
+        .arg(root().join("tests/reference/tokenizer_ids.py"))
+        .arg(&model)
+        .arg(root().join(".cache/models/all-minilm-l6-v2/tokenizer.json"))
+        .arg(dir.join("smollm2-tokenizer.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tests/reference/tokenizer_ids.py");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&serde_json::to_vec(&[&text]).unwrap())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u32> = v["hf_gguf"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let train = &ids[..ids.len() * 9 / 10];
+    assert_eq!(batch.len(), 3);
+    for row in &batch {
+        assert_eq!(row.len(), 17);
+        assert!(
+            train.windows(17).any(|w| w == &row[..]),
+            "the window {row:?} is not in the reference ids of the training split"
+        );
+    }
 }
