@@ -212,20 +212,84 @@ pub fn rmsnorm_backward<F: Real>(
 // ---------------------------------------------------------------------------------------
 // Linear (matmul): out = inp W^T, weight (O,I) as Hugging Face stores it
 
-/// out (N,O) = inp (N,I) . weight (O,I)^T; one task per output row.
+/// out (N,O) = inp (N,I) . weight (O,I)^T. One task per 4 rows of out; within it, 2 x 2
+/// register tiles (rows n, n+1 against weight rows o, o+1), each output still summed in
+/// exactly `dot`'s order, so the tiling changes the speed, not the bits.
 pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], weight: &[F], in_dim: usize) {
     let o_dim = weight.len() / in_dim;
-    out.par_chunks_mut(o_dim)
-        .zip(inp.par_chunks(in_dim))
+    out.par_chunks_mut(4 * o_dim)
+        .zip(inp.par_chunks(4 * in_dim))
         .for_each(|(y, x)| {
-            for (o, yo) in y.iter_mut().enumerate() {
-                *yo = dot(x, &weight[o * in_dim..(o + 1) * in_dim]);
+            let rows = x.len() / in_dim;
+            let mut n = 0;
+            while n + 2 <= rows {
+                let (x0, x1) = (
+                    &x[n * in_dim..(n + 1) * in_dim],
+                    &x[(n + 1) * in_dim..(n + 2) * in_dim],
+                );
+                let mut o = 0;
+                while o + 2 <= o_dim {
+                    let (w0, w1) = (
+                        &weight[o * in_dim..(o + 1) * in_dim],
+                        &weight[(o + 1) * in_dim..(o + 2) * in_dim],
+                    );
+                    let [a, b, c, d] = dot_2x2(x0, x1, w0, w1);
+                    y[n * o_dim + o] = a;
+                    y[n * o_dim + o + 1] = b;
+                    y[(n + 1) * o_dim + o] = c;
+                    y[(n + 1) * o_dim + o + 1] = d;
+                    o += 2;
+                }
+                if o < o_dim {
+                    let w0 = &weight[o * in_dim..(o + 1) * in_dim];
+                    y[n * o_dim + o] = dot(x0, w0);
+                    y[(n + 1) * o_dim + o] = dot(x1, w0);
+                }
+                n += 2;
+            }
+            if n < rows {
+                let x0 = &x[n * in_dim..(n + 1) * in_dim];
+                for (o, yo) in y[n * o_dim..(n + 1) * o_dim].iter_mut().enumerate() {
+                    *yo = dot(x0, &weight[o * in_dim..(o + 1) * in_dim]);
+                }
             }
         });
 }
 
-/// dinp (N,I) += dout (N,O) . weight (O,I)  (one task per row of dinp);
-/// dweight (O,I) += dout^T . inp  (one task per row of dweight, rows n in order).
+/// `dot` of (x0, w0), (x0, w1), (x1, w0), (x1, w1) at once: four sets of 8 partial sums,
+/// each accumulated and combined in `dot`'s order (the same bits as four `dot` calls), with
+/// each loaded chunk used twice.
+#[inline]
+fn dot_2x2<F: Real>(x0: &[F], x1: &[F], w0: &[F], w1: &[F]) -> [F; 4] {
+    let mut acc = [[F::ZERO; 8]; 4];
+    let k8 = x0.len() / 8 * 8;
+    for k in (0..k8).step_by(8) {
+        let (a, b) = (&x0[k..k + 8], &x1[k..k + 8]);
+        let (u, v) = (&w0[k..k + 8], &w1[k..k + 8]);
+        for j in 0..8 {
+            acc[0][j] += a[j] * u[j];
+            acc[1][j] += a[j] * v[j];
+            acc[2][j] += b[j] * u[j];
+            acc[3][j] += b[j] * v[j];
+        }
+    }
+    let pairs = [(x0, w0), (x0, w1), (x1, w0), (x1, w1)];
+    let mut out = [F::ZERO; 4];
+    for (i, (a, (x, w))) in acc.iter().zip(pairs).enumerate() {
+        let mut tail = F::ZERO;
+        for (p, q) in x[k8..].iter().zip(&w[k8..]) {
+            tail += *p * *q;
+        }
+        out[i] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+    }
+    out
+}
+
+/// dinp (N,I) += dout (N,O) . weight (O,I);  dweight (O,I) += dout^T . inp.
+/// Each output element adds its terms in index order (o for dinp, n for dweight), starting
+/// from its current value, as a plain `axpy` loop would; the tiles (4 rows x 8 columns held
+/// in registers through the whole reduction) change the speed, not the bits. One task per 4
+/// rows of dinp, and per 4 rows of dweight.
 pub fn matmul_backward<F: Real>(
     dinp: &mut [F],
     dweight: &mut [F],
@@ -235,22 +299,79 @@ pub fn matmul_backward<F: Real>(
     in_dim: usize,
 ) {
     let o_dim = weight.len() / in_dim;
-    dinp.par_chunks_mut(in_dim)
-        .zip(dout.par_chunks(o_dim))
+    // dinp[r][i] += sum_o dout[r][o] * weight[o][i]
+    dinp.par_chunks_mut(4 * in_dim)
+        .zip(dout.par_chunks(4 * o_dim))
         .for_each(|(dx, dy)| {
-            for (o, &g) in dy.iter().enumerate() {
-                axpy(dx, g, &weight[o * in_dim..(o + 1) * in_dim]);
-            }
+            let rows = dx.len() / in_dim;
+            outer_accumulate(
+                dx,
+                rows,
+                in_dim,
+                o_dim,
+                |r, o| dy[r * o_dim + o],
+                |o| &weight[o * in_dim..(o + 1) * in_dim],
+            );
         });
+    // dweight[o][i] += sum_r dout[r][o] * inp[r][i]
     let n = dout.len() / o_dim;
     dweight
-        .par_chunks_mut(in_dim)
+        .par_chunks_mut(4 * in_dim)
         .enumerate()
-        .for_each(|(o, dw)| {
-            for r in 0..n {
-                axpy(dw, dout[r * o_dim + o], &inp[r * in_dim..(r + 1) * in_dim]);
-            }
+        .for_each(|(task, dw)| {
+            let o0 = 4 * task;
+            let rows = dw.len() / in_dim;
+            outer_accumulate(
+                dw,
+                rows,
+                in_dim,
+                n,
+                |oo, r| dout[r * o_dim + o0 + oo],
+                |r| &inp[r * in_dim..(r + 1) * in_dim],
+            );
         });
+}
+
+/// acc (rows <= 4, cols) += sum over k in 0..depth, in order, of coef(row, k) * vec(k)[..]:
+/// per 8-column strip, the rows' partial values stay in registers through the k loop.
+#[inline]
+fn outer_accumulate<'a, F: Real>(
+    acc: &mut [F],
+    rows: usize,
+    cols: usize,
+    depth: usize,
+    coef: impl Fn(usize, usize) -> F,
+    vec: impl Fn(usize) -> &'a [F],
+) {
+    let c8 = cols / 8 * 8;
+    if rows == 4 {
+        for i0 in (0..c8).step_by(8) {
+            let mut t = [[F::ZERO; 8]; 4];
+            for (r, tr) in t.iter_mut().enumerate() {
+                tr.copy_from_slice(&acc[r * cols + i0..r * cols + i0 + 8]);
+            }
+            for k in 0..depth {
+                let v = &vec(k)[i0..i0 + 8];
+                let c = [coef(0, k), coef(1, k), coef(2, k), coef(3, k)];
+                for (tr, &cr) in t.iter_mut().zip(&c) {
+                    for j in 0..8 {
+                        tr[j] += cr * v[j];
+                    }
+                }
+            }
+            for (r, tr) in t.iter().enumerate() {
+                acc[r * cols + i0..r * cols + i0 + 8].copy_from_slice(tr);
+            }
+        }
+    }
+    // The columns past the last full strip, and every column of a short task.
+    let from = if rows == 4 { c8 } else { 0 };
+    for r in 0..rows {
+        let row = &mut acc[r * cols + from..(r + 1) * cols];
+        for k in 0..depth {
+            axpy(row, coef(r, k), &vec(k)[from..]);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
