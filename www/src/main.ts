@@ -127,8 +127,13 @@ function linkBanner(lab: PageLab): void {
   banner.append(text, button);
   heading.after(banner);
   const refresh = () => {
-    const d = lab.describe?.();
-    if (d) text.textContent = `This link holds an experiment: ${d.what}. Reproducing it takes ${d.takes}.`;
+    try {
+      const d = lab.describe?.();
+      if (d) text.textContent = `This link holds an experiment: ${d.what}. Reproducing it takes ${d.takes}.`;
+    } catch (e) {
+      // A control the link set is invalid (or a text file must be chosen again): Run says why.
+      text.textContent = `This link holds an experiment, but ${(e as Error).message}.`;
+    }
   };
   refresh();
   const offModel = modelOpened.subscribe(refresh);

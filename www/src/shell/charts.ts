@@ -64,6 +64,8 @@ export interface ChartState {
   series: { label: string; y: (number | null)[] }[];
   xRange: [number, number];
   yRange: [number, number];
+  /** The labels of the x and the y axis. */
+  ticks: [string[], string[]];
 }
 
 function exposeState(el: HTMLElement, categories: string[] | null = null): uPlot.Hooks.Arrays {
@@ -76,6 +78,9 @@ function exposeState(el: HTMLElement, categories: string[] | null = null): uPlot
           series: u.series.slice(1).map((s, i) => ({ label: String(s.label ?? ''), y: [...(u.data[i + 1] as (number | null)[])] })),
           xRange: [u.scales.x.min ?? NaN, u.scales.x.max ?? NaN],
           yRange: [u.scales.y.min ?? NaN, u.scales.y.max ?? NaN],
+          // The tick labels drawn (uPlot keeps them on each axis after its layout).
+          ticks: u.axes.map((a) => ((a as { _values?: unknown[] })._values ?? [])
+            .filter((v) => v !== null && v !== undefined && v !== '').map(String)) as [string[], string[]],
         };
         el.dataset.chart = JSON.stringify(state);
       },

@@ -147,10 +147,11 @@ export class RunStatus {
       let since: number;
       const phases = plan?.();
       const at = phases ? phases.findIndex((p) => p.stage === stage) : -1;
-      if (phases && at >= 0) {
+      if (phases) {
+        // A stage outside the plan (opening the model) leaves the bar where it is.
         const all = phases.reduce((a, p) => a + p.weight, 0) || 1;
-        const before = phases.slice(0, at).reduce((a, p) => a + p.weight, 0);
-        fraction = Math.max(this.fraction, (before + phases[at].weight * (total > 0 ? done / total : 0)) / all);
+        const before = phases.slice(0, Math.max(0, at)).reduce((a, p) => a + p.weight, 0);
+        fraction = at < 0 ? this.fraction : Math.max(this.fraction, (before + phases[at].weight * (total > 0 ? done / total : 0)) / all);
         since = this.runStart;
       } else {
         if (total !== this.stageTotal || done < this.stageDone) this.stageStart = now;
