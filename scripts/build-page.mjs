@@ -2,7 +2,7 @@
 //   OUT/index.html, style.css, main.js, worker.js, pkg/ (wasm-bindgen output from www/pkg)
 // Usage: node scripts/build-page.mjs OUT [--minify]
 import { build } from 'esbuild';
-import { cpSync, mkdirSync, rmSync, existsSync, linkSync, copyFileSync } from 'node:fs';
+import { cpSync, mkdirSync, rmSync, existsSync, linkSync, copyFileSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -39,8 +39,30 @@ cpSync(pkg, join(out, 'pkg'), { recursive: true });
 // The threaded build (scripts/setup.sh build_wasm), used where the page is
 // cross-origin isolated; without it the page runs the plain build everywhere.
 const pkgThreads = join(root, 'www', 'pkg-threads');
-if (existsSync(join(pkgThreads, 'layerlab.js'))) cpSync(pkgThreads, join(out, 'pkg-threads'), { recursive: true });
-else console.warn('www/pkg-threads is missing: the page will run the WebAssembly on one thread');
+if (existsSync(join(pkgThreads, 'layerlab.js'))) {
+  cpSync(pkgThreads, join(out, 'pkg-threads'), { recursive: true });
+  initWithOneObject(join(out, 'pkg-threads', 'snippets'));
+} else {
+  console.warn('www/pkg-threads is missing: the page will run the WebAssembly on one thread');
+}
+
+/**
+ * wasm-bindgen-rayon 1.3's worker helper (no-bundler) starts each thread with
+ * `pkg.default(module, memory)`, the init call wasm-bindgen 0.2.130 deprecates: every
+ * thread would log "using deprecated parameters for the initialization function; pass a
+ * single object instead". The copy in the site passes the single object instead
+ * (`{ module_or_path, memory }`, which wasm-bindgen's init reads the same way).
+ */
+function initWithOneObject(dir) {
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir, { recursive: true })) {
+    if (!String(name).endsWith('workerHelpers.no-bundler.js')) continue;
+    const file = join(dir, String(name));
+    const old = readFileSync(file, 'utf8');
+    const fixed = old.replace('pkg.default(data.module, data.memory)', 'pkg.default({ module_or_path: data.module, memory: data.memory })');
+    if (fixed !== old) writeFileSync(file, fixed);
+  }
+}
 
 // The built-in model, served beside the page (fetched into the git-ignored cache by
 // scripts/setup.sh's ensure_models). Hard-linked where possible: it is 98 MB.

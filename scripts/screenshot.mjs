@@ -1,5 +1,5 @@
 // Takes the README's screenshot in headless Chromium: the layer view on the built-in model,
-// or, with a QUERY holding tab=prune, a pruning run on it (the run starts and the shot waits
+// or, with a QUERY holding lab=prune (or tab=prune), a pruning run on it (the run starts and the shot waits
 // for it). Usage: node scripts/screenshot.mjs SITE_DIR OUT.png [QUERY]
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,7 +19,7 @@ const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir()
 const page = context.pages()[0] ?? (await context.newPage());
 await page.goto(`http://127.0.0.1:${server.address().port}/${query}`);
 await page.waitForFunction(() => document.getElementById('backend')?.dataset.kind !== '');
-if (query.includes('tab=prune')) {
+if (query.includes('tab=prune') || query.includes('lab=prune')) {
   await page.waitForFunction(() => /^Model: /.test(document.getElementById('prune-model')?.textContent ?? ''), null, { timeout: 300_000 });
   await page.click('#prune-run');
   await page.waitForFunction(() => document.getElementById('prune-status')?.textContent === 'Done.', null, { timeout: 900_000 });

@@ -119,7 +119,21 @@ fn check_against_candle(what: &str, s: &TensorStats, data: &[f32], rows: usize, 
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
+    // A column's outliers are the tensor's: |w| above the tensor's threshold.
+    let col_above = abs
+        .gt(s.outlier_threshold as f64)
+        .unwrap()
+        .to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .mean(0)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     for j in 0..cols {
+        assert_eq!(
+            c.outlier_fraction[j], col_above[j],
+            "{what}: column {j} outlier fraction"
+        );
         assert!(
             rel(c.sum_sq[j], col_sum_sq[j], col_sum_sq[j]) < 1e-5,
             "{what}: column {j} sum_sq"
@@ -184,6 +198,43 @@ fn statistics_match_candle_on_both_engines() {
             let s = stats(&backend, data, *rows, *cols, &StatsOptions::default());
             check_against_candle(&format!("{engine}: {name}"), &s, data, *rows, *cols);
         }
+    }
+}
+
+/// The compute check's planted outlier features (every 97th column, scaled x6) are the
+/// columns with the most outliers, as the page's "Columns with the most outliers" lists
+/// them: counted against the tensor's threshold, each holds far more outliers than any
+/// other column.
+#[test]
+fn planted_outlier_columns_have_the_most_outliers() {
+    let (rows, cols) = (1000, 333);
+    let data = weights(SynthSpec {
+        seed: 7,
+        rows,
+        cols,
+    });
+    let planted: Vec<usize> = (0..cols)
+        .filter(|&j| layerlab::synth::is_outlier_column(j))
+        .collect();
+    assert_eq!(planted, [3, 100, 197, 294]);
+    for (engine, backend) in backends() {
+        let s = stats(&backend, &data, rows, cols, &StatsOptions::default());
+        let f = &s
+            .columns
+            .as_ref()
+            .expect("per-column statistics")
+            .outlier_fraction;
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|&a, &b| f[b].total_cmp(&f[a]));
+        let mut first: Vec<usize> = order[..planted.len()].to_vec();
+        first.sort();
+        assert_eq!(first, planted, "{engine}: fractions {:?}", &order[..8]);
+        let weakest_planted = planted.iter().map(|&j| f[j]).fold(1.0, f64::min);
+        let strongest_other = f[order[planted.len()]];
+        assert!(
+            weakest_planted > 0.2 && strongest_other < 0.05,
+            "{engine}: planted {weakest_planted}, others up to {strongest_other}"
+        );
     }
 }
 

@@ -690,6 +690,22 @@ pub async fn prune_model_on(
     opts: &PruneOptions,
     ctl: &dyn RunControl,
 ) -> Result<PruneRun> {
+    prune_model_reusing(backend, model, calib_ids, eval_ids, opts, ctl, None).await
+}
+
+/// `prune_model_on`, given the dense perplexity of this model on these `eval_ids` with these
+/// `opts.eval` settings when it was already measured (the page keeps its last one): a run
+/// with `dense_ppl` then reports it instead of measuring it again (the dense model does not
+/// change between runs), with a notice, and no dense-perplexity timing.
+pub async fn prune_model_reusing(
+    backend: &Backend,
+    model: &dyn CausalLm,
+    calib_ids: &[u32],
+    eval_ids: Option<&[u32]>,
+    opts: &PruneOptions,
+    ctl: &dyn RunControl,
+    known_dense_ppl: Option<f64>,
+) -> Result<PruneRun> {
     let started = Instant::now();
     opts.check()?;
     let layers = model.layers();
@@ -706,6 +722,7 @@ pub async fn prune_model_on(
         ends: model.load_ends()?,
         rope: model.rope(opts.seqlen)?,
         gpu_notices: Vec::new(),
+        known_dense_ppl,
     };
 
     let dense = driver.dense_pass().await?;
@@ -772,6 +789,8 @@ struct Driver<'a> {
     ends: Ends,
     rope: Option<Rope>,
     gpu_notices: Vec<String>,
+    /// The dense perplexity on the evaluation text, when already measured.
+    known_dense_ppl: Option<f64>,
 }
 
 /// The dense model's outlier distribution: what the allocation and the report need of it.
@@ -1073,7 +1092,13 @@ impl Driver<'_> {
     /// one on `ids`, with their timings, into `run`'s report.
     async fn evaluate(&mut self, run: &mut PruneRun, ids: &[u32]) -> Result<()> {
         let (backend, model, opts, ctl) = (self.backend, self.model, self.opts, self.ctl);
-        let dense = if opts.dense_ppl {
+        let dense = if let (true, Some(ppl)) = (opts.dense_ppl, self.known_dense_ppl) {
+            run.report.notices.push(format!(
+                "The dense perplexity ({ppl:.3}) was measured by an earlier run on the same \
+                 model, text and evaluation settings, and reused."
+            ));
+            Some(ppl)
+        } else if opts.dense_ppl {
             let t = Instant::now();
             let blocks = |i| model.load_block(i);
             let weights = Weights {

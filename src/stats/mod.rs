@@ -89,7 +89,10 @@ pub struct ColumnStats {
     pub min: Vec<f32>,
     pub max: Vec<f32>,
     pub kurtosis: Vec<Option<f64>>,
-    /// |w| > outlier_k x (this column's mean |w|).
+    /// The fraction of this column's values that are outliers of the tensor: |w| >
+    /// outlier_k x (the tensor's mean |w|), the tensor's `outlier_threshold`. An "outlier
+    /// feature" is a column that is large everywhere, so it is counted against the whole
+    /// tensor; against its own mean |w| such a column would have no outliers at all.
     pub outlier_fraction: Vec<f64>,
     pub histogram: Vec<Vec<u64>>,
 }
@@ -544,9 +547,11 @@ async fn run(
     } else {
         Bins::new(total.min, total.max, opts.bins)?
     };
+    // Each column's central moments from its own mean; its outliers against the tensor's
+    // threshold (see ColumnStats::outlier_fraction).
     let centres: Vec<[f32; 2]> = columns
         .iter()
-        .map(|c| [c.mean() as f32, opts.outlier_k * c.mean_abs() as f32])
+        .map(|c| [c.mean() as f32, threshold])
         .collect();
 
     // Pass 2: central moments, outliers, histograms.

@@ -19,7 +19,7 @@ use crate::io::{ByteSource, Format, ModelFile};
 use crate::model::causal::{load_causal_lm, CausalLm};
 use crate::model::llama::to_vec;
 use crate::model::{describe, ModelDesc};
-use crate::prune::driver::{export_safetensors, hf_config, prune_model_on, PruneRun};
+use crate::prune::driver::{export_safetensors, hf_config, prune_model_reusing, PruneRun};
 use crate::stats::model::{model_info, model_stats};
 use crate::stats::tensor_stats;
 use crate::stats::Histogram;
@@ -283,6 +283,17 @@ pub struct Lab {
     cancel: Rc<Cell<bool>>,
     model: std::cell::RefCell<Option<Rc<OpenModel>>>,
     last_run: std::cell::RefCell<Option<LastRun>>,
+    /// The last dense perplexity measured, and what it depends on: a later run on the same
+    /// model, text and evaluation settings reuses it.
+    dense_ppl: std::cell::RefCell<Option<DensePpl>>,
+}
+
+/// A measured dense perplexity and what it was measured on.
+struct DensePpl {
+    model: Rc<OpenModel>,
+    eval_text: String,
+    eval: String,
+    perplexity: f64,
 }
 
 /// A `Write` that hands what is written to JavaScript in pieces of `PART` bytes.
@@ -348,6 +359,7 @@ impl Lab {
             cancel: Rc::new(Cell::new(false)),
             model: Default::default(),
             last_run: Default::default(),
+            dense_ppl: Default::default(),
         }
     }
 
@@ -430,6 +442,8 @@ impl Lab {
             desc: &desc,
             tensors: &file.tensors,
         })?;
+        // A dense perplexity belongs to the model it was measured on.
+        *self.dense_ppl.borrow_mut() = None;
         *self.model.borrow_mut() = Some(Rc::new(OpenModel {
             source,
             file,
@@ -475,16 +489,31 @@ impl Lab {
             let tok = model.tokenizer().map_err(to_js_err)?;
             let calib_ids = tok.encode(&calib).map_err(to_js_err)?;
             let eval_ids = tok.encode(&eval).map_err(to_js_err)?;
-            let run = prune_model_on(
+            let eval_key = serde_json::to_string(&spec.options.eval)
+                .map_err(|e| JsValue::from_str(&e.to_string()))?;
+            let known = self.dense_ppl.borrow().as_ref().and_then(|d| {
+                (Rc::ptr_eq(&d.model, &model) && d.eval_text == eval && d.eval == eval_key)
+                    .then_some(d.perplexity)
+            });
+            let run = prune_model_reusing(
                 &self.backend,
                 lm.as_ref(),
                 &calib_ids,
                 Some(&eval_ids),
                 &spec.options,
                 &ctl,
+                known,
             )
             .await
             .map_err(to_js_err)?;
+            if let Some(perplexity) = run.report.perplexity.as_ref().and_then(|p| p.dense) {
+                *self.dense_ppl.borrow_mut() = Some(DensePpl {
+                    model: model.clone(),
+                    eval_text: eval,
+                    eval: eval_key,
+                    perplexity,
+                });
+            }
             (run, tok.describe.clone())
         };
         let out = to_js(&Report {

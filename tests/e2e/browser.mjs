@@ -1,6 +1,7 @@
 // What the browser tests share: the built site served on a free port, and Debian's Chromium
 // (playwright-core, a fresh profile each time) with the flags this machine needs, collecting
-// console errors and page errors so every test can assert there were none.
+// console errors and page errors so every test can assert there were none (and, apart,
+// console warnings).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -27,11 +28,15 @@ export async function openPage(url, flags = []) {
   });
   const page = context.pages()[0] ?? (await context.newPage());
   const problems = [];
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+  const warnings = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()}`);
+    if (m.type() === 'warning') warnings.push(`console warning: ${m.text()}`);
+  });
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
   await page.goto(url);
   const close = async () => { await context.close(); rmSync(profile, { recursive: true, force: true }); };
-  return { page, problems, close };
+  return { page, problems, warnings, close };
 }
 
 /** The page's address as the page has it now (Playwright's page.url() follows

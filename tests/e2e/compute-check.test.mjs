@@ -171,3 +171,29 @@ test('the page report reruns in the CLI to the same numbers, and the link reads 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("the planted outlier columns lead the list, counted as the CLI counts them, and the histogram has axes", async () => {
+  const { page, problems, close } = await openLab([], '?v=2&lab=compute&backend=cpu');
+  try {
+    await runCheck(page);
+    // The default matrix plants an outlier feature in every 97th column from 3: 3, 100, 197
+    // and 294 (src/synth.rs). Counted against the matrix's threshold, they hold the most
+    // outliers.
+    const listed = await page.$$eval('#columns-table tbody tr', (trs) => trs.map((tr) => Number(tr.dataset.column)));
+    assert.deepEqual(listed.slice(0, 4).sort((a, b) => a - b), [3, 100, 197, 294], `listed ${listed}`);
+    const ref = cli(['--seed', '7', '--rows', '1000', '--cols', '333', '--k', '5', '--bins', '64', '--backend', 'cpu']).stats;
+    const shown = await page.$$eval('#columns-table tbody tr', (trs) => trs.map((tr) => Number(tr.children[2].textContent)));
+    listed.forEach((col, i) => {
+      assert.ok(Math.abs(shown[i] - ref.columns.outlier_fraction[col]) < 1e-3, `column ${col}: page ${shown[i]} vs CLI ${ref.columns.outlier_fraction[col]}`);
+    });
+    // The histogram is a chart with both axes, every bin inside its x range.
+    assert.equal(await page.$$eval('#histogram .u-axis', (a) => a.length), 2);
+    const chart = await page.$eval('#histogram', (el) => JSON.parse(el.dataset.chart));
+    assert.equal(chart.x.length, 64);
+    assert.ok(chart.xRange[0] < ref.histogram.lo && chart.xRange[1] > ref.histogram.hi, `x range ${chart.xRange}`);
+    assert.deepEqual(chart.series[0].y.map((c) => c ?? 0), ref.histogram.counts);
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});

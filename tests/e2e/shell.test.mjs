@@ -94,3 +94,41 @@ test('the status line estimates the time left from the pace of the stage, and st
   assert.deepEqual(metrics, [{ stage: 'block', step: 2, values: { loss: 3.5, grad_norm: [0.1, 0.2] } }]);
   assert.equal(shell.duration(185), '3 min 5 s');
 });
+
+test('with a plan, the bar shows the whole run, never goes back, and estimates from the run\'s start', async () => {
+  const el = () => ({ textContent: '', hidden: true, disabled: true, max: 1, value: 0, addEventListener() {} });
+  const elements = { progress: el(), status: el(), error: el(), cancel: el() };
+  const status = new shell.RunStatus(elements, { cancel() {} });
+  const now = performance.now;
+  let t = 0;
+  performance.now = () => t;
+  try {
+    status.setBusy(true);
+    // Two phases, the second three times as long as the first.
+    const plan = [{ stage: 'a', weight: 1 }, { stage: 'b', weight: 3 }];
+    const track = status.tracker((stage, done, total) => `${stage} ${done} of ${total}`, () => plan);
+    const fractions = [];
+    const step = (stage, done, total) => {
+      track(stage, done, total);
+      fractions.push(elements.progress.value / elements.progress.max);
+    };
+    step('a', 0, 10);
+    t = 5000;
+    step('a', 10, 10);
+    assert.equal(elements.progress.value / elements.progress.max, 0.25);
+    // 5 s for a quarter of the run: 15 s left.
+    assert.equal(elements.status.textContent, 'a 10 of 10 (about 15 s left)');
+    step('b', 0, 30);
+    t = 10_000;
+    step('b', 15, 30);
+    assert.equal(fractions.at(-1), 0.625);
+    // A stage outside the plan keeps the bar where it is.
+    step('elsewhere', 1, 100);
+    assert.equal(fractions.at(-1), 0.625);
+    for (let i = 1; i < fractions.length; i++) assert.ok(fractions[i] >= fractions[i - 1], `${fractions}`);
+    assert.equal(status.done, 0.625);
+    status.setBusy(false);
+  } finally {
+    performance.now = now;
+  }
+});

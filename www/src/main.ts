@@ -7,16 +7,34 @@ import { LabClient, type Ready } from './shell/lab-client';
 import { defaultsOf, type LabContext, type LabModule, type PageLab } from './shell/lab';
 import { ModelService } from './shell/model';
 import { UrlState } from './shell/url-state';
+import { modelOpened } from './shell/events';
+import { activity } from './shell/status';
 import type { BackendInfo, Experiment, LabName } from './protocol';
 
 const backendLine = document.getElementById('backend') as HTMLParagraphElement;
 const statusBar = document.getElementById('page-notice') as HTMLParagraphElement;
 
+/** Adapters that emulate a GPU on the CPU (Chromium's SwiftShader, Mesa's llvmpipe). */
+const SOFTWARE_GPU = /swiftshader|subzero|llvmpipe|lavapipe|software/i;
+
 function showBackend(b: BackendInfo): void {
   backendLine.dataset.kind = b.kind;
   backendLine.textContent =
     b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`;
+  // "auto" never picks a software adapter (Rust's Backend::auto_from); ?backend=gpu can.
+  const software = b.kind === 'gpu' && SOFTWARE_GPU.test(b.name);
+  backendLine.dataset.software = String(software);
+  if (software && !softwareSaid) {
+    softwareSaid = true;
+    notice(
+      `This GPU is a software adapter (${b.name}): a program that emulates a GPU on this computer's CPU. ` +
+      'It was chosen by hand with ?backend=gpu, and every run is far slower here than on the CPU backend: ' +
+      "expect roughly 50 to 100 times longer (SmolLM2's statistics in the Layers tab take about 8 s on the CPU and " +
+      'more than 10 minutes on SwiftShader). Remove backend=gpu from the address to use the CPU.',
+    );
+  }
 }
+let softwareSaid = false;
 
 function notice(text: string): void {
   statusBar.hidden = false;
@@ -87,6 +105,51 @@ function start(ready: Ready, loaded: { name: LabName; module: LabModule }[]): vo
   };
   for (const { name, module } of loaded) labs.set(name, module.create(ctx));
   showTab(first?.lab ?? 'layers');
+  // A link that holds an experiment (more than a tab) says so, with one button to run it.
+  const holdsExperiment = [...params.keys()].some((k) => !['v', 'lab', 'tab', 'backend'].includes(k) && !k.startsWith('view.'));
+  const lab = first ? labs.get(first.lab) : undefined;
+  if (holdsExperiment && lab?.describe && lab.runNow) linkBanner(lab);
+}
+
+/** The banner of a link's experiment: what it holds, how long it takes, one Run button. It
+ *  goes when the run starts (from it or from the lab's own button). */
+function linkBanner(lab: PageLab): void {
+  const panel = document.getElementById(lab.name);
+  const heading = panel?.querySelector('h2');
+  if (!panel || !heading) return;
+  const banner = document.createElement('div');
+  banner.className = 'link-banner';
+  banner.id = `${lab.name}-link-banner`;
+  const text = document.createElement('p');
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.textContent = 'Run this experiment';
+  banner.append(text, button);
+  heading.after(banner);
+  const refresh = () => {
+    try {
+      const d = lab.describe?.();
+      if (d) text.textContent = `This link holds an experiment: ${d.what}. Reproducing it takes ${d.takes}.`;
+    } catch (e) {
+      // A control the link set is invalid (or a text file must be chosen again): Run says why.
+      text.textContent = `This link holds an experiment, but ${(e as Error).message}.`;
+    }
+  };
+  refresh();
+  const offModel = modelOpened.subscribe(refresh);
+  const done = () => {
+    banner.remove();
+    offModel();
+    offRun();
+  };
+  const owner = tabs.find((t) => t.dataset.tab === lab.name)?.textContent?.trim();
+  const offRun = activity.subscribe((a) => {
+    if (a && a.owner === owner) done();
+  });
+  button.addEventListener('click', () => {
+    done();
+    lab.runNow?.();
+  });
 }
 
 Promise.all([client.ready, modules]).then(([ready, loaded]) => start(ready, loaded), (e: Error) => {

@@ -52,21 +52,110 @@ export function plotCanvas(u: uPlot): HTMLCanvasElement {
   return out;
 }
 
+/**
+ * What a chart shows, kept on its element as `data-chart` (JSON) at every draw, so the
+ * browser tests check a chart's data and axis ranges rather than its pixels: x (bin centres,
+ * blocks, or the index of a category), the category labels where x is categorical, every
+ * series, and the x and y ranges drawn.
+ */
+export interface ChartState {
+  x: number[];
+  categories: string[] | null;
+  series: { label: string; y: (number | null)[] }[];
+  xRange: [number, number];
+  yRange: [number, number];
+  /** The labels of the x and the y axis. */
+  ticks: [string[], string[]];
+}
+
+function exposeState(el: HTMLElement, categories: string[] | null = null): uPlot.Hooks.Arrays {
+  return {
+    draw: [
+      (u: uPlot) => {
+        const state: ChartState = {
+          x: [...(u.data[0] as number[])],
+          categories,
+          series: u.series.slice(1).map((s, i) => ({ label: String(s.label ?? ''), y: [...(u.data[i + 1] as (number | null)[])] })),
+          xRange: [u.scales.x.min ?? NaN, u.scales.x.max ?? NaN],
+          yRange: [u.scales.y.min ?? NaN, u.scales.y.max ?? NaN],
+          // The tick labels drawn (uPlot keeps them on each axis after its layout).
+          ticks: u.axes.map((a) => ((a as { _values?: unknown[] })._values ?? [])
+            .filter((v) => v !== null && v !== undefined && v !== '').map(String)) as [string[], string[]],
+        };
+        el.dataset.chart = JSON.stringify(state);
+      },
+    ],
+  };
+}
+
+/** The chart state `exposeState` keeps on `el`, or null before it is drawn. */
+export function chartState(el: HTMLElement): ChartState | null {
+  return el.dataset.chart ? (JSON.parse(el.dataset.chart) as ChartState) : null;
+}
+
+/**
+ * An x range that keeps every bar and point whole inside the plot: bars get half their
+ * spacing beyond the first and last x; points 5% of the span, and at least 2% of their size
+ * either side, so values that are nearly equal (50% and 49.9% sparsity) sit well inside an
+ * axis with readable ticks instead of on its two edges.
+ */
+export function paddedRange(xs: number[], bars: boolean): [number, number] {
+  const v = xs.filter((x) => Number.isFinite(x));
+  if (v.length === 0) return [0, 1];
+  const lo = Math.min(...v);
+  const hi = Math.max(...v);
+  if (bars) {
+    const sorted = [...new Set(v)].sort((a, b) => a - b);
+    let step = Infinity;
+    for (let i = 1; i < sorted.length; i++) step = Math.min(step, sorted[i] - sorted[i - 1]);
+    const half = Number.isFinite(step) ? step / 2 : Math.max(0.5, Math.abs(lo) * 0.02);
+    return [lo - half, hi + half];
+  }
+  const pad = Math.max(0.05 * (hi - lo), 0.02 * Math.max(Math.abs(lo), Math.abs(hi)), 1e-9);
+  return [lo - pad, hi + pad];
+}
+
+/**
+ * A log axis labelled at 1, 2 and 5 of every decade (uPlot labels only the powers of ten,
+ * which leaves a kurtosis axis from 3 to 300 with two labels); only the powers of ten when it
+ * spans more than four decades.
+ */
+function logAxis(label: string): uPlot.Axis {
+  return {
+    label,
+    size: 70,
+    filter: (_u, splits) => splits,
+    values: (u, splits) => {
+      const lo = u.scales.y.min ?? 1;
+      const hi = u.scales.y.max ?? 10;
+      const decades = Math.log10(hi / Math.max(lo, 1e-300));
+      return splits.map((v) => {
+        if (!(v > 0)) return '';
+        const lead = Math.round(v / 10 ** Math.floor(Math.log10(v) + 1e-9));
+        const keep = decades > 4 ? lead === 1 : lead === 1 || lead === 2 || lead === 5;
+        return keep ? fmt(v) : '';
+      });
+    },
+  };
+}
+
 /** Bars of one value per block (x = block index). */
 export function barsPerBlock(el: HTMLElement, label: string, x: number[], y: (number | null)[], log = false): uPlot {
   el.replaceChildren();
   const width = Math.max(320, el.clientWidth || 640);
+  const range = paddedRange(x, true);
   return new uPlot(
     {
       width,
       height: 240,
-      scales: { x: { time: false }, y: log ? { distr: 3 } : {} },
-      axes: [{ label: 'block' }, { label, size: 70 }],
+      scales: { x: { time: false, range: () => range }, y: log ? { distr: 3 } : {} },
+      axes: [{ label: 'block' }, log ? logAxis(label) : { label, size: 70 }],
       series: [
         { label: 'block' },
         { label, stroke: BLUE, fill: BLUE + '99', paths: uPlot.paths.bars!({ size: [0.7, 40] }), points: { show: false } },
       ],
       legend: { live: true },
+      hooks: exposeState(el),
     },
     [x, y.map((v) => (v === null || (log && v <= 0) ? null : v))] as uPlot.AlignedData,
     el,
@@ -89,12 +178,14 @@ export function histogram(el: HTMLElement, lo: number, hi: number, counts: numbe
   el.replaceChildren();
   const width = Math.max(320, el.clientWidth || 640);
   const x = binCentres({ lo, hi, counts });
+  const range = paddedRange(x, true);
   return new uPlot(
     {
       width,
       height: 220,
-      scales: { x: { time: false }, y: { distr: 3 } },
-      axes: [{ label: 'value' }, { label: 'count (log)', size: 70 }],
+      scales: { x: { time: false, range: () => range }, y: { distr: 3 } },
+      axes: [{ label: 'value' }, logAxis('count (log)')],
+      hooks: exposeState(el),
       series: [
         { label: 'bin centre', value: (_u, v) => fmt(v) },
         { label: 'count', stroke: BLUE, fill: BLUE + '99', paths: uPlot.paths.bars!({ size: [1, 100] }), points: { show: false } },
@@ -123,7 +214,10 @@ export interface Heatmap {
 
 /**
  * A rows x columns heatmap (rows = linear roles, columns = blocks), colour on a linear or
- * log scale; hovering a cell shows its value in `tip`.
+ * log scale; hovering a cell shows its value in `tip`, clicking it calls `onPick(row, col)`.
+ * The colour bar beside it is labelled with the lowest and highest value (one label when
+ * they are equal) and the quantity, and the canvas is as wide as its labels need. What it
+ * shows is kept on the canvas as `data-chart` (rows, columns, the colour range) for tests.
  */
 export function heatmap(
   canvas: HTMLCanvasElement,
@@ -134,17 +228,13 @@ export function heatmap(
   label: string,
   log: boolean,
   xName = 'block',
+  onPick?: (r: number, c: number) => void,
 ): Heatmap {
   const left = 90;
   const top = 8;
   const bottom = 40;
-  const right = 90;
   const cw = Math.max(8, Math.min(28, Math.floor(900 / Math.max(1, cols.length))));
   const ch = 22;
-  canvas.width = left + cols.length * cw + right;
-  canvas.height = top + rows.length * ch + bottom;
-  const ctx = canvas.getContext('2d');
-  if (!ctx) return { canvas };
   const vals: number[] = [];
   for (let r = 0; r < rows.length; r++) for (let c = 0; c < cols.length; c++) {
     const v = value(r, c);
@@ -153,9 +243,22 @@ export function heatmap(
   const lo = Math.min(...vals);
   const hi = Math.max(...vals);
   const span = hi > lo ? hi - lo : 1;
+  const show = (v: number) => fmt(log ? 10 ** v : v);
+  const font = '12px system-ui, sans-serif';
+  // The colour bar's labels decide the right margin: bar, gap, numbers, gap, the quantity
+  // written upwards.
+  const measure = canvas.getContext('2d');
+  if (!measure) return { canvas };
+  measure.font = font;
+  const numbers = vals.length ? Math.max(measure.measureText(show(hi)).width, measure.measureText(show(lo)).width) : 0;
+  const right = 16 + 12 + 6 + Math.ceil(numbers) + 8 + 16;
+  canvas.width = left + cols.length * cw + right;
+  canvas.height = Math.max(top + rows.length * ch + bottom, top + Math.ceil(measure.measureText(label).width) + 16);
+  const ctx = canvas.getContext('2d');
+  if (!ctx) return { canvas };
   ctx.fillStyle = 'white';
   ctx.fillRect(0, 0, canvas.width, canvas.height);
-  ctx.font = '12px system-ui, sans-serif';
+  ctx.font = font;
   ctx.textBaseline = 'middle';
   for (let r = 0; r < rows.length; r++) {
     ctx.fillStyle = '#1d232a';
@@ -177,30 +280,47 @@ export function heatmap(
   const bx = left + cols.length * cw + 16;
   const bh = rows.length * ch;
   for (let i = 0; i < bh; i++) {
-    ctx.fillStyle = colour(1 - i / bh);
+    ctx.fillStyle = colour(hi > lo ? 1 - i / bh : 0);
     ctx.fillRect(bx, top + i, 12, 1);
   }
   ctx.textAlign = 'left';
   ctx.fillStyle = '#1d232a';
-  const show = (v: number) => fmt(log ? 10 ** v : v);
   if (vals.length) {
-    ctx.fillText(show(hi), bx + 16, top + 6);
-    ctx.fillText(show(lo), bx + 16, top + bh - 6);
+    ctx.fillText(show(hi), bx + 18, top + 6);
+    if (hi > lo) ctx.fillText(show(lo), bx + 18, top + bh - 6);
   }
+  ctx.save();
+  ctx.translate(bx + 18 + numbers + 8 + 8, top + bh / 2);
+  ctx.rotate(-Math.PI / 2);
+  ctx.textAlign = 'center';
+  ctx.fillText(log ? `${label} (log)` : label, 0, 0);
+  ctx.restore();
+  canvas.dataset.chart = JSON.stringify({
+    rows,
+    cols,
+    colourRange: vals.length ? [log ? 10 ** lo : lo, log ? 10 ** hi : hi] : null,
+    width: canvas.width,
+    labelsEnd: bx + 18 + numbers,
+  });
   canvas.setAttribute('aria-label', `${label} per ${xName} and ${rows.length > 0 ? 'row' : 'linear layer'}`);
-  canvas.onmousemove = (ev) => {
+  const cellAt = (ev: MouseEvent): [number, number] | null => {
     const rect = canvas.getBoundingClientRect();
     const x = ((ev.clientX - rect.left) * canvas.width) / rect.width;
     const y = ((ev.clientY - rect.top) * canvas.height) / rect.height;
     const c = Math.floor((x - left) / cw);
     const r = Math.floor((y - top) / ch);
-    if (r >= 0 && r < rows.length && c >= 0 && c < cols.length) {
-      tip.textContent = `${xName} ${cols[c]}, ${rows[r]}: ${label} = ${fmt(value(r, c))}`;
-    } else {
-      tip.textContent = '';
-    }
+    return r >= 0 && r < rows.length && c >= 0 && c < cols.length ? [r, c] : null;
+  };
+  canvas.onmousemove = (ev) => {
+    const at = cellAt(ev);
+    tip.textContent = at ? `${xName} ${cols[at[1]]}, ${rows[at[0]]}: ${label} = ${fmt(value(at[0], at[1]))}${onPick ? ' (click to select)' : ''}` : '';
   };
   canvas.onmouseleave = () => (tip.textContent = '');
+  canvas.style.cursor = onPick ? 'pointer' : '';
+  canvas.onclick = (ev) => {
+    const at = cellAt(ev);
+    if (at && onPick) onPick(at[0], at[1]);
+  };
   return { canvas };
 }
 
@@ -216,20 +336,35 @@ export interface Series {
 /**
  * Several series over one x axis, as lines with points (or bars for a series that asks).
  * `log` puts y on a log scale (non-positive values become gaps). Hovering shows every
- * series' value at that x.
+ * series' value at that x. With `categories`, x is not a quantity but one of these names
+ * (runs): the axis names each at its place, x = 0 … n-1. The x axis always keeps every bar
+ * and point inside the plot (`paddedRange`).
  */
-export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number[], series: Series[], opts: { log?: boolean; height?: number } = {}): uPlot {
+export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number[], series: Series[],
+  opts: { log?: boolean; height?: number; categories?: string[] } = {}): uPlot {
   el.replaceChildren();
   const width = Math.max(320, el.clientWidth || 640);
   const clean = (y: (number | null)[]) => y.map((v) => (v === null || !Number.isFinite(v) || (opts.log && v <= 0) ? null : v));
+  const cats = opts.categories ?? null;
+  const xs = cats ? cats.map((_, i) => i) : x;
+  const range = paddedRange(xs, cats !== null || series.some((s) => s.bars));
+  const tilt = cats !== null && cats.length > 3;
+  const xAxis: uPlot.Axis = cats
+    ? {
+      label: xLabel,
+      splits: () => xs,
+      values: (_u, splits) => splits.map((v) => cats[v] ?? ''),
+      ...(tilt ? { rotate: -20, size: 90 } : { size: 50 }),
+    }
+    : { label: xLabel };
   return new uPlot(
     {
       width,
-      height: opts.height ?? 240,
-      scales: { x: { time: false }, y: opts.log ? { distr: 3 } : {} },
-      axes: [{ label: xLabel }, { label: yLabel, size: 70 }],
+      height: (opts.height ?? 240) + (tilt ? 40 : 0),
+      scales: { x: { time: false, range: () => range }, y: opts.log ? { distr: 3 } : {} },
+      axes: [xAxis, opts.log ? logAxis(yLabel) : { label: yLabel, size: 70 }],
       series: [
-        { label: xLabel, value: (_u, v) => fmt(v) },
+        { label: xLabel, value: (_u, v) => (cats ? (cats[v] ?? '') : fmt(v)) },
         ...series.map((s, i) => {
           const c = PALETTE[i % PALETTE.length];
           return s.bars
@@ -238,8 +373,9 @@ export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number
         }),
       ],
       legend: { live: true },
+      hooks: exposeState(el, cats),
     },
-    [x, ...series.map((s) => clean(s.y))] as uPlot.AlignedData,
+    [xs, ...series.map((s) => clean(s.y))] as uPlot.AlignedData,
     el,
   );
 }

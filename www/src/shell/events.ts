@@ -6,6 +6,8 @@ export interface ModelOpened {
   source: ModelSource;
   /** One line naming the file, its format, architecture and sizes. */
   summary: string;
+  /** Its parameters (for estimates of how long a run takes). */
+  params: number;
 }
 
 type Listener<T> = (value: T) => void;

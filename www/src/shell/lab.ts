@@ -27,6 +27,11 @@ export interface PageLab {
   experiment(): Experiment;
   /** The view settings that ride along in the address (`stat` becomes `view.stat`). */
   view?(): Record<string, string>;
+  /** For the banner of a link that holds an experiment: what the controls' experiment is and
+   *  about how long it takes to run, in words ("OWL-Wanda at 50% …", "about 4 minutes"). */
+  describe?(): { what: string; takes: string };
+  /** Runs the experiment the controls show, as the lab's own Run button does. */
+  runNow?(): void;
 }
 
 export interface LabModule {

@@ -28,7 +28,7 @@ export class ModelService {
     this.request = request;
     this.source = reply.source;
     this.openedIn = this.client.generation;
-    modelOpened.emit({ source: reply.source, summary: modelSummary(reply) });
+    modelOpened.emit({ source: reply.source, summary: modelSummary(reply), params: reply.opened.info.params });
     return reply;
   }
 

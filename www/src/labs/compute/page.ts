@@ -1,10 +1,10 @@
 // The compute check: statistics of a seeded synthetic matrix on the page's backend, the
 // same numbers `layerlab reduce` prints, so the page and the CLI can be compared directly.
 
-import { download, fmt, keyValueRows, tableRows } from '../../shell/charts';
+import { download, fmt, histogram, keyValueRows, Plots, tableRows } from '../../shell/charts';
 import { $, numberFrom, onEdit, show } from '../../shell/dom';
 import type { LabContext, PageLab } from '../../shell/lab';
-import { RunStatus } from '../../shell/status';
+import { duration, RunStatus } from '../../shell/status';
 import type { ComputeSpec, Experiment, ExperimentOf, StatsRun } from '../../protocol';
 
 export function create(ctx: LabContext): PageLab {
@@ -67,6 +67,22 @@ class ComputeCheck implements PageLab {
   }
 
   activate(): void {}
+
+  describe(): { what: string; takes: string } {
+    const e = this.experiment();
+    if (e.lab !== 'compute') throw new Error('not a compute check');
+    const values = e.rows * e.cols;
+    // Two passes over the values, some 20 million values a second in the browser's CPU path.
+    const s = values / 2e7;
+    return {
+      what: `the statistics of a seeded ${e.rows} × ${e.cols} synthetic matrix (seed ${e.seed}, k = ${e.outlier_k}, ${e.bins} bins${e.per_column ? ', per column too' : ''})`,
+      takes: s < 1 ? 'about a second' : `about ${duration(s)}`,
+    };
+  }
+
+  runNow(): void {
+    void this.run();
+  }
 
   experiment(): Experiment {
     const int = (el: HTMLInputElement, name: string, min: number, max: number): number =>
@@ -140,26 +156,16 @@ class ComputeCheck implements PageLab {
       td.dataset.stat = key;
       if (key !== 'shape') td.dataset.value = String(value);
     });
+    this.result.hidden = false;
     this.drawHistogram(s.histogram.counts, s.histogram.lo, s.histogram.hi);
     this.drawColumns(run);
-    this.result.hidden = false;
   }
 
+  private plots = new Plots();
+
   private drawHistogram(counts: number[], lo: number, hi: number): void {
-    const canvas = $<HTMLCanvasElement>('histogram');
-    const ctx = canvas.getContext('2d');
-    if (!ctx) return;
-    const w = canvas.width;
-    const h = canvas.height;
-    ctx.clearRect(0, 0, w, h);
-    // Log scale: heavy tails are the point of this view.
-    const top = Math.log10(1 + Math.max(1, ...counts));
-    const bw = w / counts.length;
-    ctx.fillStyle = '#3b6ea8';
-    counts.forEach((c, i) => {
-      const bh = (Math.log10(1 + c) / top) * (h - 4);
-      ctx.fillRect(i * bw + 0.5, h - bh, Math.max(1, bw - 1), bh);
-    });
+    // Log-scaled counts: heavy tails are the point of this view.
+    this.plots.draw('hist', () => histogram($('histogram'), lo, hi, counts));
     $('histogram-caption').textContent =
       `Histogram of the values over [${fmt(lo)}, ${fmt(hi)}], ${counts.length} bins, log-scaled counts.`;
   }
@@ -170,7 +176,10 @@ class ComputeCheck implements PageLab {
     table.hidden = c === null;
     if (!c) return;
     const order = c.outlier_fraction.map((_, i) => i).sort((a, b) => c.outlier_fraction[b] - c.outlier_fraction[a]);
+    const top = order.slice(0, 8);
     tableRows(table.querySelector('tbody') as HTMLTableSectionElement,
-      order.slice(0, 8).map((i) => [String(i), fmt(c.mean_abs[i]), fmt(c.outlier_fraction[i]), fmt(c.kurtosis[i])]));
+      top.map((i) => [String(i), fmt(c.mean_abs[i]), fmt(c.outlier_fraction[i]), fmt(c.kurtosis[i])]), (tr, i) => {
+        tr.dataset.column = String(top[i]);
+      });
   }
 }

@@ -240,9 +240,13 @@ class ReportView {
     const roles = [...new Set(blocks.flatMap((b) => b.linears))];
     const byKey = new Map<string, Entry<TensorEntry>>();
     for (const t of this.r.tensors) if (t.block !== null && t.role) byKey.set(`${t.block}/${t.role}`, t);
+    const cellTensor = (ri: number, ci: number) => byKey.get(`${blocks[ci].index}/${roles[ri]}`);
     heatmap($<HTMLCanvasElement>('heatmap'), $('heatmap-tip'), roles, blocks.map((b) => b.index),
-      (ri, ci) => statOf(byKey.get(`${blocks[ci].index}/${roles[ri]}`)?.stats ?? null, stat), label, log);
-    $('heatmap-title').textContent = `${label} per block and linear layer`;
+      (ri, ci) => statOf(cellTensor(ri, ci)?.stats ?? null, stat), label, log, 'block', (ri, ci) => {
+        const t = cellTensor(ri, ci);
+        if (t?.stats) this.select(t.name);
+      });
+    $('heatmap-title').textContent = `${label} per block and linear layer (click a cell for its histogram)`;
   }
 
   private fillTensorPicker(): void {
