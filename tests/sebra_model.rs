@@ -6,6 +6,7 @@
 //!   point, as the authors' `detach()` / `no_grad` makes them constants), and
 //! - PyTorch in f32 (tests/reference/sebra_torch.py, written from METHODS.md) from the same
 //!   weights and batch.
+//!
 //! Plus: the same bits with 1 and 2 threads, and the optimizers against torch's update rule.
 
 use std::collections::BTreeMap;
