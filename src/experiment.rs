@@ -173,6 +173,15 @@ pub struct ComputeSpec {
     pub stats: StatsOptions,
 }
 
+/// The bias lab (Sebra): every option of the run, flattened (they are all it needs: the data
+/// come from the seed).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SebraSpec {
+    #[serde(flatten)]
+    pub options: crate::sebra::SebraOptions,
+}
+
 /// Which lab, and its whole specification. Adding a lab is adding a variant here (and its
 /// line in [`LabSpec::defaults`]).
 // One experiment per run or link: the variants' sizes do not matter, so none is boxed.
@@ -186,6 +195,8 @@ pub enum LabSpec {
     Prune(PruneSpec),
     /// Statistics of a seeded synthetic matrix: the page's backend against the CLI's.
     Compute(ComputeSpec),
+    /// Sebra's spuriosity ranking and debiasing on seeded biased images.
+    Sebra(SebraSpec),
 }
 
 impl LabSpec {
@@ -195,6 +206,7 @@ impl LabSpec {
             LabSpec::Layers(LayersSpec::default()),
             LabSpec::Prune(PruneSpec::default()),
             LabSpec::Compute(ComputeSpec::default()),
+            LabSpec::Sebra(SebraSpec::default()),
         ]
     }
 
@@ -204,6 +216,7 @@ impl LabSpec {
             LabSpec::Layers(_) => "layers",
             LabSpec::Prune(_) => "prune",
             LabSpec::Compute(_) => "compute",
+            LabSpec::Sebra(_) => "sebra",
         }
     }
 
@@ -226,7 +239,7 @@ impl LabSpec {
         match self {
             LabSpec::Layers(s) => Some(&s.model),
             LabSpec::Prune(s) => Some(&s.model),
-            LabSpec::Compute(_) => None,
+            LabSpec::Compute(_) | LabSpec::Sebra(_) => None,
         }
     }
 }
@@ -284,6 +297,10 @@ impl Experiment {
 
     pub fn compute(spec: ComputeSpec) -> Self {
         LabSpec::Compute(spec).into()
+    }
+
+    pub fn sebra(spec: SebraSpec) -> Self {
+        LabSpec::Sebra(spec).into()
     }
 
     /// Every face's one reader: an experiment as JSON (version 2, or version 1 upgraded), a

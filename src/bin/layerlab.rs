@@ -190,6 +190,10 @@ enum Command {
     /// Train a Pre-LN, Post-LN or Mix-LN decoder from scratch on a text, with per-layer
     /// diagnostics (gradient norms, hidden-state RMS, angular distance, layer removal).
     Train(layerlab::train::cli::TrainArgs),
+    /// Sebra on seeded biased shape images: ERM, the spuriosity ranking (Stage 1), the
+    /// debiased model (Stage 2) and a group-balanced oracle, scored per group, with the
+    /// ranking's weighted Kendall tau.
+    Sebra(layerlab::sebra::cli::SebraArgs),
     /// Statistics of a seeded synthetic weight matrix: the reduction the page's compute
     /// check runs, so both can be compared number for number.
     Reduce {
@@ -238,6 +242,7 @@ async fn run(cli: Cli) -> Result<()> {
         // Training has no Experiment variant yet (the training lab's page comes next); its
         // CLI runs on its own until then.
         Command::Train(args) => return layerlab::train::cli::run(&args),
+        Command::Sebra(args) => return layerlab::sebra::cli::run(&args),
         Command::Backend { backend } => {
             let b = Backend::new(backend).await?;
             let info = b.info();
@@ -539,6 +544,7 @@ enum RunReport {
     Layers(Report<ModelReport>),
     Prune(Report<PruneResult>),
     Compute(Report<StatsRun>),
+    Sebra(Report<layerlab::sebra::run::SebraReport>),
 }
 
 /// The one runner of every face's experiment. The report's experiment names the files
@@ -552,6 +558,11 @@ async fn run_experiment(
         LabSpec::Layers(spec) => RunReport::Layers(run_layers(b, spec, files).await?),
         LabSpec::Prune(spec) => RunReport::Prune(run_prune(b, spec, files).await?),
         LabSpec::Compute(spec) => RunReport::Compute(run_compute(b, spec).await?),
+        // The bias lab trains on the CPU whatever the backend (its GPU path is not built yet).
+        LabSpec::Sebra(spec) => RunReport::Sebra(layerlab::sebra::cli::run_spec(
+            spec,
+            &layerlab::sebra::cli::StderrProgress,
+        )?),
     })
 }
 
@@ -669,6 +680,12 @@ fn emit(done: &RunReport, json: Option<&Path>) -> Result<()> {
             Some(p) => write_json(p, r)?,
             None => print_summary(&r.result),
         },
+        RunReport::Sebra(r) => {
+            if let Some(p) = json {
+                write_json(p, r)?;
+            }
+            eprintln!("{}", layerlab::sebra::cli::summary(&r.result));
+        }
         RunReport::Prune(r) => {
             if let Some(p) = json {
                 write_json(p, r)?;

@@ -11,39 +11,9 @@
 //! order, so the bits do not depend on the thread count. Generic over f32 (the lab) and f64
 //! (the finite-difference checks).
 
+/// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
+pub use crate::train::ops::Real;
 use rayon::prelude::*;
-use std::ops::{Add, AddAssign, Div, Mul};
-
-/// The float the ops run in. (The training core's `Real` will replace this when both land.)
-pub trait Real:
-    Copy
-    + Send
-    + Sync
-    + Default
-    + PartialOrd
-    + Add<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + AddAssign
-    + 'static
-{
-    const ZERO: Self;
-    fn of(x: f64) -> Self;
-}
-
-impl Real for f32 {
-    const ZERO: Self = 0.0;
-    fn of(x: f64) -> Self {
-        x as f32
-    }
-}
-
-impl Real for f64 {
-    const ZERO: Self = 0.0;
-    fn of(x: f64) -> Self {
-        x
-    }
-}
 
 /// The sizes of one 3x3 convolution (padding 1, stride 1: the map keeps its size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

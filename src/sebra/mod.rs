@@ -15,10 +15,14 @@
 //!
 //! Shapes: N = samples, K = classes (= values of each cue), C = 3 channels, S = image side.
 
+pub mod cli;
 pub mod cnn;
 pub mod data;
+pub mod loss;
 pub mod metrics;
+pub mod model;
 pub mod ranking;
+pub mod run;
 pub mod tau;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +54,17 @@ pub enum ModelKind {
     Mlp,
 }
 
+/// The optimizer of every stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// torch.optim.Adam (betas 0.9, 0.999, eps 1e-8, no weight decay): the training core's.
+    #[default]
+    Adam,
+    /// torch.optim.SGD with momentum (dampening 0, no Nesterov, no weight decay).
+    Sgd,
+}
+
 /// Everything a bias-lab run needs; it goes into the Experiment (the page's URL) and is
 /// echoed in the report. The defaults are the issue's CLI defaults.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +86,12 @@ pub struct SebraOptions {
     /// Standard deviation of the pixel noise added to every channel (then clamped to [0, 1]).
     pub noise: f64,
     pub model: ModelKind,
+    /// W: the CNN's first convolution has W channels, then 2W and 4W (the feature vector);
+    /// the MLP's two hidden layers have 8W units.
+    pub width: usize,
+    pub optimizer: OptimizerKind,
+    /// SGD's momentum (unused by Adam).
+    pub momentum: f64,
     /// Epochs of ERM and of Stage 2.
     pub epochs: usize,
     /// Stage 1's cap on ranking epochs (it stops earlier when every sample is deselected).
@@ -85,8 +106,7 @@ pub struct SebraOptions {
     pub tau: f64,
     /// Stage 2: w, the weight of the cross-entropy on the positives.
     pub ce_weight: f64,
-    /// Learning rate and batch size of every stage (provisional until the training core
-    /// lands: Adam's usual 1e-3).
+    /// Learning rate and batch size of every stage (Adam's usual 1e-3).
     pub lr: f64,
     pub batch: usize,
     pub seed: u64,
@@ -103,6 +123,9 @@ impl Default for SebraOptions {
             bias: (0.95, 0.95),
             noise: 0.05,
             model: ModelKind::Cnn,
+            width: 16,
+            optimizer: OptimizerKind::Adam,
+            momentum: 0.9,
             epochs: 20,
             rank_epochs: 30,
             beta_inv: 0.7,
@@ -197,6 +220,19 @@ impl SebraOptions {
                     "{name} must be between 1 and 10000; found {n}"
                 )));
             }
+        }
+        if !(1..=64).contains(&self.width) {
+            return Err(LabError::invalid(format!(
+                "width must be between 1 and 64 (the CNN's first convolution's channels); \
+                 found {}",
+                self.width
+            )));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(LabError::invalid(format!(
+                "momentum must be in [0, 1); found {}",
+                self.momentum
+            )));
         }
         if !(self.beta_inv.is_finite() && self.beta_inv > 0.0) {
             return Err(LabError::invalid(format!(
