@@ -5,6 +5,8 @@
 //! - `ops`: the paired `*_forward` / `*_backward` kernels (deterministic whatever the
 //!   thread count).
 //! - `model`: the decoder, its init, forward and backward; the norm placement per block.
+//! - `gpu`: the same training step on the GPU (`compute::train_kernels`), state resident in
+//!   pool buffers.
 //! - `data`: tokenisers (character level or BPE), the 90/10 split, seeded batches.
 //! - `cli` (native only): `layerlab train`'s arguments and files (--init, --grads, --out).
 //!
@@ -14,6 +16,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod data;
+pub mod gpu;
 pub mod model;
 pub mod ops;
 
