@@ -575,3 +575,56 @@ fn block_backward(
         }
     }
 }
+
+/// `train_on`'s GPU engine for native runs (the CLI): each step is recorded and submitted
+/// by a `GpuTrainer` and waited for (pollster; the browser would await instead).
+#[cfg(not(target_arch = "wasm32"))]
+pub struct GpuSteps<'a> {
+    ctx: &'a GpuContext,
+    trainer: Option<GpuTrainer<'a>>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl<'a> GpuSteps<'a> {
+    pub fn new(ctx: &'a GpuContext) -> Self {
+        GpuSteps { ctx, trainer: None }
+    }
+
+    fn trainer(&mut self) -> Result<&mut GpuTrainer<'a>> {
+        self.trainer
+            .as_mut()
+            .ok_or_else(|| LabError::invalid("a GPU step before begin"))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl super::StepEngine for GpuSteps<'_> {
+    fn begin(&mut self, model: &super::Model, adam: AdamConfig) -> Result<()> {
+        let t = pollster::block_on(GpuTrainer::new(self.ctx, &model.cfg, &model.weights, adam))?;
+        self.trainer = Some(t);
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        _model: &mut super::Model,
+        batch: &[u32],
+        b: usize,
+        t: usize,
+        lr: f64,
+        clip: f64,
+        _step: usize,
+    ) -> Result<super::StepOutput> {
+        let s = pollster::block_on(self.trainer()?.step(batch, b, t, lr, clip, true))?;
+        Ok(super::StepOutput {
+            loss: s.loss,
+            grad_norm: s.grad_norm,
+            hidden_rms: s.hidden_rms,
+        })
+    }
+
+    fn sync(&mut self, model: &mut super::Model) -> Result<()> {
+        model.weights = pollster::block_on(self.trainer()?.weights())?;
+        Ok(())
+    }
+}
