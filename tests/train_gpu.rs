@@ -170,3 +170,39 @@ fn one_step_of_each_placement_matches_cpu() {
         );
     }
 }
+
+/// Parameters, gradients and moments stay in their pool buffers and every activation comes
+/// back to the pool: from the second step on a step allocates no GPU buffer.
+#[test]
+fn steps_after_the_first_allocate_nothing() {
+    let gpu = gpu();
+    let cfg = ModelConfig {
+        vocab: 19,
+        layers: 2,
+        width: 16,
+        heads: 2,
+        kv_heads: 1,
+        ffn: 24,
+        post_blocks: 1,
+        tied_head: false,
+    };
+    let weights = Weights::init(&cfg, 3);
+    let (b, t) = (3usize, 9usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut trainer = run(GpuTrainer::new(&gpu, &cfg, &weights, AdamConfig::default())).unwrap();
+    let mut allocations = Vec::new();
+    let mut losses = Vec::new();
+    for _ in 0..4 {
+        let batch: Vec<u32> = (0..b * (t + 1))
+            .map(|_| rng.next_u32() % cfg.vocab as u32)
+            .collect();
+        let s = run(trainer.step(&batch, b, t, 1e-2, 1.0, true)).unwrap();
+        losses.push(s.loss);
+        allocations.push(gpu.pool_stats().allocations);
+    }
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    assert_eq!(
+        allocations[1], allocations[3],
+        "GPU buffers allocated per step: {allocations:?}"
+    );
+}
