@@ -1,6 +1,12 @@
 // y = x W^T (+ b): the linear layer, x (N,K), W (O,K) row-major as nn.Linear stores its
 // weight, b (O), y (N,O). f32 throughout.
 //
+// The same kernel serves the training backward through strides and an accumulate flag:
+// x[r, k] is read at r x_row + k x_k and W[o, k] at o w_row + k w_k, so a transposed operand
+// is only other strides (dX = dY W reads W^T, dW = dY^T X reads dY^T and X^T), and with
+// `accumulate` y += x W^T instead of y = x W^T (gradients add into what is there). The
+// linear layer is x_row = K, x_k = 1, w_row = K, w_k = 1.
+//
 // Tiling: a workgroup of 8 x 8 invocations owns a 64 x 64 tile of y (rows r0..r0+64 of x,
 // rows o0..o0+64 of W). It walks K in steps of BK = 16: the workgroup copies the x tile
 // (64 x 16) and the W tile (64 x 16) into workgroup memory (2 x 4 KiB), transposed so that
@@ -17,10 +23,14 @@
 // only where the compiler fuses a multiply-add.
 
 struct Params {
-    n: u32,        // rows of x and y
-    k: u32,        // inner dim
-    o: u32,        // rows of W, columns of y
-    has_bias: u32, // 1: add b
+    n: u32,     // rows of x and y
+    k: u32,     // inner dim
+    o: u32,     // rows of W, columns of y
+    flags: u32, // bit 0: add b; bit 1: y += (accumulate)
+    x_row: u32, // strides of x (row, inner) and W (row, inner), in elements
+    x_k: u32,
+    w_row: u32,
+    w_k: u32,
 };
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -66,12 +76,12 @@ fn linear(
             let kg = k0 + kk;
             var xv = 0.0;
             if (r0 + r < params.n && kg < params.k) {
-                xv = x[(r0 + r) * params.k + kg];
+                xv = x[(r0 + r) * params.x_row + kg * params.x_k];
             }
             xs[kk * TILE + r] = xv;
             var wv = 0.0;
             if (o0 + r < params.o && kg < params.k) {
-                wv = w[(o0 + r) * params.k + kg];
+                wv = w[(o0 + r) * params.w_row + kg * params.w_k];
             }
             ws[kk * TILE + r] = wv;
         }
@@ -105,7 +115,8 @@ fn linear(
     store8(r0 + ty + 56u, o0 + tx, a7, b7);
 }
 
-// Writes y[r, c + 8 j] = (lo, hi)[j] (+ bias) for the columns inside y.
+// Writes y[r, c + 8 j] = (lo, hi)[j] (+ bias) (+ y[r, c + 8 j] when accumulating) for the
+// columns inside y.
 fn store8(r: u32, c: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (r >= params.n) {
         return;
@@ -119,8 +130,11 @@ fn store8(r: u32, c: u32, lo: vec4<f32>, hi: vec4<f32>) {
             } else {
                 v = hi[j - 4u];
             }
-            if (params.has_bias == 1u) {
+            if ((params.flags & 1u) != 0u) {
                 v += bias[cj];
+            }
+            if ((params.flags & 2u) != 0u) {
+                v += y[r * params.o + cj];
             }
             y[r * params.o + cj] = v;
         }

@@ -60,7 +60,59 @@ struct LinearParams {
     n: u32,
     k: u32,
     o: u32,
-    has_bias: u32,
+    /// bit 0: add the bias; bit 1: accumulate into y.
+    flags: u32,
+    x_row: u32,
+    x_k: u32,
+    w_row: u32,
+    w_k: u32,
+}
+
+/// One operand of `Recorder::matmul_strided`: element (r, k) of the logical matrix sits at
+/// `r row + k inner` in `t` (a transpose is only other strides).
+#[derive(Clone, Copy)]
+pub struct MatmulOperand<'t> {
+    pub t: &'t GpuMatrix,
+    pub row: usize,
+    pub inner: usize,
+}
+
+impl<'t> MatmulOperand<'t> {
+    /// `t` (rows, K) row-major as it is.
+    pub fn plain(t: &'t GpuMatrix) -> Self {
+        MatmulOperand {
+            t,
+            row: t.cols(),
+            inner: 1,
+        }
+    }
+
+    /// `t^T`: a (K, rows) tensor read as (rows, K).
+    pub fn transposed(t: &'t GpuMatrix) -> Self {
+        MatmulOperand {
+            t,
+            row: 1,
+            inner: t.cols(),
+        }
+    }
+
+    /// Checks that `rows` x `k` elements at these strides lie inside the tensor.
+    fn check(&self, what: &str, rows: usize, k: usize) -> Result<()> {
+        if rows == 0 || k == 0 {
+            return Ok(());
+        }
+        let last = (rows - 1) * self.row + (k - 1) * self.inner;
+        if last >= self.t.len() {
+            return Err(LabError::invalid(format!(
+                "matmul: {what} read as [{rows}, {k}] with strides ({}, {}) overruns its {} values",
+                self.row,
+                self.inner,
+                self.t.len()
+            )));
+        }
+        as_u32("matmul index", last)?;
+        Ok(())
+    }
 }
 
 #[repr(C)]
@@ -234,43 +286,77 @@ impl Recorder<'_> {
                 )));
             }
         }
-        let (gx, gy) = (
-            w.rows().div_ceil(MATMUL_TILE).max(1),
-            x.rows().div_ceil(MATMUL_TILE).max(1),
-        );
-        if gx > MAX_GROUPS || gy > MAX_GROUPS {
-            return Err(LabError::invalid(format!(
-                "linear: [{}, {}] x [{}, {}]^T is too large for one dispatch",
-                x.rows(),
-                x.cols(),
-                w.rows(),
-                w.cols()
-            )));
-        }
         let mut shape = x.dims().to_vec();
         match shape.last_mut() {
             Some(last) => *last = w.rows(),
             None => shape.push(w.rows()),
         }
         let y = self.output(&shape, DType::F32)?;
+        self.matmul_strided(
+            &y,
+            MatmulOperand::plain(x),
+            MatmulOperand::plain(w),
+            bias,
+            (x.rows(), x.cols(), w.rows()),
+            false,
+        )?;
+        Ok(y)
+    }
+
+    /// y (N, O) = x W^T (+ b), or y += x W^T when `accumulate`, with x (N, K) and W (O, K)
+    /// read through strides, so the training backward's dX = dY W (W read transposed) and
+    /// dW = dY^T X (both read transposed) run on the linear layer's kernel without a
+    /// transpose copy. `nko` = (N, K, O). Kernel: matmul.wgsl.
+    pub fn matmul_strided(
+        &mut self,
+        y: &GpuMatrix,
+        x: MatmulOperand,
+        w: MatmulOperand,
+        bias: Option<&GpuMatrix>,
+        nko: (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        let (n, k, o) = nko;
+        x.check("x", n, k)?;
+        w.check("W", o, k)?;
+        if y.len() != n * o {
+            return Err(LabError::invalid(format!(
+                "matmul: the output has {} values, expected [{n}, {o}]",
+                y.len()
+            )));
+        }
+        let (gx, gy) = (
+            o.div_ceil(MATMUL_TILE).max(1),
+            n.div_ceil(MATMUL_TILE).max(1),
+        );
+        if gx > MAX_GROUPS || gy > MAX_GROUPS {
+            return Err(LabError::invalid(format!(
+                "matmul: [{n}, {k}] x [{o}, {k}]^T is too large for one dispatch"
+            )));
+        }
+        if y.is_empty() {
+            return Ok(());
+        }
         let p = LinearParams {
-            n: as_u32("linear rows", x.rows())?,
-            k: as_u32("linear inner dim", x.cols())?,
-            o: as_u32("linear outputs", w.rows())?,
-            has_bias: bias.is_some() as u32,
+            n: as_u32("matmul rows", n)?,
+            k: as_u32("matmul inner dim", k)?,
+            o: as_u32("matmul outputs", o)?,
+            flags: bias.is_some() as u32 | (accumulate as u32) << 1,
+            x_row: as_u32("matmul stride", x.row)?,
+            x_k: as_u32("matmul stride", x.inner)?,
+            w_row: as_u32("matmul stride", w.row)?,
+            w_k: as_u32("matmul stride", w.inner)?,
         };
+        as_u32("matmul values", y.len())?;
         let dummy = self.dummy()?;
         let b = bias.unwrap_or(&dummy);
-        if !y.is_empty() {
-            self.dispatch(
-                &MATMUL,
-                "linear",
-                &[x, w, b, &y],
-                &p,
-                [gx as u32, gy as u32, 1],
-            )?;
-        }
-        Ok(y)
+        self.dispatch(
+            &MATMUL,
+            "linear",
+            &[x.t, w.t, b, y],
+            &p,
+            [gx as u32, gy as u32, 1],
+        )
     }
 
     /// Each row of x (rows, C) -> x / sqrt(mean(x^2) + eps) * w, w (C). Kernel: norm.wgsl.

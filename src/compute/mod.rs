@@ -1,7 +1,8 @@
 //! Compute layer: the reduction kernels (`gpu`, `cpu`), the forward-pass kernels
 //! (`forward`, `cpu_forward`) and Wanda's and magnitude's mask selection (`select`,
 //! `cpu_select`), on the GPU (wgpu: WebGPU in the browser, Vulkan natively) and on the CPU;
-//! the CPU forward pass's fused attention (`attention`) and sparse linear (`sparse`).
+//! the CPU forward pass's fused attention (`attention`) and sparse linear (`sparse`); the
+//! training kernels (`train_kernels`), whose CPU twins are `train::ops`.
 //!
 //! Every kernel exists twice with the same signature: a WGSL entry point in `shaders/`
 //! recorded through the one `recorder::Recorder` into tensors from the context's buffer pool
@@ -28,6 +29,7 @@ pub mod pool;
 pub mod recorder;
 pub mod select;
 pub mod sparse;
+pub mod train_kernels;
 
 pub use backend::{Backend, BackendChoice, BackendInfo, Metric, RunControl, Silent};
 pub use gpu::GpuContext;

@@ -13,16 +13,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::compute::GpuContext;
 use crate::io::safetensors::{write_f32, F32Tensor};
 use crate::io::{FileSource, ModelFile};
 use crate::tokenizer::TextTokenizer;
 use crate::{LabError, Result};
 
 use super::data::{Corpus, Tokenizer};
+use super::gpu::GpuSteps;
 use super::model::{Model, ModelConfig, Weights};
 use super::{
-    batch_gradients, first_batch, train, NormPlacement, StepRecord, TrainMonitor, TrainOptions,
-    TrainReport,
+    batch_gradients, first_batch, train, train_on, NormPlacement, StepRecord, TrainMonitor,
+    TrainOptions, TrainReport,
 };
 
 /// Train a Pre-LN, Post-LN or Mix-LN decoder from scratch on a text (CPU, f32).
@@ -76,7 +78,8 @@ pub struct TrainArgs {
     /// char (the text's characters), or a .gguf / tokenizer.json whose BPE to use.
     #[arg(long, default_value = "char")]
     pub tokenizer: String,
-    /// auto (the CPU, for now), gpu (not built yet: an error) or cpu.
+    /// auto (a hardware GPU where one comes up, else the CPU), gpu (the GPU wgpu finds, or
+    /// an error) or cpu. --grads is always computed on the CPU.
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Start from these weights (safetensors, LLaMA names) instead of the seeded init.
@@ -140,19 +143,35 @@ impl TrainMonitor for StderrProgress {
 
 /// `layerlab train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    match args.backend.as_str() {
-        "cpu" => {}
-        "auto" => eprintln!("backend: CPU (GPU training is not built yet)"),
-        "gpu" => {
-            return Err(LabError::GpuUnavailable(
-                "GPU training is not built yet: use --backend cpu (or auto)".into(),
-            ))
-        }
+    // The GPU when asked for, or for auto when a hardware one comes up. On a software adapter
+    // (Mesa's lavapipe, SwiftShader) auto keeps the CPU path, the reference that is the same
+    // bit for bit on any thread count; the GPU path agrees with it only within f32 rounding
+    // (tests/train_cli.rs). Speed on lavapipe was not measured on an idle machine.
+    let gpu = match args.backend.as_str() {
+        "cpu" => None,
+        "gpu" => Some(pollster::block_on(GpuContext::new())?),
+        "auto" => match pollster::block_on(GpuContext::new()) {
+            Ok(g) if !g.is_software() => Some(g),
+            Ok(g) => {
+                eprintln!(
+                    "backend: CPU ({} is a software adapter; --backend gpu uses it)",
+                    g.describe()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("backend: CPU (no GPU: {e})");
+                None
+            }
+        },
         other => {
             return Err(LabError::invalid(format!(
                 "unknown backend '{other}': use auto, gpu or cpu"
             )))
         }
+    };
+    if let Some(g) = &gpu {
+        eprintln!("backend: GPU, {}", g.describe());
     }
     let opts = args.options();
     let text = std::fs::read_to_string(&args.text)
@@ -184,7 +203,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(path) = &args.batches {
         write_batches(path, &corpus, &opts)?;
     }
-    let run = train(&corpus, &opts, init, &StderrProgress)?;
+    let run = match &gpu {
+        Some(g) => train_on(&corpus, &opts, init, &StderrProgress, &mut GpuSteps::new(g))?,
+        None => train(&corpus, &opts, init, &StderrProgress)?,
+    };
     let r = &run.report;
     if let Some(out) = &args.out {
         write_model(out, &run.model, &opts, &tokenizer)?;

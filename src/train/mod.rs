@@ -5,6 +5,8 @@
 //! - `ops`: the paired `*_forward` / `*_backward` kernels (deterministic whatever the
 //!   thread count).
 //! - `model`: the decoder, its init, forward and backward; the norm placement per block.
+//! - `gpu`: the same training step on the GPU (`compute::train_kernels`), state resident in
+//!   pool buffers.
 //! - `data`: tokenisers (character level or BPE), the 90/10 split, seeded batches.
 //! - `cli` (native only): `layerlab train`'s arguments and files (--init, --grads, --out).
 //!
@@ -14,6 +16,7 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod data;
+pub mod gpu;
 pub mod model;
 pub mod ops;
 
@@ -386,6 +389,124 @@ pub fn train(
     init: Option<Weights>,
     monitor: &dyn TrainMonitor,
 ) -> Result<TrainRun> {
+    train_on(corpus, opts, init, monitor, &mut CpuSteps::default())
+}
+
+/// What one engine step reports (before the update's effect).
+pub struct StepOutput {
+    pub loss: f64,
+    pub grad_norm: Vec<f64>,
+    pub hidden_rms: Vec<f64>,
+}
+
+/// Where a run's training steps are computed: `CpuSteps` (the reference, `ops` on the
+/// CPU) or `gpu::GpuSteps` (the same step on the GPU). Evaluation (validation loss, angular
+/// distance, layer removal) always runs on the CPU model, which `sync` brings up to date.
+pub trait StepEngine {
+    /// The run starts from `model` with Adam(W) `adam`.
+    fn begin(&mut self, model: &Model, adam: AdamConfig) -> Result<()>;
+    /// Forward and backward on `batch` (B rows of T + 1 ids), the global clip at `clip`
+    /// (0 = off) and one AdamW update at `lr`; `step` is 0-based.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: &mut Model,
+        batch: &[u32],
+        b: usize,
+        t: usize,
+        lr: f64,
+        clip: f64,
+        step: usize,
+    ) -> Result<StepOutput>;
+    /// Makes `model.weights` the engine's current parameters.
+    fn sync(&mut self, model: &mut Model) -> Result<()>;
+}
+
+/// The CPU step: `model`'s forward and backward, then `ops::adamw_update` per tensor.
+#[derive(Default)]
+pub struct CpuSteps {
+    m: Option<Weights>,
+    v: Option<Weights>,
+    adam: AdamConfig,
+}
+
+impl StepEngine for CpuSteps {
+    fn begin(&mut self, model: &Model, adam: AdamConfig) -> Result<()> {
+        self.m = Some(Weights::zeros(&model.cfg));
+        self.v = Some(Weights::zeros(&model.cfg));
+        self.adam = adam;
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        model: &mut Model,
+        batch: &[u32],
+        b: usize,
+        t: usize,
+        lr: f64,
+        clip: f64,
+        step: usize,
+    ) -> Result<StepOutput> {
+        let (Some(m), Some(v)) = (self.m.as_mut(), self.v.as_mut()) else {
+            return Err(LabError::invalid("a CPU step before begin"));
+        };
+        let cfg = &model.cfg;
+        let mut acts = model.forward(batch, b, t, None);
+        let mut grads = Weights::zeros(cfg);
+        model.backward(&mut acts, &mut grads);
+        let hidden_rms = acts
+            .blocks
+            .iter()
+            .map(|a| (ops::sum_squares(&a.out) / a.out.len() as f64).sqrt())
+            .collect();
+        let loss = acts.loss;
+        drop(acts);
+        let grad_norm = block_grad_norms(&grads);
+        if clip > 0.0 {
+            // torch.nn.utils.clip_grad_norm_: scale by clip / (total + 1e-6) when below 1.
+            let total = grads
+                .tensors()
+                .iter()
+                .map(|g| ops::sum_squares(g))
+                .sum::<f64>()
+                .sqrt();
+            let coef = clip / (total + 1e-6);
+            if coef < 1.0 {
+                for g in grads.tensors_mut() {
+                    ops::scale_inplace(g, coef as f32);
+                }
+            }
+        }
+        for ((p, g), (mi, vi)) in model
+            .weights
+            .tensors_mut()
+            .into_iter()
+            .zip(grads.tensors())
+            .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
+        {
+            ops::adamw_update(p, g, mi, vi, lr, step as u64 + 1, &self.adam);
+        }
+        Ok(StepOutput {
+            loss,
+            grad_norm,
+            hidden_rms,
+        })
+    }
+
+    fn sync(&mut self, _model: &mut Model) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `train` with the steps computed by `engine`.
+pub fn train_on(
+    corpus: &Corpus,
+    opts: &TrainOptions,
+    init: Option<Weights>,
+    monitor: &dyn TrainMonitor,
+    engine: &mut dyn StepEngine,
+) -> Result<TrainRun> {
     let started = web_time::Instant::now();
     let cfg = opts.model_config(corpus.vocab_size)?;
     let (b, t) = (opts.batch, opts.ctx);
@@ -419,12 +540,11 @@ pub fn train(
     };
     let val = val_windows(&corpus.val, VAL_BATCHES * b, t);
     let mut batcher = Batcher::new(opts.seed);
-    let mut m = Weights::zeros(&cfg);
-    let mut v = Weights::zeros(&cfg);
     let adam = AdamConfig {
         weight_decay: opts.weight_decay,
         ..AdamConfig::default()
     };
+    engine.begin(&model, adam)?;
     let mut steps = Vec::with_capacity(opts.steps);
     let mut angular_distance = Vec::new();
     let (mut train_s, mut eval_s) = (0.0f64, 0.0f64);
@@ -438,41 +558,11 @@ pub fn train(
         let t0 = web_time::Instant::now();
         let lr = ops::lr_at(step, opts.steps, opts.warmup, opts.lr);
         let batch = batcher.next(&corpus.train, b, t);
-        let mut acts = model.forward(&batch, b, t, None);
-        let mut grads = Weights::zeros(&cfg);
-        model.backward(&mut acts, &mut grads);
-        let hidden_rms = acts
-            .blocks
-            .iter()
-            .map(|a| (ops::sum_squares(&a.out) / a.out.len() as f64).sqrt())
-            .collect();
-        let loss = acts.loss;
-        drop(acts);
-        let grad_norm = block_grad_norms(&grads);
-        if opts.clip > 0.0 {
-            // torch.nn.utils.clip_grad_norm_: scale by clip / (total + 1e-6) when below 1.
-            let total = grads
-                .tensors()
-                .iter()
-                .map(|g| ops::sum_squares(g))
-                .sum::<f64>()
-                .sqrt();
-            let coef = opts.clip / (total + 1e-6);
-            if coef < 1.0 {
-                for g in grads.tensors_mut() {
-                    ops::scale_inplace(g, coef as f32);
-                }
-            }
-        }
-        for ((p, g), (mi, vi)) in model
-            .weights
-            .tensors_mut()
-            .into_iter()
-            .zip(grads.tensors())
-            .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
-        {
-            ops::adamw_update(p, g, mi, vi, lr, step as u64 + 1, &adam);
-        }
+        let StepOutput {
+            loss,
+            grad_norm,
+            hidden_rms,
+        } = engine.step(&mut model, &batch, b, t, lr, opts.clip, step)?;
         train_s += t0.elapsed().as_secs_f64();
         steps.push(StepRecord {
             step,
@@ -484,6 +574,7 @@ pub fn train(
         });
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
             let t1 = web_time::Instant::now();
+            engine.sync(&mut model)?;
             let (loss, ang) = evaluate(&model, &val, b, t, step);
             eval_s += t1.elapsed().as_secs_f64();
             last_val = Some(loss);
@@ -498,6 +589,7 @@ pub fn train(
         }
     }
     let t1 = web_time::Instant::now();
+    engine.sync(&mut model)?;
     if steps.is_empty() && !cancelled {
         let (loss, ang) = evaluate(&model, &val, b, t, 0);
         last_val = Some(loss);
