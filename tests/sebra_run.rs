@@ -169,3 +169,24 @@ fn cli_report_and_layerlab_run_agree() {
     assert_eq!(again["accuracy"], r["accuracy"]);
     assert_eq!(again["ranking"], r["ranking"]);
 }
+
+/// A bias-lab link reads into the experiment it names (the array-valued bias included), and
+/// an experiment with a bad option is refused by `layerlab run` with the option's message.
+#[test]
+fn links_and_layerlab_run_read_the_bias_lab() {
+    let (code, out, err) = layerlab(&[
+        "run",
+        "?v=2&lab=sebra&bias=[0.99,0.9]&model=mlp&seed=4",
+        "--dry-run",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["lab"], "sebra");
+    assert_eq!(e["bias"], serde_json::json!([0.99, 0.9]));
+    assert_eq!(e["model"], "mlp");
+    assert_eq!(e["seed"], 4);
+    assert_eq!(e["gap"], 5);
+    let (code, _, err) = layerlab(&["run", "?v=2&lab=sebra&bias=[0.1,0.9]"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("rho_1 (colour) must be in [1/K, 1]"), "{err}");
+}

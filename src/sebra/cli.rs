@@ -2,7 +2,9 @@
 //!
 //! - `--save-data FILE`: the generated splits as safetensors (`{train,val,test}.images` f32
 //!   N x 3 x S x S; `.labels`, `.cue1`, `.cue2` i64), to check the lab with another framework.
-//! - `--json REPORT`: the `SebraReport` ("-" for standard output).
+//! - `--json REPORT`: the report as `layerlab run` writes it too: the `experiment` (the options,
+//!   which `layerlab run REPORT` reruns) beside the `SebraReport`'s fields ("-" for standard
+//!   output).
 
 use std::path::PathBuf;
 

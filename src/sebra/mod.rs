@@ -1,7 +1,7 @@
 //! The bias lab: Sebra's self-guided spuriosity ranking (Kappiyath et al., ICLR 2025), on
 //! biased images generated from a seed. METHODS.md (Sebra) is the spec.
 //!
-//! What is here so far is everything that does not need a trainable model:
+//! The modules:
 //! - `data`: the seeded generator of biased shape images (the class is a shape, cue 1 the
 //!   foreground colour, cue 2 the background texture) and its safetensors export;
 //! - `ranking`: Stage 1's bookkeeping (0/1 sampler weights, deselection at p_critical with
@@ -11,7 +11,13 @@
 //! - `metrics`: per-group accuracy, worst group, in-distribution accuracy and the per-cue gaps
 //!   as UrbanCars reports them;
 //! - `cnn`: the CNN's CPU ops (3x3 convolution as im2col + matmul, ReLU, 2x2 max-pooling,
-//!   global average pooling), paired forward/backward.
+//!   global average pooling), paired forward/backward;
+//! - `model`: the CNN (the default) and the MLP, backbone and head, seeded init, CPU
+//!   forward/backward;
+//! - `loss`: weighted cross-entropy (ERM, Stage 1's up-weighting, the oracle) and Stage 2's
+//!   batch contrastive loss;
+//! - `run`: `run_sebra` (ERM, Stage 1, Stage 2, the oracle, the scores) and its report;
+//! - `cli`: `layerlab sebra`.
 //!
 //! Shapes: N = samples, K = classes (= values of each cue), C = 3 channels, S = image side.
 
@@ -106,7 +112,7 @@ pub struct SebraOptions {
     pub tau: f64,
     /// Stage 2: w, the weight of the cross-entropy on the positives.
     pub ce_weight: f64,
-    /// Learning rate and batch size of every stage (Adam's usual 1e-3).
+    /// Learning rate and batch size of every stage (the default lr is Adam's usual 1e-3).
     pub lr: f64,
     pub batch: usize,
     pub seed: u64,

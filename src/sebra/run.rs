@@ -7,8 +7,8 @@
 //! - Sebra Stage 2 (mitigation): a fresh model trained for `epochs` epochs on anchor /
 //!   positive / negative triples from the ranking (`ranking::PairTable`) with the batch
 //!   contrastive loss on the anchors' features plus w x CE on the positives;
-//! - the oracle: cross-entropy reweighted by the true groups (each (class, group) cell
-//!   weighs N / (cells x its size)), a reference that uses labels Sebra never sees.
+//! - the oracle: cross-entropy reweighted by the true groups (each (class, colour, texture)
+//!   cell weighs N / (cells x its size)), a reference that uses labels Sebra never sees.
 //!
 //! As in the authors' code (urbancars_trainers/sebra.py), Stage 2 passes anchors and positives
 //! through the backbone together (with gradient), takes the contrastive loss on the anchors'
@@ -292,22 +292,23 @@ fn cancelled_error() -> crate::LabError {
     crate::LabError::invalid("the run was cancelled")
 }
 
-/// The oracle's per-sample weights: N / (cells x the sample's (class, group) cell size).
+/// The oracle's per-sample weights: N / (cells x the size of the sample's (class, colour,
+/// texture) cell), over the non-empty cells. The cells are UrbanCars' groups (class x cue
+/// values); balancing them makes each cue independent of the class in the weighted data.
+/// (Balancing the four alignment groups instead would not: with K > 2 an unbiased training
+/// set has (K-1)^2 times more "none aligned" samples than "both aligned" ones, and equal
+/// weights per alignment group would bias the data towards the cues.)
 pub fn group_balanced_weights(train: &Split, classes: usize) -> Vec<f32> {
-    let groups = train.groups();
-    let mut counts = vec![0usize; classes * 4];
-    for (i, g) in groups.iter().enumerate() {
-        counts[train.labels[i] as usize * 4 + g.order() as usize] += 1;
-    }
+    let k = classes;
+    let cell = |i: usize| {
+        (train.labels[i] as usize * k + train.cue1[i] as usize) * k + train.cue2[i] as usize
+    };
+    let mut counts = vec![0usize; k * k * k];
+    (0..train.len()).for_each(|i| counts[cell(i)] += 1);
     let cells = counts.iter().filter(|&&c| c > 0).count();
     let n = train.len() as f64;
-    groups
-        .iter()
-        .enumerate()
-        .map(|(i, g)| {
-            let c = counts[train.labels[i] as usize * 4 + g.order() as usize];
-            (n / (cells as f64 * c as f64)) as f32
-        })
+    (0..train.len())
+        .map(|i| (n / (cells as f64 * counts[cell(i)] as f64)) as f32)
         .collect()
 }
 
