@@ -257,7 +257,12 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
         assert!((ol - tl).abs() < 1e-5 * tl, "{tag}: loss {ol} vs {tl}");
 
         // Five Adam steps on the same batches: the losses agree to 1e-4 relative.
-        let r: TrainReport = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        // The report is `layerlab run`'s: the experiment, then one report per run.
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["experiment"]["lab"], "train");
+        assert_eq!(r["runs"].as_array().unwrap().len(), 1);
+        let r: TrainReport = serde_json::from_value(r["runs"][0].clone()).unwrap();
         let refl: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&ref_losses).unwrap()).unwrap();
         let refl: Vec<f64> = refl["losses"]
@@ -463,8 +468,7 @@ fn bpe_tokenizer_trains_on_the_ids_an_independent_tokenizer_gives() {
     ]);
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let r = r.get("report").unwrap_or(&r);
-    assert_eq!(r["vocab_size"], 49152);
+    assert_eq!(r["runs"][0]["vocab_size"], 49152);
     let (_, loss) = read_all(&grads);
     let loss: f64 = loss.expect("loss in the metadata").parse().unwrap();
     assert!((loss - 49152f64.ln()).abs() < 0.05, "first loss {loss}");

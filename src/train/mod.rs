@@ -6,6 +6,9 @@
 //!   thread count).
 //! - `model`: the decoder, its init, forward and backward; the norm placement per block.
 //! - `data`: tokenisers (character level or BPE), the 90/10 split, seeded batches.
+//! - `sample`: seeded text generation from a trained model.
+//! - `export`: the trained model as safetensors + config.json (the CLI's --out, the page's
+//!   download).
 //! - `cli` (native only): `layerlab train`'s arguments and files (--init, --grads, --out).
 //!
 //! What it refuses to be: an autodiff engine, a general trainer (one model family, one
@@ -14,8 +17,10 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod model;
 pub mod ops;
+pub mod sample;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +115,16 @@ impl Default for TrainOptions {
             alpha: 0.25,
             tied_head: false,
         }
+    }
+}
+
+/// Where training runs: the CPU (every core natively; the page's WebAssembly threads), for
+/// every face until the GPU training kernels exist.
+pub fn backend_info() -> crate::compute::BackendInfo {
+    crate::compute::BackendInfo {
+        kind: "cpu".into(),
+        name: crate::compute::cpu_name(),
+        reason: Some("the training lab runs on the CPU for now".into()),
     }
 }
 
@@ -252,6 +267,10 @@ pub struct TrainReport {
     /// Training tokens (B*T per step) per second of training time.
     pub tokens_per_s: f64,
     pub timings: Timings,
+    /// The run was stopped before its last step (the page's Stop): `steps` holds the steps
+    /// taken, and there is no layer removal.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Hears about a run as it goes, and may stop it.
@@ -377,69 +396,128 @@ pub fn angular(a: &[f32], b: &[f32]) -> f64 {
     libm::acos(cos) / std::f64::consts::PI
 }
 
-/// Trains a model on `corpus` with `opts` from `init` (or the seeded init), reporting each
-/// step to `monitor`. Deterministic: the same options and corpus give the same bits on any
-/// thread count.
-pub fn train(
-    corpus: &Corpus,
-    opts: &TrainOptions,
-    init: Option<Weights>,
-    monitor: &dyn TrainMonitor,
-) -> Result<TrainRun> {
-    let started = web_time::Instant::now();
-    let cfg = opts.model_config(corpus.vocab_size)?;
-    let (b, t) = (opts.batch, opts.ctx);
-    if corpus.train.len() <= t || corpus.val.len() <= t {
-        return Err(LabError::invalid(format!(
-            "the text is too short for ctx {t}: each split needs at least ctx + 1 = {} tokens \
-             (train {}, validation {})",
-            t + 1,
-            corpus.train.len(),
-            corpus.val.len()
-        )));
-    }
-    if let Some(&bad) = corpus
-        .train
-        .iter()
-        .chain(&corpus.val)
-        .find(|&&id| id as usize >= cfg.vocab)
-    {
-        return Err(LabError::invalid(format!(
-            "token id {bad} is outside the vocabulary of {} tokens",
-            cfg.vocab
-        )));
-    }
-    let weights = match init {
-        Some(w) => w,
-        None => Weights::init(&cfg, opts.seed),
-    };
-    let mut model = Model {
-        cfg: cfg.clone(),
-        weights,
-    };
-    let val = val_windows(&corpus.val, VAL_BATCHES * b, t);
-    let mut batcher = Batcher::new(opts.seed);
-    let mut m = Weights::zeros(&cfg);
-    let mut v = Weights::zeros(&cfg);
-    let adam = AdamConfig {
-        weight_decay: opts.weight_decay,
-        ..AdamConfig::default()
-    };
-    let mut steps = Vec::with_capacity(opts.steps);
-    let mut angular_distance = Vec::new();
-    let (mut train_s, mut eval_s) = (0.0f64, 0.0f64);
-    let mut cancelled = false;
-    let mut last_val = None;
-    for step in 0..opts.steps {
-        if monitor.cancelled() {
-            cancelled = true;
-            break;
+/// A run in progress, one optimizer step at a time: what `train` loops over, and what the
+/// page drives between its yields to the worker's event loop (so Stop is heard between
+/// steps). Owns a copy of its data, so it outlives the corpus it was made from.
+pub struct Trainer {
+    opts: TrainOptions,
+    cfg: ModelConfig,
+    model: Model,
+    train_ids: Vec<u32>,
+    val: Vec<u32>,
+    batcher: Batcher,
+    m: Weights,
+    v: Weights,
+    adam: AdamConfig,
+    steps: Vec<StepRecord>,
+    angular_distance: Vec<AngularDistance>,
+    train_s: f64,
+    eval_s: f64,
+    last_val: Option<f64>,
+    started: web_time::Instant,
+}
+
+impl Trainer {
+    /// Checks the options against the corpus and sets up the model (from `init`, or the
+    /// seeded init), the optimizer state and the fixed validation windows.
+    pub fn new(corpus: &Corpus, opts: &TrainOptions, init: Option<Weights>) -> Result<Trainer> {
+        let started = web_time::Instant::now();
+        let cfg = opts.model_config(corpus.vocab_size)?;
+        let (b, t) = (opts.batch, opts.ctx);
+        if corpus.train.len() <= t || corpus.val.len() <= t {
+            return Err(LabError::invalid(format!(
+                "the text is too short for ctx {t}: each split needs at least ctx + 1 = {} tokens \
+                 (train {}, validation {})",
+                t + 1,
+                corpus.train.len(),
+                corpus.val.len()
+            )));
         }
+        if let Some(&bad) = corpus
+            .train
+            .iter()
+            .chain(&corpus.val)
+            .find(|&&id| id as usize >= cfg.vocab)
+        {
+            return Err(LabError::invalid(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                cfg.vocab
+            )));
+        }
+        let weights = match init {
+            Some(w) => w,
+            None => Weights::init(&cfg, opts.seed),
+        };
+        Ok(Trainer {
+            opts: opts.clone(),
+            model: Model {
+                cfg: cfg.clone(),
+                weights,
+            },
+            train_ids: corpus.train.clone(),
+            val: val_windows(&corpus.val, VAL_BATCHES * b, t),
+            batcher: Batcher::new(opts.seed),
+            m: Weights::zeros(&cfg),
+            v: Weights::zeros(&cfg),
+            adam: AdamConfig {
+                weight_decay: opts.weight_decay,
+                ..AdamConfig::default()
+            },
+            cfg,
+            steps: Vec::with_capacity(opts.steps),
+            angular_distance: Vec::new(),
+            train_s: 0.0,
+            eval_s: 0.0,
+            last_val: None,
+            started,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps_done(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// True once every step of the options has run.
+    pub fn done(&self) -> bool {
+        self.steps.len() >= self.opts.steps
+    }
+
+    /// The model as trained so far.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Every step's record so far (the last one is the step just taken).
+    pub fn records(&self) -> &[StepRecord] {
+        &self.steps
+    }
+
+    /// Every angular-distance evaluation so far.
+    pub fn angular_distance(&self) -> &[AngularDistance] {
+        &self.angular_distance
+    }
+
+    /// Training tokens (B*T per step) per second of training time so far.
+    pub fn tokens_per_s(&self) -> f64 {
+        if self.train_s > 0.0 {
+            (self.steps.len() * self.opts.batch * self.opts.ctx) as f64 / self.train_s
+        } else {
+            0.0
+        }
+    }
+
+    /// One optimizer step (and the evaluation due after it), reported to `monitor`.
+    pub fn step(&mut self, monitor: &dyn TrainMonitor) {
+        let opts = &self.opts;
+        let (b, t) = (opts.batch, opts.ctx);
+        let step = self.steps.len();
         let t0 = web_time::Instant::now();
         let lr = ops::lr_at(step, opts.steps, opts.warmup, opts.lr);
-        let batch = batcher.next(&corpus.train, b, t);
+        let batch = self.batcher.next(&self.train_ids, b, t);
+        let model = &mut self.model;
         let mut acts = model.forward(&batch, b, t, None);
-        let mut grads = Weights::zeros(&cfg);
+        let mut grads = Weights::zeros(&self.cfg);
         model.backward(&mut acts, &mut grads);
         let hidden_rms = acts
             .blocks
@@ -469,12 +547,12 @@ pub fn train(
             .tensors_mut()
             .into_iter()
             .zip(grads.tensors())
-            .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
+            .zip(self.m.tensors_mut().into_iter().zip(self.v.tensors_mut()))
         {
-            ops::adamw_update(p, g, mi, vi, lr, step as u64 + 1, &adam);
+            ops::adamw_update(p, g, mi, vi, lr, step as u64 + 1, &self.adam);
         }
-        train_s += t0.elapsed().as_secs_f64();
-        steps.push(StepRecord {
+        self.train_s += t0.elapsed().as_secs_f64();
+        self.steps.push(StepRecord {
             step,
             lr,
             loss,
@@ -484,61 +562,101 @@ pub fn train(
         });
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
             let t1 = web_time::Instant::now();
-            let (loss, ang) = evaluate(&model, &val, b, t, step);
-            eval_s += t1.elapsed().as_secs_f64();
-            last_val = Some(loss);
-            if let Some(r) = steps.last_mut() {
+            let (loss, ang) = evaluate(&self.model, &self.val, b, t, step);
+            self.eval_s += t1.elapsed().as_secs_f64();
+            self.last_val = Some(loss);
+            if let Some(r) = self.steps.last_mut() {
                 r.val_loss = Some(loss);
             }
             monitor.eval(&ang);
-            angular_distance.push(ang);
+            self.angular_distance.push(ang);
         }
-        if let Some(r) = steps.last() {
+        if let Some(r) = self.steps.last() {
             monitor.step(r, opts.steps);
         }
     }
-    let t1 = web_time::Instant::now();
-    if steps.is_empty() && !cancelled {
-        let (loss, ang) = evaluate(&model, &val, b, t, 0);
-        last_val = Some(loss);
-        monitor.eval(&ang);
-        angular_distance.push(ang);
-    }
-    let mut layer_removal = Vec::new();
-    if !cancelled {
-        let full = last_val.unwrap_or_else(|| val_loss(&model, &val, b, t, None));
-        for block in 0..cfg.layers {
-            let loss = val_loss(&model, &val, b, t, Some(block));
-            layer_removal.push(LayerRemoval {
-                block,
-                loss,
-                increase: loss - full,
-            });
+
+    /// Ends the run: after every step, the layer-removal diagnostic (and, for a run of
+    /// zero steps, one evaluation of the initial model); after a Stop (`stopped`), the steps
+    /// taken so far, without them.
+    pub fn finish(self, stopped: bool, monitor: &dyn TrainMonitor) -> TrainRun {
+        let Trainer {
+            opts,
+            cfg,
+            model,
+            val,
+            steps,
+            mut angular_distance,
+            train_s,
+            mut eval_s,
+            mut last_val,
+            started,
+            ..
+        } = self;
+        let (b, t) = (opts.batch, opts.ctx);
+        let t1 = web_time::Instant::now();
+        if steps.is_empty() && !stopped {
+            let (loss, ang) = evaluate(&model, &val, b, t, 0);
+            last_val = Some(loss);
+            monitor.eval(&ang);
+            angular_distance.push(ang);
+        }
+        let mut layer_removal = Vec::new();
+        if !stopped {
+            let full = last_val.unwrap_or_else(|| val_loss(&model, &val, b, t, None));
+            for block in 0..cfg.layers {
+                let loss = val_loss(&model, &val, b, t, Some(block));
+                layer_removal.push(LayerRemoval {
+                    block,
+                    loss,
+                    increase: loss - full,
+                });
+            }
+        }
+        eval_s += t1.elapsed().as_secs_f64();
+        let trained_tokens = (steps.len() * b * t) as f64;
+        let report = TrainReport {
+            options: opts,
+            vocab_size: cfg.vocab,
+            params: model.weights.count(),
+            steps,
+            angular_distance,
+            layer_removal,
+            tokens_per_s: if train_s > 0.0 {
+                trained_tokens / train_s
+            } else {
+                0.0
+            },
+            timings: Timings {
+                total_s: started.elapsed().as_secs_f64(),
+                train_s,
+                eval_s,
+            },
+            stopped,
+        };
+        TrainRun {
+            report,
+            model,
+            cancelled: stopped,
         }
     }
-    eval_s += t1.elapsed().as_secs_f64();
-    let trained_tokens = (steps.len() * b * t) as f64;
-    let report = TrainReport {
-        options: opts.clone(),
-        vocab_size: cfg.vocab,
-        params: model.weights.count(),
-        steps,
-        angular_distance,
-        layer_removal,
-        tokens_per_s: if train_s > 0.0 {
-            trained_tokens / train_s
-        } else {
-            0.0
-        },
-        timings: Timings {
-            total_s: started.elapsed().as_secs_f64(),
-            train_s,
-            eval_s,
-        },
-    };
-    Ok(TrainRun {
-        report,
-        model,
-        cancelled,
-    })
+}
+
+/// Trains a model on `corpus` with `opts` from `init` (or the seeded init), reporting each
+/// step to `monitor`. Deterministic: the same options and corpus give the same bits on any
+/// thread count.
+pub fn train(
+    corpus: &Corpus,
+    opts: &TrainOptions,
+    init: Option<Weights>,
+    monitor: &dyn TrainMonitor,
+) -> Result<TrainRun> {
+    let mut trainer = Trainer::new(corpus, opts, init)?;
+    while !trainer.done() {
+        if monitor.cancelled() {
+            return Ok(trainer.finish(true, monitor));
+        }
+        trainer.step(monitor);
+    }
+    Ok(trainer.finish(false, monitor))
 }

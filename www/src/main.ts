@@ -12,10 +12,16 @@ import type { BackendInfo, Experiment, LabName } from './protocol';
 const backendLine = document.getElementById('backend') as HTMLParagraphElement;
 const statusBar = document.getElementById('page-notice') as HTMLParagraphElement;
 
+let lastBackend: BackendInfo | null = null;
+
+/** The backend line: the lab's backend, and what the shown tab adds (the training lab runs
+ *  on the CPU whatever the backend, for now). */
 function showBackend(b: BackendInfo): void {
+  lastBackend = b;
+  const note = labs.get(shown)?.backendNote?.(b);
   backendLine.dataset.kind = b.kind;
   backendLine.textContent =
-    b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`;
+    (b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`) + (note ? `; ${note}` : '');
 }
 
 function notice(text: string): void {
@@ -60,6 +66,7 @@ function showTab(name: LabName): void {
     publish(lab);
     lab.activate();
   }
+  if (lastBackend) showBackend(lastBackend);
 }
 for (const t of tabs) t.addEventListener('click', () => showTab((t.dataset.tab ?? 'layers') as LabName));
 

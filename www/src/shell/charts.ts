@@ -134,6 +134,8 @@ export function heatmap(
   label: string,
   log: boolean,
   xName = 'block',
+  /** A fixed colour scale [lo, hi] (linear) instead of the values' own range. */
+  range?: [number, number],
 ): Heatmap {
   const left = 90;
   const top = 8;
@@ -150,8 +152,8 @@ export function heatmap(
     const v = value(r, c);
     if (v !== null && Number.isFinite(v) && (!log || v > 0)) vals.push(log ? Math.log10(v) : v);
   }
-  const lo = Math.min(...vals);
-  const hi = Math.max(...vals);
+  const lo = range ? range[0] : Math.min(...vals);
+  const hi = range ? range[1] : Math.max(...vals);
   const span = hi > lo ? hi - lo : 1;
   ctx.fillStyle = 'white';
   ctx.fillRect(0, 0, canvas.width, canvas.height);
@@ -211,6 +213,10 @@ export interface Series {
   y: (number | null)[];
   /** Draw as bars (one bar series at most per chart reads well) instead of a line. */
   bars?: boolean;
+  /** A fixed colour (e.g. one per norm placement) instead of the palette's next. */
+  colour?: string;
+  /** Points only, no line (values measured only at some x, e.g. every eval step). */
+  pointsOnly?: boolean;
 }
 
 /**
@@ -231,10 +237,10 @@ export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number
       series: [
         { label: xLabel, value: (_u, v) => fmt(v) },
         ...series.map((s, i) => {
-          const c = PALETTE[i % PALETTE.length];
-          return s.bars
-            ? { label: s.label, stroke: c, fill: c + '66', value: (_u: uPlot, v: number) => fmt(v), points: { show: false }, paths: uPlot.paths.bars!({ size: [0.7, 40] }) }
-            : { label: s.label, stroke: c, width: 2, value: (_u: uPlot, v: number) => fmt(v), points: { show: true, size: 6 }, spanGaps: true };
+          const c = s.colour ?? PALETTE[i % PALETTE.length];
+          if (s.bars) return { label: s.label, stroke: c, fill: c + '66', value: (_u: uPlot, v: number) => fmt(v), points: { show: false }, paths: uPlot.paths.bars!({ size: [0.7, 40] }) };
+          if (s.pointsOnly) return { label: s.label, stroke: c, width: 0, value: (_u: uPlot, v: number) => fmt(v), points: { show: true, size: 8, fill: c }, paths: () => null };
+          return { label: s.label, stroke: c, width: 2, value: (_u: uPlot, v: number) => fmt(v), points: { show: x.length <= 60, size: 6 }, spanGaps: true };
         }),
       ],
       legend: { live: true },

@@ -5,7 +5,7 @@
 import type { LabClient } from './lab-client';
 import type { ModelService } from './model';
 import type { View } from './url-state';
-import type { Defaults, Experiment, ExperimentOf, LabName } from '../protocol';
+import type { BackendInfo, Defaults, Experiment, ExperimentOf, LabName } from '../protocol';
 
 export interface LabContext {
   client: LabClient;
@@ -27,6 +27,8 @@ export interface PageLab {
   experiment(): Experiment;
   /** The view settings that ride along in the address (`stat` becomes `view.stat`). */
   view?(): Record<string, string>;
+  /** Added to the backend line while this lab's tab is shown (where it computes differs). */
+  backendNote?(backend: BackendInfo): string | null;
 }
 
 export interface LabModule {

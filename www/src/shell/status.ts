@@ -28,12 +28,16 @@ export class RunStatus {
   private running = false;
   /** Says "Cancelling…" and asks the worker to stop; labs may add their own stop flag. */
   onCancel?: () => void;
+  /** How long a cancelled step may take before the worker is restarted (LabClient.cancel). */
+  cancelGraceMs = 3000;
+  /** What the status says when Cancel is pressed. */
+  cancelText = 'Cancelling…';
 
   constructor(private el: StatusElements, private client: LabClient) {
     el.cancel.addEventListener('click', () => {
-      this.say('Cancelling…');
+      this.say(this.cancelText);
       this.onCancel?.();
-      this.client.cancel();
+      this.client.cancel(this.cancelGraceMs);
     });
   }
 
