@@ -123,7 +123,7 @@ impl Default for TrainOptions {
 pub fn backend_info() -> crate::compute::BackendInfo {
     crate::compute::BackendInfo {
         kind: "cpu".into(),
-        name: crate::compute::cpu_name(),
+        name: crate::compute::backend::cpu_name(),
         reason: Some("the training lab runs on the CPU for now".into()),
     }
 }
