@@ -224,7 +224,7 @@ export interface Series {
  * `log` puts y on a log scale (non-positive values become gaps). Hovering shows every
  * series' value at that x.
  */
-export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number[], series: Series[], opts: { log?: boolean; height?: number } = {}): uPlot {
+export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number[], series: Series[], opts: { log?: boolean; height?: number; wholeX?: boolean } = {}): uPlot {
   el.replaceChildren();
   const width = Math.max(320, el.clientWidth || 640);
   const clean = (y: (number | null)[]) => y.map((v) => (v === null || !Number.isFinite(v) || (opts.log && v <= 0) ? null : v));
@@ -233,7 +233,8 @@ export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number
       width,
       height: opts.height ?? 240,
       scales: { x: { time: false }, y: opts.log ? { distr: 3 } : {} },
-      axes: [{ label: xLabel }, { label: yLabel, size: 70 }],
+      // wholeX: ticks only at whole numbers (block indices).
+      axes: [{ label: xLabel, ...(opts.wholeX ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] } : {}) }, { label: yLabel, size: 70 }],
       series: [
         { label: xLabel, value: (_u, v) => fmt(v) },
         ...series.map((s, i) => {

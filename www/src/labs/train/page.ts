@@ -444,16 +444,16 @@ class TrainLab implements PageLab {
       const steps = stat === 'final' ? r.steps.slice(-1) : stat === 'early' ? r.steps.slice(0, Math.max(1, Math.ceil(r.steps.length / 10))) : r.steps;
       return { label: `#${r.n} ${NAMES[r.norm]}`, colour: COLOURS[r.norm], y: x.map((l) => steps.reduce((a, s) => a + (s.grad_norm[l] ?? 0), 0) / steps.length) };
     });
-    this.plots.draw('gradlines', () => multi($('train-gradlines-chart'), 'block', 'gradient norm (log)', x, gradSeries, { log: true }));
+    this.plots.draw('gradlines', () => multi($('train-gradlines-chart'), 'block', 'gradient norm (log)', x, gradSeries, { log: true, wholeX: true }));
     const rmsSeries: Series[] = this.runs.filter((r) => r.steps.length).map((r) => ({
       label: `#${r.n} ${NAMES[r.norm]}`, colour: COLOURS[r.norm], y: r.steps[r.steps.length - 1].hidden_rms,
     }));
-    this.plots.draw('rms', () => multi($('train-rms-chart'), 'block', 'hidden RMS (log)', x, rmsSeries, { log: true }));
+    this.plots.draw('rms', () => multi($('train-rms-chart'), 'block', 'hidden RMS (log)', x, rmsSeries, { log: true, wholeX: true }));
     const removal = this.runs.filter((r) => r.report && r.report.layer_removal.length);
     const removalSeries: Series[] = removal.map((r) => ({
       label: `#${r.n} ${NAMES[r.norm]}`, colour: COLOURS[r.norm], y: x.map((l) => r.report?.layer_removal[l]?.increase ?? null),
     }));
-    this.plots.draw('removal', () => multi($('train-removal-chart'), 'block skipped', 'validation loss increase', x, removalSeries));
+    this.plots.draw('removal', () => multi($('train-removal-chart'), 'block skipped', 'validation loss increase', x, removalSeries, { wholeX: true }));
   }
 
   /** The selected run's latest angular-distance evaluation, on a fixed [0, 1] scale. */
