@@ -463,7 +463,7 @@ class TrainLab implements PageLab {
     if (!r || !a) return;
     const layers = a.matrix.length;
     heatmap($<HTMLCanvasElement>('train-angular-heatmap'), $('train-angular-tip'),
-      Array.from({ length: layers }, (_, l) => (l === 0 ? 'l = 0 (embedding)' : `l = ${l}`)),
+      Array.from({ length: layers }, (_, l) => (l === 0 ? 'l = 0 (emb.)' : `l = ${l}`)),
       Array.from({ length: layers }, (_, i) => i + 1), (ri, ci) => a.matrix[ri]?.[ci] ?? null, 'angular distance', false, 'n (blocks later)', [0, 1]);
     $('train-angular-title').textContent = `Angular distance between the outputs of block l and l + n: run #${r.n}, ${r.label}, after step ${a.step + 1}`;
   }
