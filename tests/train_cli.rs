@@ -527,3 +527,94 @@ fn bpe_tokenizer_trains_on_the_ids_an_independent_tokenizer_gives() {
         );
     }
 }
+
+/// `layerlab run` of a training experiment with several placements trains each in turn,
+/// as `layerlab train --norm` does one, with a dropped text given by --text; what it cannot
+/// do (a dropped text without --text, --out with several runs) is refused by name.
+#[test]
+fn run_trains_every_placement_of_the_experiment_as_train_does() {
+    let dir = scratch("run");
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text()).unwrap();
+    let link = "?v=2&lab=train&layers=2&width=16&heads=2&kv_heads=2&ffn=24&ctx=16&batch=2\
+                &steps=3&eval_every=2&alpha=0.5&runs=%5B%22pre%22%2C%22mix%22%5D\
+                &text.kind=file&text.name=text.txt&text.size=9";
+    let (code, err) = layerlab(&["run", link]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the experiment's training text is the file text.txt, chosen on the page: give it with --text PATH"),
+        "{err}"
+    );
+    let out = dir.join("m.safetensors");
+    let (code, err) = layerlab(&[
+        "run",
+        link,
+        "--text",
+        text_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("trains 2 placements: --out"), "{err}");
+
+    let report = dir.join("run.json");
+    let (code, err) = layerlab(&[
+        "run",
+        link,
+        "--text",
+        text_path.to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["experiment"]["runs"], serde_json::json!(["pre", "mix"]));
+    assert_eq!(
+        r["experiment"]["text"],
+        serde_json::json!({"kind": "path", "path": text_path.display().to_string()})
+    );
+    let runs: Vec<TrainReport> = serde_json::from_value(r["runs"].clone()).unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, norm) in runs.iter().zip(["pre", "mix"]) {
+        let single = dir.join(format!("{norm}.json"));
+        let (code, err) = layerlab(&[
+            "train",
+            "--norm",
+            norm,
+            "--alpha",
+            "0.5",
+            "--layers",
+            "2",
+            "--width",
+            "16",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "24",
+            "--ctx",
+            "16",
+            "--batch",
+            "2",
+            "--steps",
+            "3",
+            "--eval-every",
+            "2",
+            "--text",
+            text_path.to_str().unwrap(),
+            "--json",
+            single.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&single).unwrap()).unwrap();
+        let s: TrainReport = serde_json::from_value(s["runs"][0].clone()).unwrap();
+        assert_eq!(run.options, s.options);
+        assert_eq!(run.steps, s.steps, "{norm}");
+        assert_eq!(run.layer_removal, s.layer_removal, "{norm}");
+        assert!(!run.stopped);
+    }
+    assert_eq!(runs[1].options.post_blocks(), 1);
+    assert_ne!(runs[0].steps[0].loss, runs[1].steps[0].loss);
+}
