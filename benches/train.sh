@@ -22,7 +22,7 @@ say "12 x 128 Mix-LN, $STEPS steps, $THREADS threads ($(nproc) cores, load avera
 RAYON_NUM_THREADS=$THREADS target/release/layerlab train --norm mix --alpha 0.25 "${PRESET[@]}" \
   --steps "$STEPS" --eval-every 1000000 --text "$TEXT" --json "$OUT/train-cli.json" >"$OUT/train-cli.log" 2>&1 \
   || { tail -20 "$OUT/train-cli.log"; exit 1; }
-read -r ours vocab post < <(python3 -c "import json,sys; r=json.load(open(sys.argv[1])); r=r.get('report', r); \
+read -r ours vocab post < <(python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; \
   print(r['tokens_per_s'], r['vocab_size'], int(r['options']['alpha'] * r['options']['layers']))" "$OUT/train-cli.json")
 .cache/venv-torch/bin/python benches/train_torch.py "${PRESET[@]}" --vocab "$vocab" --post-blocks "$post" \
   --steps "$STEPS" --threads "$THREADS" >"$OUT/train-torch.json" || exit 1

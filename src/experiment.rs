@@ -15,6 +15,8 @@
 //!  "eval_text": {"kind": "builtin", "name": "GPL-3"}}
 //! {"version": 2, "lab": "compute", "seed": 7, "rows": 1000, "cols": 333, "outlier_k": 5.0,
 //!  "bins": 64, "per_column": true}
+//! {"version": 2, "lab": "train", "layers": 12, "width": 128, ..., "norm": "mix", "alpha": 0.25,
+//!  "text": {"kind": "builtin", "name": "GPL-3"}, "tokenizer": "char", "runs": ["pre", "post", "mix"]}
 //! ```
 //!
 //! A lab is one variant of [`LabSpec`] whose spec has a `Default` (the defaults the CLI, the
@@ -31,6 +33,7 @@ use serde_json::{Map, Value};
 use crate::prune::driver::PruneOptions;
 use crate::stats::StatsOptions;
 use crate::synth::SynthSpec;
+use crate::train::{NormPlacement, TrainOptions, TrainReport};
 use crate::{LabError, Result};
 
 /// Bumped when a field changes meaning; readers refuse versions they do not know (and
@@ -173,6 +176,64 @@ pub struct ComputeSpec {
     pub stats: StatsOptions,
 }
 
+/// The training lab (Mix-LN): the options of a run (flattened, as `layerlab train` takes
+/// them), its text and tokenizer, and which norm placements to train, one after another
+/// with everything else the same (the same seed: the same init and batches).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainSpec {
+    #[serde(flatten)]
+    pub options: TrainOptions,
+    /// The training text; its last 10% validates.
+    pub text: TextSource,
+    /// "char" (the text's characters; the page's only tokenizer for now), or, on the CLI, a
+    /// .gguf model or tokenizer.json whose BPE to use.
+    pub tokenizer: String,
+    /// The placements to train in turn (Mix-LN's with `alpha`); empty: the one in `norm`.
+    pub runs: Vec<NormPlacement>,
+}
+
+impl Default for TrainSpec {
+    fn default() -> Self {
+        TrainSpec {
+            options: TrainOptions::default(),
+            text: TextSource::builtin("GPL-3"),
+            tokenizer: "char".into(),
+            runs: Vec::new(),
+        }
+    }
+}
+
+impl TrainSpec {
+    /// The placements this experiment trains, in order.
+    pub fn placements(&self) -> Vec<NormPlacement> {
+        if self.runs.is_empty() {
+            vec![self.options.norm]
+        } else {
+            self.runs.clone()
+        }
+    }
+
+    /// The options of the run with placement `norm`.
+    pub fn options_for(&self, norm: NormPlacement) -> TrainOptions {
+        TrainOptions {
+            norm,
+            ..self.options.clone()
+        }
+    }
+}
+
+/// The training lab's result, the same on the page and in the CLI (`layerlab train --json`,
+/// `layerlab run`): the text and tokenizer it read, where it ran, and one report per
+/// placement, in the experiment's order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainResult {
+    pub text: String,
+    pub tokenizer: String,
+    pub backend: crate::compute::BackendInfo,
+    pub runs: Vec<TrainReport>,
+}
+
 /// The bias lab (Sebra): every option of the run, flattened (they are all it needs: the data
 /// come from the seed).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -195,6 +256,8 @@ pub enum LabSpec {
     Prune(PruneSpec),
     /// Statistics of a seeded synthetic matrix: the page's backend against the CLI's.
     Compute(ComputeSpec),
+    /// Training Pre-LN, Post-LN and Mix-LN decoders, with per-layer diagnostics.
+    Train(TrainSpec),
     /// Sebra's spuriosity ranking and debiasing on seeded biased images.
     Sebra(SebraSpec),
 }
@@ -206,6 +269,7 @@ impl LabSpec {
             LabSpec::Layers(LayersSpec::default()),
             LabSpec::Prune(PruneSpec::default()),
             LabSpec::Compute(ComputeSpec::default()),
+            LabSpec::Train(TrainSpec::default()),
             LabSpec::Sebra(SebraSpec::default()),
         ]
     }
@@ -216,6 +280,7 @@ impl LabSpec {
             LabSpec::Layers(_) => "layers",
             LabSpec::Prune(_) => "prune",
             LabSpec::Compute(_) => "compute",
+            LabSpec::Train(_) => "train",
             LabSpec::Sebra(_) => "sebra",
         }
     }
@@ -239,7 +304,7 @@ impl LabSpec {
         match self {
             LabSpec::Layers(s) => Some(&s.model),
             LabSpec::Prune(s) => Some(&s.model),
-            LabSpec::Compute(_) | LabSpec::Sebra(_) => None,
+            LabSpec::Compute(_) | LabSpec::Train(_) | LabSpec::Sebra(_) => None,
         }
     }
 }
@@ -297,6 +362,10 @@ impl Experiment {
 
     pub fn compute(spec: ComputeSpec) -> Self {
         LabSpec::Compute(spec).into()
+    }
+
+    pub fn train(spec: TrainSpec) -> Self {
+        LabSpec::Train(spec).into()
     }
 
     pub fn sebra(spec: SebraSpec) -> Self {
@@ -845,12 +914,41 @@ mod tests {
         })
     }
 
+    fn train_example() -> Experiment {
+        Experiment::train(TrainSpec {
+            options: TrainOptions {
+                layers: 4,
+                width: 32,
+                heads: 2,
+                kv_heads: 1,
+                ffn: 64,
+                ctx: 32,
+                batch: 4,
+                steps: 20,
+                lr: 3e-3,
+                seed: 7,
+                eval_every: 10,
+                norm: NormPlacement::Post,
+                alpha: 0.5,
+                ..TrainOptions::default()
+            },
+            text: TextSource::File {
+                name: "my notes.txt".into(),
+                size: 12345,
+            },
+            tokenizer: "char".into(),
+            runs: vec![NormPlacement::Pre, NormPlacement::Post, NormPlacement::Mix],
+        })
+    }
+
     #[test]
     fn json_round_trips_and_refuses_unknown_versions() {
         for e in [
             Experiment::layers(LayersSpec::default()),
             prune_example(),
             Experiment::compute(ComputeSpec::default()),
+            Experiment::train(TrainSpec::default()),
+            train_example(),
         ] {
             let text = serde_json::to_string(&e).unwrap();
             assert!(text.starts_with(r#"{"version":2,"lab":""#), "{text}");
@@ -882,6 +980,33 @@ mod tests {
         assert_eq!(p.options.nsamples, 16);
         assert_eq!(p.calib_text, TextSource::builtin("LGPL-2.1"));
         assert_eq!(p.model, ModelSource::default());
+    }
+
+    #[test]
+    fn a_train_experiment_lists_its_placements() {
+        let d = TrainSpec::default();
+        assert_eq!(d.placements(), vec![NormPlacement::Mix]);
+        assert_eq!(d.options, TrainOptions::default());
+        assert_eq!(d.text, TextSource::builtin("GPL-3"));
+        let LabSpec::Train(t) = train_example().lab else {
+            panic!("not train")
+        };
+        assert_eq!(
+            t.placements(),
+            vec![NormPlacement::Pre, NormPlacement::Post, NormPlacement::Mix]
+        );
+        let pre = t.options_for(NormPlacement::Pre);
+        assert_eq!(pre.norm, NormPlacement::Pre);
+        assert_eq!((pre.layers, pre.alpha, pre.seed), (4, 0.5, 7));
+        // Missing fields take the defaults, as in `layerlab train`.
+        let e = Experiment::parse(r#"{"version":2,"lab":"train","steps":5,"norm":"pre"}"#).unwrap();
+        let LabSpec::Train(t) = e.lab else {
+            panic!("not train")
+        };
+        assert_eq!(t.options.steps, 5);
+        assert_eq!(t.placements(), vec![NormPlacement::Pre]);
+        assert_eq!(t.options.width, 128);
+        assert_eq!(t.tokenizer, "char");
     }
 
     #[test]
@@ -960,6 +1085,23 @@ mod tests {
             "v=2&lab=compute&cols=301&per_column=false&rows=517&seed=11"
         );
         assert_eq!(Experiment::from_link(&q).unwrap().0, c);
+        let t = train_example();
+        let q = t.to_query();
+        assert_eq!(
+            q,
+            "v=2&lab=train&alpha=0.5&batch=4&ctx=32&eval_every=10&ffn=64&heads=2&kv_heads=1\
+             &layers=4&lr=0.003&norm=post&runs=%5B%22pre%22%2C%22post%22%2C%22mix%22%5D&seed=7\
+             &steps=20&text.kind=file&text.name=my+notes.txt&text.size=12345&width=32"
+        );
+        assert_eq!(Experiment::from_link(&q).unwrap().0, t);
+        // One placement, as the page's Run writes it: only what differs from the defaults.
+        let one = Experiment::train(TrainSpec {
+            runs: vec![NormPlacement::Pre],
+            ..TrainSpec::default()
+        });
+        let q = one.to_query();
+        assert_eq!(q, "v=2&lab=train&runs=%5B%22pre%22%5D");
+        assert_eq!(Experiment::from_link(&q).unwrap().0, one);
         // Switching OWL off again and a null where the default has a value.
         let mut off = PruneSpec::default();
         off.options.dense_ppl = false;
@@ -985,6 +1127,14 @@ mod tests {
             ),
             ("?v=2&lab=prune&owl.lamda=0.1", "missing field `hyper_m`"),
             ("?v=2&bins=%zz", "bad %-escape"),
+            (
+                "?v=2&lab=train&runs=%5B%22side%22%5D",
+                "unknown variant `side`",
+            ),
+            (
+                "?v=2&lab=train&steps=many",
+                "link parameter steps: expected a number",
+            ),
             ("model.gguf", "neither an experiment"),
         ] {
             let err = Experiment::parse(link).unwrap_err().to_string();

@@ -258,7 +258,12 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
         assert!((ol - tl).abs() < 1e-5 * tl, "{tag}: loss {ol} vs {tl}");
 
         // Five Adam steps on the same batches: the losses agree to 1e-4 relative.
-        let r: TrainReport = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        // The report is `layerlab run`'s: the experiment, then one report per run.
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(r["experiment"]["lab"], "train");
+        assert_eq!(r["runs"].as_array().unwrap().len(), 1);
+        let r: TrainReport = serde_json::from_value(r["runs"][0].clone()).unwrap();
         let refl: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&ref_losses).unwrap()).unwrap();
         let refl: Vec<f64> = refl["losses"]
@@ -472,8 +477,7 @@ fn bpe_tokenizer_trains_on_the_ids_an_independent_tokenizer_gives() {
     ]);
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    let r = r.get("report").unwrap_or(&r);
-    assert_eq!(r["vocab_size"], 49152);
+    assert_eq!(r["runs"][0]["vocab_size"], 49152);
     let (_, loss) = read_all(&grads);
     let loss: f64 = loss.expect("loss in the metadata").parse().unwrap();
     assert!((loss - 49152f64.ln()).abs() < 0.05, "first loss {loss}");
@@ -533,6 +537,97 @@ fn bpe_tokenizer_trains_on_the_ids_an_independent_tokenizer_gives() {
     }
 }
 
+/// `layerlab run` of a training experiment with several placements trains each in turn,
+/// as `layerlab train --norm` does one, with a dropped text given by --text; what it cannot
+/// do (a dropped text without --text, --out with several runs) is refused by name.
+#[test]
+fn run_trains_every_placement_of_the_experiment_as_train_does() {
+    let dir = scratch("run");
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text()).unwrap();
+    let link = "?v=2&lab=train&layers=2&width=16&heads=2&kv_heads=2&ffn=24&ctx=16&batch=2\
+                &steps=3&eval_every=2&alpha=0.5&runs=%5B%22pre%22%2C%22mix%22%5D\
+                &text.kind=file&text.name=text.txt&text.size=9";
+    let (code, err) = layerlab(&["run", link]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the experiment's training text is the file text.txt, chosen on the page: give it with --text PATH"),
+        "{err}"
+    );
+    let out = dir.join("m.safetensors");
+    let (code, err) = layerlab(&[
+        "run",
+        link,
+        "--text",
+        text_path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("trains 2 placements: --out"), "{err}");
+
+    let report = dir.join("run.json");
+    let (code, err) = layerlab(&[
+        "run",
+        link,
+        "--text",
+        text_path.to_str().unwrap(),
+        "--json",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["experiment"]["runs"], serde_json::json!(["pre", "mix"]));
+    assert_eq!(
+        r["experiment"]["text"],
+        serde_json::json!({"kind": "path", "path": text_path.display().to_string()})
+    );
+    let runs: Vec<TrainReport> = serde_json::from_value(r["runs"].clone()).unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, norm) in runs.iter().zip(["pre", "mix"]) {
+        let single = dir.join(format!("{norm}.json"));
+        let (code, err) = layerlab(&[
+            "train",
+            "--norm",
+            norm,
+            "--alpha",
+            "0.5",
+            "--layers",
+            "2",
+            "--width",
+            "16",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "24",
+            "--ctx",
+            "16",
+            "--batch",
+            "2",
+            "--steps",
+            "3",
+            "--eval-every",
+            "2",
+            "--text",
+            text_path.to_str().unwrap(),
+            "--json",
+            single.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let s: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&single).unwrap()).unwrap();
+        let s: TrainReport = serde_json::from_value(s["runs"][0].clone()).unwrap();
+        assert_eq!(run.options, s.options);
+        assert_eq!(run.steps, s.steps, "{norm}");
+        assert_eq!(run.layer_removal, s.layer_removal, "{norm}");
+        assert!(!run.stopped);
+    }
+    assert_eq!(runs[1].options.post_blocks(), 1);
+    assert_ne!(runs[0].steps[0].loss, runs[1].steps[0].loss);
+}
+
 /// `--backend gpu` trains like `--backend cpu`: the same batches, and per step the loss
 /// within 1e-4 (relative) and every block's gradient norm and hidden RMS within 1e-3; the
 /// validation losses and the layer-removal losses within 1e-4. (One step agrees to ~1e-7,
@@ -586,8 +681,9 @@ fn gpu_backend_trains_like_the_cpu() {
         if backend == "gpu" {
             assert!(err.contains("backend: GPU"), "{err}");
         }
-        let r: TrainReport =
+        let r: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let r: TrainReport = serde_json::from_value(r["runs"][0].clone()).unwrap();
         reports.push(r);
     }
     let (cpu, gpu) = (&reports[0], &reports[1]);

@@ -11,7 +11,7 @@ use layerlab::compute::{Backend, BackendChoice, Matrix, Silent};
 use layerlab::eval::{perplexity, PplOptions, PplReport};
 use layerlab::experiment::{
     ComputeSpec, Experiment, LabSpec, LayersSpec, ModelSource, PruneResult, PruneSpec, Report,
-    TextSource,
+    TextSource, TrainResult, TrainSpec,
 };
 use layerlab::io::{FileSource, Format, ModelFile};
 use layerlab::model::causal::load_causal_lm;
@@ -57,9 +57,13 @@ enum Command {
         /// The evaluation text (instead of the experiment's).
         #[arg(long)]
         eval: Option<PathBuf>,
+        /// The training text (instead of the experiment's; training experiments).
+        #[arg(long)]
+        text: Option<PathBuf>,
         #[arg(long, default_value = "auto")]
         backend: BackendChoice,
-        /// Write a pruned model here as safetensors (pruning experiments).
+        /// Write a pruned model here as safetensors (pruning experiments), or the trained
+        /// model with its config.json beside it (training experiments of one run).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Write the report as JSON to this file ("-" for standard output).
@@ -239,8 +243,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     let started = std::time::Instant::now();
     let (experiment, files, output) = match cli.command {
-        // Training has no Experiment variant yet (the training lab's page comes next); its
-        // CLI runs on its own until then.
+        // `layerlab train` builds its experiment from its flags and runs it through the same
+        // runner as `layerlab run` (layerlab::train::cli::run_spec); it also writes the files
+        // only a single run has (--init, --grads, --batches).
         Command::Train(args) => return layerlab::train::cli::run(&args),
         Command::Sebra(args) => return layerlab::sebra::cli::run(&args),
         Command::Backend { backend } => {
@@ -272,6 +277,7 @@ async fn run(cli: Cli) -> Result<()> {
             model,
             calib,
             eval,
+            text,
             backend,
             out,
             json,
@@ -287,6 +293,7 @@ async fn run(cli: Cli) -> Result<()> {
                 config: None,
                 calib,
                 eval,
+                text,
                 out,
             };
             (experiment, files, Output { backend, json })
@@ -408,7 +415,9 @@ struct RunFiles {
     config: Option<PathBuf>,
     calib: Option<PathBuf>,
     eval: Option<PathBuf>,
-    /// Where the pruned model goes (safetensors), if anywhere.
+    /// The training text.
+    text: Option<PathBuf>,
+    /// Where the pruned or trained model goes (safetensors), if anywhere.
     out: Option<PathBuf>,
 }
 
@@ -544,6 +553,7 @@ enum RunReport {
     Layers(Report<ModelReport>),
     Prune(Report<PruneResult>),
     Compute(Report<StatsRun>),
+    Train(Report<TrainResult>),
     Sebra(Report<layerlab::sebra::run::SebraReport>),
 }
 
@@ -558,11 +568,37 @@ async fn run_experiment(
         LabSpec::Layers(spec) => RunReport::Layers(run_layers(b, spec, files).await?),
         LabSpec::Prune(spec) => RunReport::Prune(run_prune(b, spec, files).await?),
         LabSpec::Compute(spec) => RunReport::Compute(run_compute(b, spec).await?),
+        LabSpec::Train(spec) => RunReport::Train(run_train(spec, files)?),
         // The bias lab trains on the CPU whatever the backend (its GPU path is not built yet).
         LabSpec::Sebra(spec) => RunReport::Sebra(layerlab::sebra::cli::run_spec(
             spec,
             &layerlab::sebra::cli::StderrProgress,
         )?),
+    })
+}
+
+/// A training experiment: every placement it lists, on the CPU (as the page trains), the
+/// report `layerlab train --json` writes. A text dropped on the page is given with --text.
+fn run_train(mut spec: TrainSpec, files: &RunFiles) -> Result<Report<TrainResult>> {
+    let text = match (&files.text, &spec.text) {
+        (None, TextSource::File { name, .. }) => {
+            return Err(LabError::invalid(format!(
+                "the experiment's training text is the file {name}, chosen on the page: give it with --text PATH"
+            )))
+        }
+        (flag, source) => text_path(source, flag.as_deref(), "text")?,
+    };
+    let train_files = layerlab::train::cli::TrainFiles {
+        out: files.out.clone(),
+        ..Default::default()
+    };
+    let result = layerlab::train::cli::run_spec(&spec, &text, &train_files, None)?;
+    if files.text.is_some() || matches!(spec.text, TextSource::File { .. }) {
+        spec.text = text_source(&text);
+    }
+    Ok(Report {
+        experiment: Experiment::train(spec),
+        result,
     })
 }
 
@@ -680,6 +716,17 @@ fn emit(done: &RunReport, json: Option<&Path>) -> Result<()> {
             Some(p) => write_json(p, r)?,
             None => print_summary(&r.result),
         },
+        RunReport::Train(r) => {
+            if let Some(p) = json {
+                write_json(p, r)?;
+            }
+            let summary = layerlab::train::cli::summaries(&r.result);
+            if json_to_stdout {
+                eprint!("{summary}");
+            } else {
+                print!("{summary}");
+            }
+        }
         RunReport::Sebra(r) => {
             if let Some(p) = json {
                 write_json(p, r)?;

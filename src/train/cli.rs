@@ -10,21 +10,21 @@
 //! - `--out MODEL.safetensors`: the trained weights with LLaMA names, and a config.json
 //!   beside it that records the placement (`layerlab.post_ln_blocks`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::compute::GpuContext;
-use crate::io::safetensors::{write_f32, F32Tensor};
+use crate::compute::{BackendInfo, GpuContext};
+use crate::experiment::{Experiment, Report, TextSource, TrainResult, TrainSpec};
 use crate::io::{FileSource, ModelFile};
 use crate::tokenizer::TextTokenizer;
 use crate::{LabError, Result};
 
 use super::data::{Corpus, Tokenizer};
+use super::export::{hf_config, write_safetensors};
 use super::gpu::GpuSteps;
 use super::model::{Model, ModelConfig, Weights};
 use super::{
-    batch_gradients, first_batch, train, train_on, NormPlacement, StepRecord, TrainMonitor,
-    TrainOptions, TrainReport,
+    batch_gradients, first_batch, train, train_on, NormPlacement, StepRecord, TrainMonitor, TrainOptions,
+    TrainReport,
 };
 
 /// Train a Pre-LN, Post-LN or Mix-LN decoder from scratch on a text (CPU, f32).
@@ -141,13 +141,53 @@ impl TrainMonitor for StderrProgress {
     }
 }
 
-/// `layerlab train`.
+/// The files a training run reads and writes beside its experiment.
+#[derive(Default)]
+pub struct TrainFiles {
+    pub init: Option<PathBuf>,
+    pub grads: Option<PathBuf>,
+    pub batches: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+/// `layerlab train`: the flags become a training experiment (one run), run as `layerlab
+/// run` runs it; the report is the same.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    // The GPU when asked for, or for auto when a hardware one comes up. On a software adapter
-    // (Mesa's lavapipe, SwiftShader) auto keeps the CPU path, the reference that is the same
-    // bit for bit on any thread count; the GPU path agrees with it only within f32 rounding
-    // (tests/train_cli.rs). Speed on lavapipe was not measured on an idle machine.
-    let gpu = match args.backend.as_str() {
+    let gpu = choose_gpu(&args.backend)?;
+    let spec = TrainSpec {
+        options: args.options(),
+        text: TextSource::Path {
+            path: args.text.display().to_string(),
+        },
+        tokenizer: args.tokenizer.clone(),
+        runs: Vec::new(),
+    };
+    let files = TrainFiles {
+        init: args.init.clone(),
+        grads: args.grads.clone(),
+        batches: args.batches.clone(),
+        out: args.out.clone(),
+    };
+    let result = run_spec(&spec, &args.text, &files, gpu.as_ref())?;
+    if let Some(p) = &args.json {
+        write_report(
+            p,
+            &Report {
+                experiment: Experiment::train(spec),
+                result: result.clone(),
+            },
+        )?;
+    }
+    eprint!("{}", summaries(&result));
+    Ok(())
+}
+
+/// The GPU `layerlab train` trains on: for `gpu` the one wgpu finds (or an error), for `auto`
+/// a hardware one where it comes up. On a software adapter (Mesa's lavapipe, SwiftShader)
+/// auto keeps the CPU path, the reference that is the same bit for bit on any thread count;
+/// the GPU path agrees with it within f32 rounding (tests/train_cli.rs, tests/train_gpu.rs).
+pub fn choose_gpu(backend: &str) -> Result<Option<GpuContext>> {
+    let gpu = match backend {
         "cpu" => None,
         "gpu" => Some(pollster::block_on(GpuContext::new())?),
         "auto" => match pollster::block_on(GpuContext::new()) {
@@ -173,49 +213,97 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if let Some(g) = &gpu {
         eprintln!("backend: GPU, {}", g.describe());
     }
-    let opts = args.options();
-    let text = std::fs::read_to_string(&args.text)
-        .map_err(|e| LabError::Io(format!("cannot read {}: {e}", args.text.display())))?;
-    let tokenizer = load_tokenizer(&args.tokenizer, &text)?;
+    Ok(gpu)
+}
+
+/// The summary of every run, one paragraph each.
+pub fn summaries(result: &TrainResult) -> String {
+    result
+        .runs
+        .iter()
+        .map(|r| format!("{}\n", summary(r, &result.tokenizer)))
+        .collect()
+}
+
+/// Runs a training experiment on the text at `text_path`: each placement of `spec` in turn
+/// (the same init seed and batches), with the files `files` asks for (`--out` only with a
+/// single run: one model per file), on `gpu` where given (else the CPU).
+pub fn run_spec(
+    spec: &TrainSpec,
+    text_path: &Path,
+    files: &TrainFiles,
+    gpu: Option<&GpuContext>,
+) -> Result<TrainResult> {
+    let placements = spec.placements();
+    if placements.len() > 1
+        && (files.out.is_some() || files.grads.is_some() || files.init.is_some())
+    {
+        return Err(LabError::invalid(format!(
+            "this experiment trains {} placements: --out, --grads and --init take a single run \
+             (runs: [\"mix\"], or none and norm)",
+            placements.len()
+        )));
+    }
+    let text = std::fs::read_to_string(text_path)
+        .map_err(|e| LabError::Io(format!("cannot read {}: {e}", text_path.display())))?;
+    let tokenizer = load_tokenizer(&spec.tokenizer, &text)?;
     let ids = tokenizer.encode(&text)?;
-    let corpus = Corpus::split(ids, tokenizer.vocab_size(), opts.ctx)?;
-    let cfg = opts.model_config(corpus.vocab_size)?;
-    let init = match &args.init {
-        Some(p) => Some(read_weights(p, &cfg)?),
-        None => None,
-    };
-    if let Some(path) = &args.grads {
-        let weights = init
-            .clone()
-            .unwrap_or_else(|| Weights::init(&cfg, opts.seed));
-        let model = Model {
-            cfg: cfg.clone(),
-            weights,
+    let mut runs = Vec::with_capacity(placements.len());
+    for norm in placements {
+        let opts = spec.options_for(norm);
+        let corpus = Corpus::split(ids.clone(), tokenizer.vocab_size(), opts.ctx)?;
+        let cfg = opts.model_config(corpus.vocab_size)?;
+        let init = match &files.init {
+            Some(p) => Some(read_weights(p, &cfg)?),
+            None => None,
         };
-        let batch = first_batch(&corpus, &opts);
-        let (loss, grads) = batch_gradients(&model, &batch, opts.batch, opts.ctx);
-        write_grads(path, &cfg, &grads, &batch, opts.batch, opts.ctx, loss)?;
-        eprintln!(
-            "first batch loss {loss:.6}; gradients in {}",
-            path.display()
-        );
+        if let Some(path) = &files.grads {
+            let weights = init
+                .clone()
+                .unwrap_or_else(|| Weights::init(&cfg, opts.seed));
+            let model = Model {
+                cfg: cfg.clone(),
+                weights,
+            };
+            let batch = first_batch(&corpus, &opts);
+            let (loss, grads) = batch_gradients(&model, &batch, opts.batch, opts.ctx);
+            write_grads(path, &cfg, &grads, &batch, opts.batch, opts.ctx, loss)?;
+            eprintln!(
+                "first batch loss {loss:.6}; gradients in {}",
+                path.display()
+            );
+        }
+        if let Some(path) = &files.batches {
+            write_batches(path, &corpus, &opts)?;
+        }
+        let run = match gpu {
+            Some(g) => train_on(
+                &corpus,
+                &opts,
+                init,
+                &StderrProgress,
+                Box::new(GpuSteps::new(g)),
+            )?,
+            None => train(&corpus, &opts, init, &StderrProgress)?,
+        };
+        if let Some(out) = &files.out {
+            write_model(out, &run.model, &opts, &tokenizer)?;
+        }
+        runs.push(run.report);
     }
-    if let Some(path) = &args.batches {
-        write_batches(path, &corpus, &opts)?;
-    }
-    let run = match &gpu {
-        Some(g) => train_on(&corpus, &opts, init, &StderrProgress, &mut GpuSteps::new(g))?,
-        None => train(&corpus, &opts, init, &StderrProgress)?,
-    };
-    let r = &run.report;
-    if let Some(out) = &args.out {
-        write_model(out, &run.model, &opts, &tokenizer)?;
-    }
-    if let Some(p) = &args.json {
-        write_report(p, r)?;
-    }
-    eprintln!("{}", summary(r, &tokenizer.describe()));
-    Ok(())
+    Ok(TrainResult {
+        text: text_path.display().to_string(),
+        tokenizer: tokenizer.describe(),
+        backend: match gpu {
+            Some(g) => BackendInfo {
+                kind: "gpu".into(),
+                name: g.describe(),
+                reason: None,
+            },
+            None => super::backend_info(),
+        },
+        runs,
+    })
 }
 
 fn summary(r: &TrainReport, tokenizer: &str) -> String {
@@ -240,7 +328,8 @@ fn summary(r: &TrainReport, tokenizer: &str) -> String {
     )
 }
 
-fn load_tokenizer(choice: &str, text: &str) -> Result<Tokenizer> {
+/// "char", or a .gguf / tokenizer.json path whose BPE to use.
+pub fn load_tokenizer(choice: &str, text: &str) -> Result<Tokenizer> {
     if choice == "char" {
         return Tokenizer::char_level(text);
     }
@@ -403,19 +492,8 @@ fn write_batches(path: &Path, corpus: &Corpus, opts: &TrainOptions) -> Result<()
 
 /// The trained model as safetensors (LLaMA names) and a config.json beside it.
 fn write_model(path: &Path, model: &Model, opts: &TrainOptions, tok: &Tokenizer) -> Result<()> {
-    let specs = Weights::specs(&model.cfg);
-    let tensors: Vec<F32Tensor> = specs
-        .iter()
-        .zip(model.weights.tensors())
-        .map(|(s, t)| F32Tensor {
-            name: s.name.clone(),
-            shape: s.shape.clone(),
-            data: std::borrow::Cow::Borrowed(t),
-        })
-        .collect();
-    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
     let mut w = create(path)?;
-    write_f32(&mut w, &tensors, &meta)?;
+    write_safetensors(&mut w, model)?;
     finish(w, path)?;
     let config = hf_config(&model.cfg, opts, tok);
     let config_path = path.with_file_name("config.json");
@@ -425,38 +503,7 @@ fn write_model(path: &Path, model: &Model, opts: &TrainOptions, tok: &Tokenizer)
         .map_err(|e| LabError::Io(format!("cannot write {}: {e}", config_path.display())))
 }
 
-/// A Hugging Face LlamaConfig for the model, plus `layerlab`: the placement (the first
-/// `post_ln_blocks` blocks are Post-LN) and, for a character model, its vocabulary.
-pub fn hf_config(cfg: &ModelConfig, opts: &TrainOptions, tok: &Tokenizer) -> serde_json::Value {
-    let chars = match tok {
-        Tokenizer::Char(c) => Some(c.iter().collect::<String>()),
-        Tokenizer::Bpe(_) => None,
-    };
-    serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": cfg.width,
-        "intermediate_size": cfg.ffn,
-        "num_hidden_layers": cfg.layers,
-        "num_attention_heads": cfg.heads,
-        "num_key_value_heads": cfg.kv_heads,
-        "vocab_size": cfg.vocab,
-        "max_position_embeddings": opts.ctx,
-        "rms_norm_eps": super::ops::RMS_EPS,
-        "rope_theta": super::ops::ROPE_THETA,
-        "hidden_act": "silu",
-        "tie_word_embeddings": cfg.tied_head,
-        "torch_dtype": "float32",
-        "layerlab": {
-            "norm": opts.norm,
-            "alpha": opts.alpha,
-            "post_ln_blocks": cfg.post_blocks,
-            "char_vocab": chars,
-        },
-    })
-}
-
-fn write_report(path: &Path, r: &TrainReport) -> Result<()> {
+fn write_report(path: &Path, r: &Report<TrainResult>) -> Result<()> {
     let text = serde_json::to_string_pretty(r)
         .map_err(|e| LabError::invalid(format!("cannot encode the report: {e}")))?;
     if path.as_os_str() == "-" {

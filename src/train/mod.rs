@@ -8,6 +8,9 @@
 //! - `gpu`: the same training step on the GPU (`compute::train_kernels`), state resident in
 //!   pool buffers.
 //! - `data`: tokenisers (character level or BPE), the 90/10 split, seeded batches.
+//! - `sample`: seeded text generation from a trained model.
+//! - `export`: the trained model as safetensors + config.json (the CLI's --out, the page's
+//!   download).
 //! - `cli` (native only): `layerlab train`'s arguments and files (--init, --grads, --out).
 //!
 //! What it refuses to be: an autodiff engine, a general trainer (one model family, one
@@ -16,9 +19,11 @@
 #[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod gpu;
 pub mod model;
 pub mod ops;
+pub mod sample;
 
 use serde::{Deserialize, Serialize};
 
@@ -113,6 +118,16 @@ impl Default for TrainOptions {
             alpha: 0.25,
             tied_head: false,
         }
+    }
+}
+
+/// Where training runs: the CPU (every core natively; the page's WebAssembly threads), for
+/// every face until the GPU training kernels exist.
+pub fn backend_info() -> crate::compute::BackendInfo {
+    crate::compute::BackendInfo {
+        kind: "cpu".into(),
+        name: crate::compute::backend::cpu_name(),
+        reason: Some("the training lab runs on the CPU for now".into()),
     }
 }
 
@@ -255,6 +270,10 @@ pub struct TrainReport {
     /// Training tokens (B*T per step) per second of training time.
     pub tokens_per_s: f64,
     pub timings: Timings,
+    /// The run was stopped before its last step (the page's Stop): `steps` holds the steps
+    /// taken, and there is no layer removal.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Hears about a run as it goes, and may stop it.
@@ -380,18 +399,6 @@ pub fn angular(a: &[f32], b: &[f32]) -> f64 {
     libm::acos(cos) / std::f64::consts::PI
 }
 
-/// Trains a model on `corpus` with `opts` from `init` (or the seeded init), reporting each
-/// step to `monitor`. Deterministic: the same options and corpus give the same bits on any
-/// thread count.
-pub fn train(
-    corpus: &Corpus,
-    opts: &TrainOptions,
-    init: Option<Weights>,
-    monitor: &dyn TrainMonitor,
-) -> Result<TrainRun> {
-    train_on(corpus, opts, init, monitor, &mut CpuSteps::default())
-}
-
 /// What one engine step reports (before the update's effect).
 pub struct StepOutput {
     pub loss: f64,
@@ -499,72 +506,150 @@ impl StepEngine for CpuSteps {
     }
 }
 
-/// `train` with the steps computed by `engine`.
-pub fn train_on(
-    corpus: &Corpus,
-    opts: &TrainOptions,
-    init: Option<Weights>,
-    monitor: &dyn TrainMonitor,
-    engine: &mut dyn StepEngine,
-) -> Result<TrainRun> {
-    let started = web_time::Instant::now();
-    let cfg = opts.model_config(corpus.vocab_size)?;
-    let (b, t) = (opts.batch, opts.ctx);
-    if corpus.train.len() <= t || corpus.val.len() <= t {
-        return Err(LabError::invalid(format!(
-            "the text is too short for ctx {t}: each split needs at least ctx + 1 = {} tokens \
-             (train {}, validation {})",
-            t + 1,
-            corpus.train.len(),
-            corpus.val.len()
-        )));
+/// A run in progress, one optimizer step at a time: what `train` loops over, and what the
+/// page drives between its yields to the worker's event loop (so Stop is heard between
+/// steps). Owns a copy of its data, so it outlives the corpus it was made from. Its steps are
+/// computed by a `StepEngine` (the CPU's, or the GPU's); evaluation runs on the CPU model.
+pub struct Trainer<'e> {
+    opts: TrainOptions,
+    cfg: ModelConfig,
+    model: Model,
+    train_ids: Vec<u32>,
+    val: Vec<u32>,
+    batcher: Batcher,
+    engine: Box<dyn StepEngine + 'e>,
+    steps: Vec<StepRecord>,
+    angular_distance: Vec<AngularDistance>,
+    train_s: f64,
+    eval_s: f64,
+    last_val: Option<f64>,
+    started: web_time::Instant,
+}
+
+impl Trainer<'static> {
+    /// A run whose steps are computed on the CPU (the reference, the same bits on any thread
+    /// count).
+    pub fn new(corpus: &Corpus, opts: &TrainOptions, init: Option<Weights>) -> Result<Self> {
+        Trainer::with_engine(corpus, opts, init, Box::new(CpuSteps::default()))
     }
-    if let Some(&bad) = corpus
-        .train
-        .iter()
-        .chain(&corpus.val)
-        .find(|&&id| id as usize >= cfg.vocab)
-    {
-        return Err(LabError::invalid(format!(
-            "token id {bad} is outside the vocabulary of {} tokens",
-            cfg.vocab
-        )));
-    }
-    let weights = match init {
-        Some(w) => w,
-        None => Weights::init(&cfg, opts.seed),
-    };
-    let mut model = Model {
-        cfg: cfg.clone(),
-        weights,
-    };
-    let val = val_windows(&corpus.val, VAL_BATCHES * b, t);
-    let mut batcher = Batcher::new(opts.seed);
-    let adam = AdamConfig {
-        weight_decay: opts.weight_decay,
-        ..AdamConfig::default()
-    };
-    engine.begin(&model, adam)?;
-    let mut steps = Vec::with_capacity(opts.steps);
-    let mut angular_distance = Vec::new();
-    let (mut train_s, mut eval_s) = (0.0f64, 0.0f64);
-    let mut cancelled = false;
-    let mut last_val = None;
-    for step in 0..opts.steps {
-        if monitor.cancelled() {
-            cancelled = true;
-            break;
+}
+
+impl<'e> Trainer<'e> {
+    /// Checks the options against the corpus and sets up the model (from `init`, or the
+    /// seeded init), the engine's optimizer state and the fixed validation windows.
+    pub fn with_engine(
+        corpus: &Corpus,
+        opts: &TrainOptions,
+        init: Option<Weights>,
+        mut engine: Box<dyn StepEngine + 'e>,
+    ) -> Result<Trainer<'e>> {
+        let started = web_time::Instant::now();
+        let cfg = opts.model_config(corpus.vocab_size)?;
+        let (b, t) = (opts.batch, opts.ctx);
+        if corpus.train.len() <= t || corpus.val.len() <= t {
+            return Err(LabError::invalid(format!(
+                "the text is too short for ctx {t}: each split needs at least ctx + 1 = {} tokens \
+                 (train {}, validation {})",
+                t + 1,
+                corpus.train.len(),
+                corpus.val.len()
+            )));
         }
+        if let Some(&bad) = corpus
+            .train
+            .iter()
+            .chain(&corpus.val)
+            .find(|&&id| id as usize >= cfg.vocab)
+        {
+            return Err(LabError::invalid(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                cfg.vocab
+            )));
+        }
+        let weights = match init {
+            Some(w) => w,
+            None => Weights::init(&cfg, opts.seed),
+        };
+        let model = Model {
+            cfg: cfg.clone(),
+            weights,
+        };
+        engine.begin(
+            &model,
+            AdamConfig {
+                weight_decay: opts.weight_decay,
+                ..AdamConfig::default()
+            },
+        )?;
+        Ok(Trainer {
+            opts: opts.clone(),
+            model,
+            train_ids: corpus.train.clone(),
+            val: val_windows(&corpus.val, VAL_BATCHES * b, t),
+            batcher: Batcher::new(opts.seed),
+            engine,
+            cfg,
+            steps: Vec::with_capacity(opts.steps),
+            angular_distance: Vec::new(),
+            train_s: 0.0,
+            eval_s: 0.0,
+            last_val: None,
+            started,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps_done(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// True once every step of the options has run.
+    pub fn done(&self) -> bool {
+        self.steps.len() >= self.opts.steps
+    }
+
+    /// The model as trained so far (on the CPU engine; a GPU engine's weights reach it at each
+    /// evaluation and at `finish`).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Every step's record so far (the last one is the step just taken).
+    pub fn records(&self) -> &[StepRecord] {
+        &self.steps
+    }
+
+    /// Every angular-distance evaluation so far.
+    pub fn angular_distance(&self) -> &[AngularDistance] {
+        &self.angular_distance
+    }
+
+    /// Training tokens (B*T per step) per second of training time so far.
+    pub fn tokens_per_s(&self) -> f64 {
+        if self.train_s > 0.0 {
+            (self.steps.len() * self.opts.batch * self.opts.ctx) as f64 / self.train_s
+        } else {
+            0.0
+        }
+    }
+
+    /// One optimizer step (and the evaluation due after it), reported to `monitor`.
+    pub fn step(&mut self, monitor: &dyn TrainMonitor) -> Result<()> {
+        let opts = &self.opts;
+        let (b, t) = (opts.batch, opts.ctx);
+        let step = self.steps.len();
         let t0 = web_time::Instant::now();
         let lr = ops::lr_at(step, opts.steps, opts.warmup, opts.lr);
-        let batch = batcher.next(&corpus.train, b, t);
+        let batch = self.batcher.next(&self.train_ids, b, t);
         let StepOutput {
             loss,
             grad_norm,
             hidden_rms,
-        } = engine.step(&mut model, &batch, b, t, lr, opts.clip, step)?;
-        train_s += t0.elapsed().as_secs_f64();
-        steps.push(StepRecord {
+        } = self
+            .engine
+            .step(&mut self.model, &batch, b, t, lr, opts.clip, step)?;
+        self.train_s += t0.elapsed().as_secs_f64();
+        self.steps.push(StepRecord {
             step,
             lr,
             loss,
@@ -574,63 +659,115 @@ pub fn train_on(
         });
         if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
             let t1 = web_time::Instant::now();
-            engine.sync(&mut model)?;
-            let (loss, ang) = evaluate(&model, &val, b, t, step);
-            eval_s += t1.elapsed().as_secs_f64();
-            last_val = Some(loss);
-            if let Some(r) = steps.last_mut() {
+            self.engine.sync(&mut self.model)?;
+            let (loss, ang) = evaluate(&self.model, &self.val, b, t, step);
+            self.eval_s += t1.elapsed().as_secs_f64();
+            self.last_val = Some(loss);
+            if let Some(r) = self.steps.last_mut() {
                 r.val_loss = Some(loss);
             }
             monitor.eval(&ang);
-            angular_distance.push(ang);
+            self.angular_distance.push(ang);
         }
-        if let Some(r) = steps.last() {
+        if let Some(r) = self.steps.last() {
             monitor.step(r, opts.steps);
         }
+        Ok(())
     }
-    let t1 = web_time::Instant::now();
-    engine.sync(&mut model)?;
-    if steps.is_empty() && !cancelled {
-        let (loss, ang) = evaluate(&model, &val, b, t, 0);
-        last_val = Some(loss);
-        monitor.eval(&ang);
-        angular_distance.push(ang);
-    }
-    let mut layer_removal = Vec::new();
-    if !cancelled {
-        let full = last_val.unwrap_or_else(|| val_loss(&model, &val, b, t, None));
-        for block in 0..cfg.layers {
-            let loss = val_loss(&model, &val, b, t, Some(block));
-            layer_removal.push(LayerRemoval {
-                block,
-                loss,
-                increase: loss - full,
-            });
-        }
-    }
-    eval_s += t1.elapsed().as_secs_f64();
-    let trained_tokens = (steps.len() * b * t) as f64;
-    let report = TrainReport {
-        options: opts.clone(),
-        vocab_size: cfg.vocab,
-        params: model.weights.count(),
-        steps,
-        angular_distance,
-        layer_removal,
-        tokens_per_s: if train_s > 0.0 {
-            trained_tokens / train_s
-        } else {
-            0.0
-        },
-        timings: Timings {
-            total_s: started.elapsed().as_secs_f64(),
+
+    /// Ends the run: after every step, the layer-removal diagnostic (and, for a run of
+    /// zero steps, one evaluation of the initial model); after a Stop (`stopped`), the steps
+    /// taken so far, without them.
+    pub fn finish(mut self, stopped: bool, monitor: &dyn TrainMonitor) -> Result<TrainRun> {
+        self.engine.sync(&mut self.model)?;
+        let Trainer {
+            opts,
+            cfg,
+            model,
+            val,
+            steps,
+            mut angular_distance,
             train_s,
-            eval_s,
-        },
-    };
-    Ok(TrainRun {
-        report,
-        model,
-        cancelled,
-    })
+            mut eval_s,
+            mut last_val,
+            started,
+            ..
+        } = self;
+        let (b, t) = (opts.batch, opts.ctx);
+        let t1 = web_time::Instant::now();
+        if steps.is_empty() && !stopped {
+            let (loss, ang) = evaluate(&model, &val, b, t, 0);
+            last_val = Some(loss);
+            monitor.eval(&ang);
+            angular_distance.push(ang);
+        }
+        let mut layer_removal = Vec::new();
+        if !stopped {
+            let full = last_val.unwrap_or_else(|| val_loss(&model, &val, b, t, None));
+            for block in 0..cfg.layers {
+                let loss = val_loss(&model, &val, b, t, Some(block));
+                layer_removal.push(LayerRemoval {
+                    block,
+                    loss,
+                    increase: loss - full,
+                });
+            }
+        }
+        eval_s += t1.elapsed().as_secs_f64();
+        let trained_tokens = (steps.len() * b * t) as f64;
+        let report = TrainReport {
+            options: opts,
+            vocab_size: cfg.vocab,
+            params: model.weights.count(),
+            steps,
+            angular_distance,
+            layer_removal,
+            tokens_per_s: if train_s > 0.0 {
+                trained_tokens / train_s
+            } else {
+                0.0
+            },
+            timings: Timings {
+                total_s: started.elapsed().as_secs_f64(),
+                train_s,
+                eval_s,
+            },
+            stopped,
+        };
+        Ok(TrainRun {
+            report,
+            model,
+            cancelled: stopped,
+        })
+    }
+}
+
+/// Trains a model on `corpus` with `opts` from `init` (or the seeded init), reporting each
+/// step to `monitor`. Deterministic: the same options and corpus give the same bits on any
+/// thread count.
+pub fn train(
+    corpus: &Corpus,
+    opts: &TrainOptions,
+    init: Option<Weights>,
+    monitor: &dyn TrainMonitor,
+) -> Result<TrainRun> {
+    train_on(corpus, opts, init, monitor, Box::new(CpuSteps::default()))
+}
+
+/// `train` with the steps computed by `engine`.
+pub fn train_on<'e>(
+    corpus: &Corpus,
+    opts: &TrainOptions,
+    init: Option<Weights>,
+    monitor: &dyn TrainMonitor,
+    engine: Box<dyn StepEngine + 'e>,
+) -> Result<TrainRun> {
+    let mut trainer = Trainer::with_engine(corpus, opts, init, engine)?;
+    while !trainer.done() {
+        if monitor.cancelled() {
+            return trainer.finish(true, monitor);
+        }
+        trainer.step(monitor)?;
+    }
+    trainer.finish(false, monitor)
 }

@@ -592,6 +592,11 @@ impl Activations {
     pub fn token_losses(&self) -> &[f32] {
         &self.losses
     }
+    /// Position i's state after the final norm (C): what the LM head reads.
+    pub fn final_state(&self, i: usize) -> &[f32] {
+        let c = self.xf.len() / self.losses.len().max(1);
+        &self.xf[i * c..(i + 1) * c]
+    }
     /// Block l's input (N,C) (the embedding output for l = 0).
     pub fn block_input(&self, l: usize) -> &[f32] {
         &self.blocks[l].x

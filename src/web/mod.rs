@@ -13,7 +13,8 @@ use wasm_bindgen::JsCast;
 
 use crate::compute::{cpu, Backend, BackendChoice, Bins, GpuContext, Matrix, Metric, RunControl};
 use crate::experiment::{
-    Experiment, LabSpec, PruneResult, Report, BUILTIN_MODEL, BUILTIN_TEXTS, EXPERIMENT_VERSION,
+    Experiment, LabSpec, PruneResult, Report, TrainResult, BUILTIN_MODEL, BUILTIN_TEXTS,
+    EXPERIMENT_VERSION,
 };
 use crate::io::{ByteSource, Format, ModelFile};
 use crate::model::causal::{load_causal_lm, CausalLm};
@@ -25,6 +26,10 @@ use crate::stats::tensor_stats;
 use crate::stats::Histogram;
 use crate::synth::weights;
 use crate::tokenizer::TextTokenizer;
+use crate::train::data::{Corpus, Tokenizer};
+use crate::train::export::{hf_config as hf_config_train, write_safetensors};
+use crate::train::sample::sample;
+use crate::train::{NormPlacement, Quiet, StepRecord, TrainOptions, Trainer};
 use crate::LabError;
 
 /// Most values the page's compute check accepts (1 GiB of f32 would not leave room for
@@ -153,15 +158,37 @@ impl RunControl for WebControl<'_> {
     }
 
     fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
-        Box::pin(async {
-            // A zero-delay timer: the worker's queued messages ("cancel") run first.
-            let promise = js_sys::Promise::new(&mut |resolve, _reject| {
-                let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-                let _ = scope.set_timeout_with_callback(&resolve);
-            });
-            let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
-        })
+        Box::pin(yield_to_worker())
     }
+}
+
+/// A zero-delay timer: the worker's queued messages ("cancel") run first.
+async fn yield_to_worker() {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let _ = scope.set_timeout_with_callback(&resolve);
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
+}
+
+/// `on_progress(stage, done, total, metrics)` with `metrics` any serialisable value.
+fn post_progress<T: Serialize>(
+    on_progress: &js_sys::Function,
+    stage: &str,
+    done: usize,
+    total: usize,
+    metrics: &T,
+) {
+    let Ok(metrics) = to_js(metrics) else {
+        return;
+    };
+    let args = js_sys::Array::of4(
+        &JsValue::from_str(stage),
+        &JsValue::from_f64(done as f64),
+        &JsValue::from_f64(total as f64),
+        &metrics,
+    );
+    let _ = on_progress.apply(&JsValue::NULL, &args);
 }
 
 /// A file the worker can read synchronously: `{ name, size, read(offset, length) }` where
@@ -276,6 +303,16 @@ struct LastRun {
     experiment: Experiment,
 }
 
+/// The last training run's model, kept for Sample and Download until the next run.
+struct Trained {
+    model: crate::train::model::Model,
+    tokenizer: Tokenizer,
+    options: TrainOptions,
+}
+
+/// Most characters one Sample generates (each runs a whole forward over the context).
+const MAX_SAMPLE: usize = 4000;
+
 /// The lab's heavy state, owned by the worker.
 #[wasm_bindgen]
 pub struct Lab {
@@ -286,6 +323,7 @@ pub struct Lab {
     /// The last dense perplexity measured, and what it depends on: a later run on the same
     /// model, text and evaluation settings reuses it.
     dense_ppl: std::cell::RefCell<Option<DensePpl>>,
+    trained: std::cell::RefCell<Option<Trained>>,
 }
 
 /// A measured dense perplexity and what it was measured on.
@@ -360,6 +398,7 @@ impl Lab {
             model: Default::default(),
             last_run: Default::default(),
             dense_ppl: Default::default(),
+            trained: Default::default(),
         }
     }
 
@@ -661,6 +700,192 @@ impl Lab {
         .await
         .map_err(to_js_err)?;
         to_js(&Report { experiment, result })
+    }
+
+    /// Trains the placement `norm` ("pre", "post" or "mix") of the training experiment (JSON)
+    /// on `text` (the text itself), on the CPU, one step at a time, yielding to the worker
+    /// between steps. Every step posts `on_progress("train", step + 1, steps, {step, values:
+    /// {loss, lr, grad_norm, hidden_rms, val_loss?, tokens_per_s}})`, every evaluation
+    /// `on_progress("train", step + 1, steps, {step, values: {angular}})`. `cancel` is Stop:
+    /// the run ends after the step in progress and is kept (`stopped: true`, no layer
+    /// removal). Resolves to the report `layerlab run` writes for this experiment, with this
+    /// one run in `runs`; the model stays for `train_sample` and `train_export`.
+    pub async fn train(
+        &self,
+        experiment: String,
+        norm: String,
+        text: String,
+        on_progress: js_sys::Function,
+    ) -> Result<JsValue, JsValue> {
+        let experiment = parse_experiment(&experiment)?;
+        let LabSpec::Train(spec) = &experiment.lab else {
+            return Err(JsValue::from_str(
+                "the training lab needs a train experiment",
+            ));
+        };
+        if spec.tokenizer != "char" {
+            return Err(JsValue::from_str(&format!(
+                "the page trains with the character tokenizer (char) only, not '{}': run a BPE \
+                 tokenizer with layerlab train --tokenizer MODEL",
+                spec.tokenizer
+            )));
+        }
+        let norm: NormPlacement = norm.parse().map_err(|e: String| JsValue::from_str(&e))?;
+        let opts = spec.options_for(norm);
+        // The previous model goes first: two need not fit at once.
+        *self.trained.borrow_mut() = None;
+        self.cancel.set(false);
+        let tokenizer = Tokenizer::char_level(&text).map_err(to_js_err)?;
+        let ids = tokenizer.encode(&text).map_err(to_js_err)?;
+        let corpus = Corpus::split(ids, tokenizer.vocab_size(), opts.ctx).map_err(to_js_err)?;
+        let mut trainer = Trainer::new(&corpus, &opts, None).map_err(to_js_err)?;
+        drop(corpus);
+        #[derive(Serialize)]
+        struct StepValues<'a> {
+            #[serde(flatten)]
+            record: &'a StepRecord,
+            tokens_per_s: f64,
+        }
+        #[derive(Serialize)]
+        struct EvalValues<'a> {
+            angular: &'a [Vec<Option<f64>>],
+        }
+        #[derive(Serialize)]
+        struct Metrics<T> {
+            step: usize,
+            values: T,
+        }
+        let mut stopped = false;
+        while !trainer.done() {
+            yield_to_worker().await;
+            if self.cancel.get() {
+                stopped = true;
+                break;
+            }
+            trainer.step(&Quiet).map_err(to_js_err)?;
+            let Some(record) = trainer.records().last() else {
+                continue;
+            };
+            let (step, of) = (record.step, opts.steps);
+            if record.val_loss.is_some() {
+                if let Some(a) = trainer.angular_distance().last() {
+                    let values = EvalValues { angular: &a.matrix };
+                    post_progress(
+                        &on_progress,
+                        "train",
+                        step + 1,
+                        of,
+                        &Metrics { step, values },
+                    );
+                }
+            }
+            let values = StepValues {
+                record,
+                tokens_per_s: trainer.tokens_per_s(),
+            };
+            post_progress(
+                &on_progress,
+                "train",
+                step + 1,
+                of,
+                &Metrics { step, values },
+            );
+        }
+        if !stopped && opts.layers > 0 {
+            // The layer-removal pass: one validation pass per block.
+            post_progress(
+                &on_progress,
+                "layer removal",
+                0,
+                1,
+                &serde_json::Value::Null,
+            );
+            yield_to_worker().await;
+        }
+        let run = trainer.finish(stopped, &Quiet).map_err(to_js_err)?;
+        let result = TrainResult {
+            text: spec.text.describe(),
+            tokenizer: tokenizer.describe(),
+            backend: crate::train::backend_info(),
+            runs: vec![run.report],
+        };
+        let out = to_js(&Report {
+            experiment: experiment.clone(),
+            result,
+        })?;
+        *self.trained.borrow_mut() = Some(Trained {
+            model: run.model,
+            tokenizer,
+            options: opts,
+        });
+        Ok(out)
+    }
+
+    /// `length` characters that the last trained model writes after `prompt`, at
+    /// `temperature` (0: always the likeliest), seeded by `seed` (a whole number).
+    pub fn train_sample(
+        &self,
+        prompt: String,
+        length: u32,
+        temperature: f64,
+        seed: f64,
+    ) -> Result<String, JsValue> {
+        let trained = self.trained.borrow();
+        let t = trained
+            .as_ref()
+            .ok_or_else(|| JsValue::from_str("train a model first"))?;
+        if !(seed >= 0.0 && seed.fract() == 0.0 && seed < 9.007e15) {
+            return Err(JsValue::from_str(&format!(
+                "the seed must be a whole number >= 0, not {seed}"
+            )));
+        }
+        let length = length as usize;
+        if length > MAX_SAMPLE {
+            return Err(JsValue::from_str(&format!(
+                "at most {MAX_SAMPLE} characters at a time, not {length}"
+            )));
+        }
+        let ids = t.tokenizer.encode(&prompt).map_err(to_js_err)?;
+        let out = sample(
+            &t.model,
+            &ids,
+            length,
+            temperature,
+            seed as u64,
+            t.options.ctx,
+        )
+        .map_err(to_js_err)?;
+        t.tokenizer.decode(&out).map_err(to_js_err)
+    }
+
+    /// The last trained model as safetensors (LLaMA names, F32) and its config.json (which
+    /// records the placement and the character vocabulary): `{model, config, name}`.
+    pub fn train_export(&self) -> Result<JsValue, JsValue> {
+        let trained = self.trained.borrow();
+        let t = trained
+            .as_ref()
+            .ok_or_else(|| JsValue::from_str("train a model first"))?;
+        let mut bytes = Vec::new();
+        write_safetensors(&mut bytes, &t.model).map_err(to_js_err)?;
+        let config =
+            serde_json::to_string_pretty(&hf_config_train(&t.model.cfg, &t.options, &t.tokenizer))
+                .unwrap_or_default();
+        let o = &t.options;
+        let name = format!(
+            "layerlab-{}-{}x{}.safetensors",
+            serde_json::to_value(o.norm)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            o.layers,
+            o.width
+        );
+        let result = js_sys::Object::new();
+        let set = |k: &str, v: &JsValue| js_sys::Reflect::set(&result, &k.into(), v);
+        set("model", &js_sys::Uint8Array::from(bytes.as_slice()).into())?;
+        set("config", &JsValue::from_str(&config))?;
+        set("name", &JsValue::from_str(&name))?;
+        Ok(result.into())
     }
 
     /// Asks the run in progress to stop at its next step.

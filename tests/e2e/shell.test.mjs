@@ -26,12 +26,12 @@ const read = (link) => JSON.parse(execFileSync(CLI, ['run', link, '--dry-run'], 
 
 /** Rust's defaults, as the worker hands them to the page. */
 function defaults() {
-  return { version: 2, experiments: ['layers', 'prune', 'compute'].map((lab) => read(`?v=2&lab=${lab}`)) };
+  return { version: 2, experiments: ['layers', 'prune', 'compute', 'train'].map((lab) => read(`?v=2&lab=${lab}`)) };
 }
 
 test("the page's link encoder writes what Rust reads back, holding only what differs from the defaults", () => {
   const d = defaults();
-  const [layers, prune, compute] = d.experiments;
+  const [layers, prune, compute, train] = d.experiments;
   assert.equal(shell.toQuery(layers, d), 'v=2');
   assert.equal(shell.toQuery(prune, d), 'v=2&lab=prune');
   const cases = [
@@ -42,6 +42,8 @@ test("the page's link encoder writes what Rust reads back, holding only what dif
       calib_text: { kind: 'file', name: 'my notes.txt', size: 12 }, eval_text: { kind: 'builtin', name: 'GPL-2' } },
     { ...prune, eval_text: null, outlier_sweep: [1, 5] },
     { ...compute, seed: 11, rows: 517, cols: 301, per_column: false, outlier_k: 0.1 },
+    { ...train, layers: 4, width: 32, lr: 0.003, alpha: 0.5, clip: 1, runs: ['pre', 'post', 'mix'], text: { kind: 'file', name: 'notes.txt', size: 99 } },
+    { ...train, norm: 'post', runs: [], steps: 0, tied_head: true },
   ];
   for (const e of cases) {
     const q = shell.toQuery(e, d);

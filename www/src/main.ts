@@ -17,10 +17,16 @@ const statusBar = document.getElementById('page-notice') as HTMLParagraphElement
 /** Adapters that emulate a GPU on the CPU (Chromium's SwiftShader, Mesa's llvmpipe). */
 const SOFTWARE_GPU = /swiftshader|subzero|llvmpipe|lavapipe|software/i;
 
+let lastBackend: BackendInfo | null = null;
+
+/** The backend line: the lab's backend, and what the shown tab adds (the training lab runs
+ *  on the CPU whatever the backend, for now). */
 function showBackend(b: BackendInfo): void {
+  lastBackend = b;
+  const note = labs.get(shown)?.backendNote?.(b);
   backendLine.dataset.kind = b.kind;
   backendLine.textContent =
-    b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`;
+    (b.kind === 'gpu' ? `Backend: GPU, ${b.name}` : `Backend: ${b.name}${b.reason ? `, because ${b.reason}` : ''}`) + (note ? `; ${note}` : '');
   // "auto" never picks a software adapter (Rust's Backend::auto_from); ?backend=gpu can.
   const software = b.kind === 'gpu' && SOFTWARE_GPU.test(b.name);
   backendLine.dataset.software = String(software);
@@ -78,6 +84,7 @@ function showTab(name: LabName): void {
     publish(lab);
     lab.activate();
   }
+  if (lastBackend) showBackend(lastBackend);
 }
 for (const t of tabs) t.addEventListener('click', () => showTab((t.dataset.tab ?? 'layers') as LabName));
 

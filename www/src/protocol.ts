@@ -120,9 +120,81 @@ export interface ComputeSpec extends StatsOptions {
   cols: number;
 }
 
+// ---- the training lab (Mix-LN) -------------------------------------------------------------
+
+export type NormPlacement = 'pre' | 'post' | 'mix';
+
+/** src/train/mod.rs TrainOptions: one run's settings. */
+export interface TrainOptions {
+  layers: number;
+  width: number;
+  heads: number;
+  kv_heads: number;
+  ffn: number;
+  ctx: number;
+  batch: number;
+  steps: number;
+  lr: number;
+  warmup: number;
+  clip: number;
+  weight_decay: number;
+  seed: number;
+  eval_every: number;
+  norm: NormPlacement;
+  alpha: number;
+  tied_head: boolean;
+}
+
+/** The training lab's spec: the options (flattened), the text, the tokenizer, and which
+ *  placements to train in turn (empty: the one in `norm`). */
+export interface TrainSpec extends TrainOptions {
+  lab: 'train';
+  text: TextSource;
+  tokenizer: string;
+  runs: NormPlacement[];
+}
+
+/** One optimizer step's numbers (src/train/mod.rs StepRecord). */
+export interface StepRecord {
+  step: number;
+  lr: number;
+  loss: number;
+  grad_norm: number[];
+  hidden_rms: number[];
+  val_loss?: number;
+}
+
+/** One angular-distance evaluation: matrix[l][n - 1], null where l + n > L. */
+export interface AngularDistance {
+  step: number;
+  matrix: (number | null)[][];
+}
+
+/** One run's report (src/train/mod.rs TrainReport). */
+export interface TrainRunReport {
+  options: TrainOptions;
+  vocab_size: number;
+  params: number;
+  steps: StepRecord[];
+  angular_distance: AngularDistance[];
+  layer_removal: { block: number; loss: number; increase: number }[];
+  tokens_per_s: number;
+  timings: { total_s: number; train_s: number; eval_s: number };
+  stopped: boolean;
+}
+
+/** What `layerlab train --json` and `layerlab run` write (src/experiment.rs TrainResult). */
+export interface TrainReport {
+  experiment: Experiment;
+  text: string;
+  tokenizer: string;
+  backend: BackendInfo;
+  runs: TrainRunReport[];
+}
+
 /** The versioned experiment (src/experiment.rs, version 2): the lab spec beside the
  *  version, tagged by `lab`. What the URL, the CLI (`layerlab run`) and reports share. */
-export type LabSpec = LayersSpec | PruneSpec | ComputeSpec;
+export type LabSpec = LayersSpec | PruneSpec | ComputeSpec | TrainSpec;
 export type Experiment = LabSpec & { version: 2 };
 export type LabName = LabSpec['lab'];
 /** The experiment of one lab. */
@@ -142,7 +214,7 @@ export interface Defaults {
  *  norm per block): named numbers and small arrays. */
 export interface StepMetrics {
   step: number;
-  values: Record<string, number | number[]>;
+  values: Record<string, number | number[] | (number | null)[][]>;
 }
 
 export interface LinearReport {
@@ -266,6 +338,9 @@ export interface Ops {
   'prune-export': { request: Record<string, never>; reply: { file: Blob; config: string | null; name: string } };
   'prune-histograms': { request: { tensor: string; bins: number }; reply: { before: Histogram; after: Histogram } };
   reduce: { request: { experiment: Experiment }; reply: { report: StatsRun } };
+  train: { request: { experiment: Experiment; norm: NormPlacement; text: string }; reply: { report: TrainReport } };
+  'train-sample': { request: { prompt: string; length: number; temperature: number; seed: number }; reply: { text: string } };
+  'train-export': { request: Record<string, never>; reply: { model: Blob; config: string; name: string } };
 }
 export type Op = keyof Ops;
 

@@ -17,5 +17,6 @@ export interface LabEntry {
 export const LABS: LabEntry[] = [
   { name: 'layers', page: () => import('./layers/page'), worker: () => import('./layers/worker') },
   { name: 'prune', page: () => import('./prune/page'), worker: () => import('./prune/worker') },
+  { name: 'train', page: () => import('./train/page'), worker: () => import('./train/worker') },
   { name: 'compute', page: () => import('./compute/page'), worker: () => import('./compute/worker') },
 ];

@@ -229,6 +229,8 @@ export function heatmap(
   log: boolean,
   xName = 'block',
   onPick?: (r: number, c: number) => void,
+  /** A fixed colour scale [lo, hi] (linear) instead of the values' own range. */
+  range?: [number, number],
 ): Heatmap {
   const left = 90;
   const top = 8;
@@ -240,8 +242,8 @@ export function heatmap(
     const v = value(r, c);
     if (v !== null && Number.isFinite(v) && (!log || v > 0)) vals.push(log ? Math.log10(v) : v);
   }
-  const lo = Math.min(...vals);
-  const hi = Math.max(...vals);
+  const lo = range ? range[0] : Math.min(...vals);
+  const hi = range ? range[1] : Math.max(...vals);
   const span = hi > lo ? hi - lo : 1;
   const show = (v: number) => fmt(log ? 10 ** v : v);
   const font = '12px system-ui, sans-serif';
@@ -331,6 +333,10 @@ export interface Series {
   y: (number | null)[];
   /** Draw as bars (one bar series at most per chart reads well) instead of a line. */
   bars?: boolean;
+  /** A fixed colour (e.g. one per norm placement) instead of the palette's next. */
+  colour?: string;
+  /** Points only, no line (values measured only at some x, e.g. every eval step). */
+  pointsOnly?: boolean;
 }
 
 /**
@@ -341,7 +347,7 @@ export interface Series {
  * and point inside the plot (`paddedRange`).
  */
 export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number[], series: Series[],
-  opts: { log?: boolean; height?: number; categories?: string[] } = {}): uPlot {
+  opts: { log?: boolean; height?: number; categories?: string[]; wholeX?: boolean } = {}): uPlot {
   el.replaceChildren();
   const width = Math.max(320, el.clientWidth || 640);
   const clean = (y: (number | null)[]) => y.map((v) => (v === null || !Number.isFinite(v) || (opts.log && v <= 0) ? null : v));
@@ -356,7 +362,8 @@ export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number
       values: (_u, splits) => splits.map((v) => cats[v] ?? ''),
       ...(tilt ? { rotate: -20, size: 90 } : { size: 50 }),
     }
-    : { label: xLabel };
+    // wholeX: ticks only at whole numbers (block indices).
+    : { label: xLabel, ...(opts.wholeX ? { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] } : {}) };
   return new uPlot(
     {
       width,
@@ -366,10 +373,10 @@ export function multi(el: HTMLElement, xLabel: string, yLabel: string, x: number
       series: [
         { label: xLabel, value: (_u, v) => (cats ? (cats[v] ?? '') : fmt(v)) },
         ...series.map((s, i) => {
-          const c = PALETTE[i % PALETTE.length];
-          return s.bars
-            ? { label: s.label, stroke: c, fill: c + '66', value: (_u: uPlot, v: number) => fmt(v), points: { show: false }, paths: uPlot.paths.bars!({ size: [0.7, 40] }) }
-            : { label: s.label, stroke: c, width: 2, value: (_u: uPlot, v: number) => fmt(v), points: { show: true, size: 6 }, spanGaps: true };
+          const c = s.colour ?? PALETTE[i % PALETTE.length];
+          if (s.bars) return { label: s.label, stroke: c, fill: c + '66', value: (_u: uPlot, v: number) => fmt(v), points: { show: false }, paths: uPlot.paths.bars!({ size: [0.7, 40] }) };
+          if (s.pointsOnly) return { label: s.label, stroke: c, width: 0, value: (_u: uPlot, v: number) => fmt(v), points: { show: true, size: 8, fill: c }, paths: () => null };
+          return { label: s.label, stroke: c, width: 2, value: (_u: uPlot, v: number) => fmt(v), points: { show: x.length <= 60, size: 6 }, spanGaps: true };
         }),
       ],
       legend: { live: true },

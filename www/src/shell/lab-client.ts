@@ -129,14 +129,15 @@ export class LabClient {
     return this.pending.size > 0;
   }
 
-  /** Asks the running request to stop; a step that never yields is stopped after 3 s. */
-  cancel(): void {
+  /** Asks the running request to stop; a step that never yields is stopped (the worker
+   *  restarted) after `graceMs` (3 s; a lab whose steps take longer gives more). */
+  cancel(graceMs = 3000): void {
     if (!this.busy) return;
     this.send({ type: 'cancel' });
     window.clearTimeout(this.cancelTimer);
     this.cancelTimer = window.setTimeout(() => {
-      if (this.busy) this.restart('a cancelled run did not stop within 3 s');
-    }, 3000);
+      if (this.busy) this.restart(`a cancelled run did not stop within ${Math.round(graceMs / 1000)} s`);
+    }, graceMs);
   }
 
   loseDevice(): void {

@@ -5,7 +5,7 @@
 import type { LabClient } from './lab-client';
 import type { ModelService } from './model';
 import type { View } from './url-state';
-import type { Defaults, Experiment, ExperimentOf, LabName } from '../protocol';
+import type { BackendInfo, Defaults, Experiment, ExperimentOf, LabName } from '../protocol';
 
 export interface LabContext {
   client: LabClient;
@@ -32,6 +32,8 @@ export interface PageLab {
   describe?(): { what: string; takes: string };
   /** Runs the experiment the controls show, as the lab's own Run button does. */
   runNow?(): void;
+  /** Added to the backend line while this lab's tab is shown (where it computes differs). */
+  backendNote?(backend: BackendInfo): string | null;
 }
 
 export interface LabModule {

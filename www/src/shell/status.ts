@@ -60,6 +60,10 @@ export class RunStatus {
   private cancelOther: (() => void) | null = null;
   /** Says "Cancelling…" and asks the worker to stop; labs may add their own stop flag. */
   onCancel?: () => void;
+  /** How long a cancelled step may take before the worker is restarted (LabClient.cancel). */
+  cancelGraceMs = 3000;
+  /** What the status says when Cancel is pressed. */
+  cancelText = 'Cancelling…';
 
   constructor(private el: StatusElements, private client: LabClient, private owner = ownerOf(el.status)) {
     el.cancel.addEventListener('click', () => {
@@ -67,9 +71,9 @@ export class RunStatus {
         this.cancelOther();
         return;
       }
-      this.say('Cancelling…');
+      this.say(this.cancelText);
       this.onCancel?.();
-      this.client.cancel();
+      this.client.cancel(this.cancelGraceMs);
     });
     activity.subscribe((a) => this.mirror(a));
   }
