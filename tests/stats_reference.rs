@@ -119,20 +119,22 @@ fn check_against_candle(what: &str, s: &TensorStats, data: &[f32], rows: usize, 
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
-    // A column's outliers are the tensor's: |w| above the tensor's threshold.
+    // A column's outliers are the tensor's: |w| above the tensor's threshold. Counted
+    // exactly: the fraction times the rows is the count.
     let col_above = abs
         .gt(s.outlier_threshold as f64)
         .unwrap()
         .to_dtype(candle_core::DType::F64)
         .unwrap()
-        .mean(0)
+        .sum(0)
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
     for j in 0..cols {
         assert_eq!(
-            c.outlier_fraction[j], col_above[j],
-            "{what}: column {j} outlier fraction"
+            (c.outlier_fraction[j] * rows as f64).round(),
+            col_above[j],
+            "{what}: column {j} outliers"
         );
         assert!(
             rel(c.sum_sq[j], col_sum_sq[j], col_sum_sq[j]) < 1e-5,

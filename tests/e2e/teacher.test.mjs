@@ -40,7 +40,7 @@ async function pruneSettled(page) {
 test('a page load logs no console warnings, threaded or not', async () => {
   const plain = await serveSite({ isolated: false });
   try {
-    for (const url of [`${base}?lab=compute`, `${plain.base}?lab=compute`]) {
+    for (const url of [`${base}?v=2&lab=compute`, `${plain.base}?v=2&lab=compute`]) {
       const { page, problems, warnings, close } = await openPage(url);
       try {
         await started(page);
@@ -127,7 +127,7 @@ test('another tab shows the busy run and cancels it; a link shows its experiment
     await linked.close();
   }
   // A link without an experiment (only the tab) has no banner.
-  const plain = await openPage(`${base}?lab=compute&backend=cpu`);
+  const plain = await openPage(`${base}?v=2&lab=compute&backend=cpu`);
   try {
     await started(plain.page);
     assert.equal(await plain.page.$('#compute-link-banner'), null);
@@ -137,7 +137,7 @@ test('another tab shows the busy run and cancels it; a link shows its experiment
 });
 
 test('a software GPU chosen by hand is called a CPU emulating a GPU, with an estimate', async () => {
-  const { page, close } = await openPage(`${base}?lab=compute&backend=gpu`, ['--enable-unsafe-webgpu']);
+  const { page, close } = await openPage(`${base}?v=2&lab=compute&backend=gpu`, ['--enable-unsafe-webgpu']);
   try {
     await started(page);
     assert.equal(await page.getAttribute('#backend', 'data-kind'), 'gpu');
