@@ -21,6 +21,7 @@
 //!
 //! Shapes: N = samples, K = classes (= values of each cue), C = 3 channels, S = image side.
 
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cli;
 pub mod cnn;
 pub mod data;

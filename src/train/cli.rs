@@ -23,8 +23,8 @@ use super::export::{hf_config, write_safetensors};
 use super::gpu::GpuSteps;
 use super::model::{Model, ModelConfig, Weights};
 use super::{
-    batch_gradients, first_batch, train, train_on, NormPlacement, StepRecord, TrainMonitor, TrainOptions,
-    TrainReport,
+    batch_gradients, first_batch, train, train_on, NormPlacement, StepRecord, TrainMonitor,
+    TrainOptions, TrainReport,
 };
 
 /// Train a Pre-LN, Post-LN or Mix-LN decoder from scratch on a text (CPU, f32).
