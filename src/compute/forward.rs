@@ -124,11 +124,11 @@ struct RowsParams {
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
-struct NormParams {
-    rows: u32,
-    cols: u32,
-    inv_c: f32,
-    eps: f32,
+pub(super) struct NormParams {
+    pub(super) rows: u32,
+    pub(super) cols: u32,
+    pub(super) inv_c: f32,
+    pub(super) eps: f32,
 }
 
 #[repr(C)]

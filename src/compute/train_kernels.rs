@@ -21,7 +21,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::forward::MatmulOperand;
+use super::forward::{MatmulOperand, NormParams};
 use super::gpu::Shader;
 use super::pool::{DType, GpuTensor};
 use super::recorder::{as_u32, flat_grid, Arg, Recorder};
@@ -67,15 +67,6 @@ struct EmbeddingParams {
     cols: u32,
     vocab: u32,
     _pad: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct NormParams {
-    rows: u32,
-    cols: u32,
-    inv_c: f32,
-    eps: f32,
 }
 
 #[repr(C)]

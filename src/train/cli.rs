@@ -300,7 +300,10 @@ pub fn run_spec(
                 name: g.describe(),
                 reason: None,
             },
-            None => super::backend_info(),
+            None => super::cpu_backend_info(
+                "chosen by --backend (auto keeps the CPU without a hardware GPU); layerlab run \
+                 trains on the CPU, as the page does",
+            ),
         },
         runs,
     })

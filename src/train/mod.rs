@@ -121,13 +121,12 @@ impl Default for TrainOptions {
     }
 }
 
-/// Where training runs: the CPU (every core natively; the page's WebAssembly threads), for
-/// every face until the GPU training kernels exist.
-pub fn backend_info() -> crate::compute::BackendInfo {
+/// A run on the CPU (every core natively; the page's WebAssembly threads), and why.
+pub fn cpu_backend_info(reason: &str) -> crate::compute::BackendInfo {
     crate::compute::BackendInfo {
         kind: "cpu".into(),
         name: crate::compute::backend::cpu_name(),
-        reason: Some("the training lab runs on the CPU for now".into()),
+        reason: Some(reason.into()),
     }
 }
 

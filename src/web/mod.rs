@@ -806,7 +806,7 @@ impl Lab {
         let result = TrainResult {
             text: spec.text.describe(),
             tokenizer: tokenizer.describe(),
-            backend: crate::train::backend_info(),
+            backend: crate::train::cpu_backend_info("the page's training runs on the CPU for now"),
             runs: vec![run.report],
         };
         let out = to_js(&Report {
