@@ -11,6 +11,7 @@
 //! order, so the bits do not depend on the thread count. Generic over f32 (the lab) and f64
 //! (the finite-difference checks).
 
+use crate::train::ops::dot;
 /// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
 pub use crate::train::ops::Real;
 use rayon::prelude::*;
@@ -103,6 +104,21 @@ pub fn conv3x3_forward<F: Real>(out: &mut [F], cols: &[F], weight: &[F], bias: &
     });
 }
 
+/// The sum of `x` in eight interleaved partial sums combined as `dot` combines them (a fixed
+/// order, the same on every machine, that the compiler can vectorise).
+fn sum8<F: Real>(x: &[F]) -> F {
+    let mut acc = [F::ZERO; 8];
+    let chunks = x.chunks_exact(8);
+    let mut tail = F::ZERO;
+    chunks.remainder().iter().for_each(|&v| tail += v);
+    for c in chunks {
+        for j in 0..8 {
+            acc[j] += c[j];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
 /// Given dout (B, O, P): dweight (O, K) += sum_b dout[b] . cols[b]^T, dbias (O) += sum_b,p
 /// dout, and dcols (B, K, P) = weight^T . dout[b] (overwritten: it is scratch for
 /// `im2col_backward`). One task per weight row, resp. per image.
@@ -125,15 +141,9 @@ pub fn conv3x3_backward<F: Real>(
                 let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
                 let col = &cols[b * k * p..(b + 1) * k * p];
                 for (t, dwt) in dw.iter_mut().enumerate() {
-                    let mut acc = F::ZERO;
-                    for (&gv, &x) in g.iter().zip(&col[t * p..(t + 1) * p]) {
-                        acc += gv * x;
-                    }
-                    *dwt += acc;
+                    *dwt += dot(g, &col[t * p..(t + 1) * p]);
                 }
-                let mut acc = F::ZERO;
-                g.iter().for_each(|&gv| acc += gv);
-                *db += acc;
+                *db += sum8(g);
             }
         });
     dcols.par_chunks_mut(k * p).enumerate().for_each(|(b, dc)| {

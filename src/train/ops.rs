@@ -88,7 +88,7 @@ impl Real for f64 {
 /// sum_i a_i * b_i with 8 running partial sums (a fixed order the compiler can vectorise),
 /// added pairwise at the end.
 #[inline]
-fn dot<F: Real>(a: &[F], b: &[F]) -> F {
+pub(crate) fn dot<F: Real>(a: &[F], b: &[F]) -> F {
     let mut acc = [F::ZERO; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ar, br) = (ac.remainder(), bc.remainder());
