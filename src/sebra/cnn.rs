@@ -11,9 +11,9 @@
 //! order, so the bits do not depend on the thread count. Generic over f32 (the lab) and f64
 //! (the finite-difference checks).
 
-use crate::train::ops::dot;
 /// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
 pub use crate::train::ops::Real;
+use crate::train::ops::{dot, sum8};
 use rayon::prelude::*;
 
 /// The sizes of one 3x3 convolution (padding 1, stride 1: the map keeps its size).
@@ -102,21 +102,6 @@ pub fn conv3x3_forward<F: Real>(out: &mut [F], cols: &[F], weight: &[F], bias: &
             }
         }
     });
-}
-
-/// The sum of `x` in eight interleaved partial sums combined as `dot` combines them (a fixed
-/// order, the same on every machine, that the compiler can vectorise).
-fn sum8<F: Real>(x: &[F]) -> F {
-    let mut acc = [F::ZERO; 8];
-    let chunks = x.chunks_exact(8);
-    let mut tail = F::ZERO;
-    chunks.remainder().iter().for_each(|&v| tail += v);
-    for c in chunks {
-        for j in 0..8 {
-            acc[j] += c[j];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Given dout (B, O, P): dweight (O, K) += sum_b dout[b] . cols[b]^T, dbias (O) += sum_b,p
