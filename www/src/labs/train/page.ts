@@ -12,7 +12,7 @@ import { csvButton, download, fmt, heatmap, multi, Plots, pngButton, tableRows, 
 import { $, numberFrom, onEdit, show } from '../../shell/dom';
 import { defaultsOf, type LabContext, type PageLab } from '../../shell/lab';
 import { RunStatus } from '../../shell/status';
-import type { AngularDistance, Experiment, ExperimentOf, NormPlacement, StepMetrics, StepRecord, TextSource, TrainReport, TrainRunReport, TrainSpec } from '../../protocol';
+import type { AngularDistance, BackendInfo, Experiment, ExperimentOf, NormPlacement, StepMetrics, StepRecord, TextSource, TrainReport, TrainRunReport, TrainSpec } from '../../protocol';
 
 const NAMES: Record<NormPlacement, string> = { pre: 'Pre-LN', post: 'Post-LN', mix: 'Mix-LN' };
 /** One colour per placement, in every chart. */
@@ -38,6 +38,8 @@ interface Run {
   status: 'training' | 'done' | 'stopped' | 'failed';
   /** Said after its progress once the GPU failed and the CPU took over. */
   note: string;
+  /** Where it trained (the report's backend of its own run). */
+  backend: BackendInfo | null;
 }
 
 /** The runs of one press of Run (or Train all three): one experiment, one report. */
@@ -303,7 +305,7 @@ class TrainLab implements PageLab {
       for (const [i, norm] of placements.entries()) {
         if (this.stopped) break;
         const label = norm === 'mix' ? `Mix-LN (α ${spec.alpha}: ${Math.floor(spec.alpha * spec.layers)} Post-LN)` : NAMES[norm];
-        const run: Run = { n: this.runs.length + 1, norm, label, group, steps: [], angular: [], tokensPerS: 0, report: null, status: 'training', note: '' };
+        const run: Run = { n: this.runs.length + 1, norm, label, group, steps: [], angular: [], tokensPerS: 0, report: null, status: 'training', note: '', backend: null };
         this.runs.push(run);
         group.runs.push(run);
         this.live = run;
@@ -318,6 +320,7 @@ class TrainLab implements PageLab {
                 : `${prefix}step ${done} of ${total}, ${fmt(Math.round(run.tokensPerS))} tokens/s${run.note}`));
           const r = reply.report.runs[0];
           run.report = r;
+          run.backend = reply.report.backend;
           run.steps = r.steps;
           run.angular = r.angular_distance;
           run.tokensPerS = r.tokens_per_s;
@@ -395,7 +398,8 @@ class TrainLab implements PageLab {
   /** The report of a group: the CLI's JSON (`layerlab run` of its experiment). */
   private groupReport(g: Group): TrainReport | null {
     if (!g.reply) return null;
-    return { ...g.reply, experiment: g.experiment, runs: g.runs.flatMap((r) => (r.report ? [r.report] : [])) };
+    const done = g.runs.filter((r) => r.report);
+    return { ...g.reply, backend: groupBackend(done) ?? g.reply.backend, experiment: g.experiment, runs: done.flatMap((r) => (r.report ? [r.report] : [])) };
   }
 
   private async sample(): Promise<void> {
@@ -541,4 +545,15 @@ class TrainLab implements PageLab {
         r.steps[r.steps.length - 1]?.loss ?? null, [...r.steps].reverse().find((s) => s.val_loss !== undefined)?.val_loss ?? null, r.tokensPerS, r.status]),
     }));
   }
+}
+
+/** The backend of a group's runs: theirs when they share it; else (a GPU that failed in one
+ *  of them) the last one's, with the reason saying where each run trained. */
+function groupBackend(runs: Run[]): BackendInfo | null {
+  const all = runs.flatMap((r) => (r.backend ? [r.backend] : []));
+  if (!all.length) return null;
+  const last = all[all.length - 1];
+  if (all.every((b) => JSON.stringify(b) === JSON.stringify(last))) return last;
+  const where = runs.map((r) => `${r.label}: ${r.backend?.kind === 'gpu' ? `GPU, ${r.backend.name}` : `${r.backend?.name}${r.backend?.reason ? `, because ${r.backend.reason}` : ''}`}`);
+  return { ...last, reason: where.join('; ') };
 }
