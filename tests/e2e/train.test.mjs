@@ -74,7 +74,11 @@ function sameRun(page, cli, what) {
 }
 
 /** A number of the GPU run against the CLI's (the CPU): within `rel` of it, or `abs` near 0. */
+const worst = { loss: 0, norm: 0, angular: 0 };
 function near(page, cli, rel, what, abs = rel) {
+  const kind = what.includes('angular') ? 'angular' : /grad_norm|hidden_rms/.test(what) ? 'norm' : 'loss';
+  const d = kind === 'angular' ? Math.abs(page - cli) : Math.abs(page - cli) / Math.max(Math.abs(cli), 1e-30);
+  worst[kind] = Math.max(worst[kind], d);
   assert.ok(Number.isFinite(page) && Math.abs(page - cli) <= Math.max(abs, rel * Math.abs(cli)), `${what}: page ${page}, CLI ${cli}`);
 }
 
@@ -106,6 +110,9 @@ function nearRun(page, cli, what) {
   })));
   assert.equal(page.layer_removal.length, cli.layer_removal.length);
   page.layer_removal.forEach((r, l) => near(r.loss, cli.layer_removal[l].loss, GPU_TOL.loss, `${what}: removal ${l}`));
+  // The measured differences, for the log (the tolerance above is what is asserted).
+  console.log(`${what} against the CLI: largest relative difference of a loss ${worst.loss.toExponential(2)}, of a norm ${worst.norm.toExponential(2)}; largest angular difference ${worst.angular.toExponential(2)}`);
+  Object.assign(worst, { loss: 0, norm: 0, angular: 0 });
 }
 
 for (const [name, flags, query] of [
