@@ -1,10 +1,16 @@
 //! The training core on tiny models: the norm placement of each mode read back from the
 //! activations, the init's statistics, a short run whose loss falls below a stated bound,
-//! bit-identical numbers with 1 and 2 threads, and bad options as clear errors.
+//! bit-identical numbers with 1 and 2 threads, a run whose engine fails mid-run going on
+//! from its checkpoint with the numbers of a run that never failed, and bad options as
+//! clear errors.
 
 use layerlab::train::data::{Corpus, Tokenizer, MAX_CHAR_VOCAB};
 use layerlab::train::model::{Model, Weights};
-use layerlab::train::{train, NormPlacement, Quiet, TrainOptions};
+use layerlab::train::{
+    train, CpuSteps, EngineFuture, NormPlacement, Quiet, StepEngine, StepInput, StepOutput,
+    TrainOptions, Trainer,
+};
+use layerlab::LabError;
 
 /// A small deterministic text with structure to learn (a few sentences cycled with
 /// varying counters), ~6k characters.
@@ -231,4 +237,105 @@ fn bad_options_are_clear_errors() {
     let tok = Tokenizer::char_level("abc").unwrap();
     let err = tok.encode("abd").err().unwrap();
     assert!(err.to_string().contains("'d'"), "{err}");
+}
+
+/// The CPU engine dressed as a GPU: its state "can be lost" (so the trainer keeps
+/// checkpoints), and it fails once, as a lost device does, at step `fail_step` or at the sync
+/// of the evaluation after step `fail_sync`.
+struct Flaky {
+    cpu: CpuSteps,
+    fail_step: Option<usize>,
+    fail_sync: Option<usize>,
+    /// Steps this engine has computed (the step the next sync follows).
+    last: usize,
+}
+
+fn lost() -> LabError {
+    LabError::GpuFailed("the GPU device was lost: destroyed (test)".into())
+}
+
+impl StepEngine for Flaky {
+    fn begin<'a>(
+        &'a mut self,
+        model: &'a Model,
+        adam: layerlab::train::ops::AdamConfig,
+    ) -> EngineFuture<'a, ()> {
+        self.cpu.begin(model, adam)
+    }
+
+    fn step<'a>(
+        &'a mut self,
+        model: &'a mut Model,
+        input: &'a StepInput,
+        b: usize,
+        t: usize,
+        clip: f64,
+    ) -> EngineFuture<'a, StepOutput> {
+        if self.fail_step.take_if(|s| *s == input.step).is_some() {
+            return Box::pin(std::future::ready(Err(lost())));
+        }
+        self.last = input.step;
+        self.cpu.step(model, input, b, t, clip)
+    }
+
+    fn sync<'a>(&'a mut self, model: &'a mut Model) -> EngineFuture<'a, ()> {
+        if self.fail_sync.take_if(|s| *s == self.last).is_some() {
+            return Box::pin(std::future::ready(Err(lost())));
+        }
+        self.cpu.sync(model)
+    }
+
+    fn can_lose_state(&self) -> bool {
+        true
+    }
+
+    fn moments(&mut self) -> EngineFuture<'_, (Weights, Weights)> {
+        self.cpu.moments()
+    }
+}
+
+#[test]
+fn a_failed_engine_goes_on_from_its_checkpoint_with_the_same_numbers() {
+    // 9 steps evaluated after steps 3, 6 and 9 (0-based 2, 5, 8); clipping on, so the
+    // restored moments, batch stream and schedule all have to be right.
+    let mut opts = tiny(NormPlacement::Mix);
+    opts.steps = 9;
+    opts.clip = 0.5;
+    let corpus = corpus(&opts);
+    let reference = train(&corpus, &opts, None, &Quiet).unwrap();
+    let clean = |mut r: layerlab::train::TrainReport| {
+        r.timings = Default::default();
+        r.tokens_per_s = 0.0;
+        serde_json::to_string(&r).unwrap()
+    };
+    // (fail at step, fail at the sync after step, the steps the fall-back keeps)
+    for (fail_step, fail_sync, kept) in [
+        (Some(1), None, 0),
+        (Some(4), None, 3),
+        (Some(8), None, 6),
+        (None, Some(5), 3),
+        (None, Some(8), 6),
+    ] {
+        let engine = Flaky {
+            cpu: CpuSteps::default(),
+            fail_step,
+            fail_sync,
+            last: 0,
+        };
+        let mut trainer = Trainer::with_engine(&corpus, &opts, None, Box::new(engine)).unwrap();
+        let mut fell_back = Vec::new();
+        while !trainer.done() {
+            match pollster::block_on(trainer.step(&Quiet)) {
+                Ok(()) => {}
+                Err(LabError::GpuFailed(_)) => fell_back.push(trainer.fall_back().unwrap()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let run = pollster::block_on(trainer.finish(false, &Quiet)).unwrap();
+        let what = format!("failing at step {fail_step:?} / sync {fail_sync:?}");
+        assert_eq!(fell_back, vec![kept], "{what}");
+        assert_eq!(run.report.steps.len(), 9, "{what}");
+        assert_eq!(clean(run.report), clean(reference.report.clone()), "{what}");
+        assert_eq!(run.model.weights, reference.model.weights, "{what}");
+    }
 }

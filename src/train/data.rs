@@ -123,6 +123,7 @@ impl Corpus {
 }
 
 /// Seeded batches of B windows of T+1 tokens from one split.
+#[derive(Clone)]
 pub struct Batcher {
     rng: ChaCha8Rng,
 }

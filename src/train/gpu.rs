@@ -363,6 +363,11 @@ impl<'a> GpuTrainer<'a> {
         self.read(&self.params).await
     }
 
+    /// Reads Adam's first and second moments back (m, v).
+    pub async fn moments(&self) -> Result<(Weights, Weights)> {
+        Ok((self.read(&self.m).await?, self.read(&self.v).await?))
+    }
+
     /// Reads the last step's gradients back (before clipping).
     pub async fn gradients(&self) -> Result<Weights> {
         self.read(&self.grads).await
@@ -576,55 +581,75 @@ fn block_backward(
     }
 }
 
-/// `train_on`'s GPU engine for native runs (the CLI): each step is recorded and submitted
-/// by a `GpuTrainer` and waited for (pollster; the browser would await instead).
-#[cfg(not(target_arch = "wasm32"))]
+/// The GPU's `StepEngine`: each step recorded and submitted by a `GpuTrainer` and awaited
+/// (natively under `pollster::block_on`, in the browser's worker by its event loop).
 pub struct GpuSteps<'a> {
     ctx: &'a GpuContext,
     trainer: Option<GpuTrainer<'a>>,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl<'a> GpuSteps<'a> {
     pub fn new(ctx: &'a GpuContext) -> Self {
         GpuSteps { ctx, trainer: None }
     }
-
-    fn trainer(&mut self) -> Result<&mut GpuTrainer<'a>> {
-        self.trainer
-            .as_mut()
-            .ok_or_else(|| LabError::invalid("a GPU step before begin"))
-    }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-impl super::StepEngine for GpuSteps<'_> {
-    fn begin(&mut self, model: &super::Model, adam: AdamConfig) -> Result<()> {
-        let t = pollster::block_on(GpuTrainer::new(self.ctx, &model.cfg, &model.weights, adam))?;
-        self.trainer = Some(t);
-        Ok(())
-    }
+fn before_begin() -> LabError {
+    LabError::invalid("a GPU step before begin")
+}
 
-    fn step(
-        &mut self,
-        _model: &mut super::Model,
-        batch: &[u32],
-        b: usize,
-        t: usize,
-        lr: f64,
-        clip: f64,
-        _step: usize,
-    ) -> Result<super::StepOutput> {
-        let s = pollster::block_on(self.trainer()?.step(batch, b, t, lr, clip, true))?;
-        Ok(super::StepOutput {
-            loss: s.loss,
-            grad_norm: s.grad_norm,
-            hidden_rms: s.hidden_rms,
+impl<'a> super::StepEngine for GpuSteps<'a> {
+    fn begin<'b>(
+        &'b mut self,
+        model: &'b super::Model,
+        adam: AdamConfig,
+    ) -> super::EngineFuture<'b, ()> {
+        Box::pin(async move {
+            self.trainer = Some(GpuTrainer::new(self.ctx, &model.cfg, &model.weights, adam).await?);
+            Ok(())
         })
     }
 
-    fn sync(&mut self, model: &mut super::Model) -> Result<()> {
-        model.weights = pollster::block_on(self.trainer()?.weights())?;
-        Ok(())
+    fn step<'b>(
+        &'b mut self,
+        _model: &'b mut super::Model,
+        input: &'b super::StepInput,
+        b: usize,
+        t: usize,
+        clip: f64,
+    ) -> super::EngineFuture<'b, super::StepOutput> {
+        Box::pin(async move {
+            let trainer = self.trainer.as_mut().ok_or_else(before_begin)?;
+            let s = trainer
+                .step(&input.batch, b, t, input.lr, clip, true)
+                .await?;
+            Ok(super::StepOutput {
+                loss: s.loss,
+                grad_norm: s.grad_norm,
+                hidden_rms: s.hidden_rms,
+            })
+        })
+    }
+
+    fn sync<'b>(&'b mut self, model: &'b mut super::Model) -> super::EngineFuture<'b, ()> {
+        Box::pin(async move {
+            let trainer = self.trainer.as_ref().ok_or_else(before_begin)?;
+            model.weights = trainer.weights().await?;
+            Ok(())
+        })
+    }
+
+    fn can_lose_state(&self) -> bool {
+        true
+    }
+
+    fn moments(&mut self) -> super::EngineFuture<'_, (Weights, Weights)> {
+        Box::pin(async move {
+            self.trainer
+                .as_ref()
+                .ok_or_else(before_begin)?
+                .moments()
+                .await
+        })
     }
 }

@@ -25,6 +25,9 @@ pub mod model;
 pub mod ops;
 pub mod sample;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{LabError, Result};
@@ -405,27 +408,52 @@ pub struct StepOutput {
     pub hidden_rms: Vec<f64>,
 }
 
+/// One optimizer step's inputs, drawn by the `Trainer` (the one source of the batches and
+/// the schedule, whichever engine computes the step).
+pub struct StepInput {
+    /// 0-based.
+    pub step: usize,
+    /// The schedule's learning rate for this step.
+    pub lr: f64,
+    /// B rows of T + 1 ids.
+    pub batch: Vec<u32>,
+}
+
+/// An engine's answer, later: the CPU's is ready at once, the GPU's when its readback lands
+/// (awaited in the browser's worker, `pollster::block_on` natively).
+pub type EngineFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + 'a>>;
+
 /// Where a run's training steps are computed: `CpuSteps` (the reference, `ops` on the
 /// CPU) or `gpu::GpuSteps` (the same step on the GPU). Evaluation (validation loss, angular
 /// distance, layer removal) always runs on the CPU model, which `sync` brings up to date.
 pub trait StepEngine {
-    /// The run starts from `model` with Adam(W) `adam`.
-    fn begin(&mut self, model: &Model, adam: AdamConfig) -> Result<()>;
-    /// Forward and backward on `batch` (B rows of T + 1 ids), the global clip at `clip`
-    /// (0 = off) and one AdamW update at `lr`; `step` is 0-based.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &mut self,
-        model: &mut Model,
-        batch: &[u32],
+    /// The run starts from `model` with Adam(W) `adam` (called before the first step).
+    fn begin<'a>(&'a mut self, model: &'a Model, adam: AdamConfig) -> EngineFuture<'a, ()>;
+    /// Forward and backward on `input.batch` (B rows of T + 1 ids), the global clip at
+    /// `clip` (0 = off) and one AdamW update at `input.lr`.
+    fn step<'a>(
+        &'a mut self,
+        model: &'a mut Model,
+        input: &'a StepInput,
         b: usize,
         t: usize,
-        lr: f64,
         clip: f64,
-        step: usize,
-    ) -> Result<StepOutput>;
+    ) -> EngineFuture<'a, StepOutput>;
     /// Makes `model.weights` the engine's current parameters.
-    fn sync(&mut self, model: &mut Model) -> Result<()>;
+    fn sync<'a>(&'a mut self, model: &'a mut Model) -> EngineFuture<'a, ()>;
+    /// True for an engine whose state lives off the CPU and can be lost (a GPU device): the
+    /// trainer then keeps the weights and Adam's moments (`moments`) at every evaluation, to
+    /// go on on the CPU from there if the engine fails (`Trainer::fall_back`).
+    fn can_lose_state(&self) -> bool {
+        false
+    }
+    /// Adam's first and second moments (m, v) as they are now (asked only where
+    /// `can_lose_state`).
+    fn moments(&mut self) -> EngineFuture<'_, (Weights, Weights)> {
+        Box::pin(std::future::ready(Err(LabError::invalid(
+            "this engine keeps no moments to read",
+        ))))
+    }
 }
 
 /// The CPU step: `model`'s forward and backward, then `ops::adamw_update` per tensor.
@@ -436,29 +464,29 @@ pub struct CpuSteps {
     adam: AdamConfig,
 }
 
-impl StepEngine for CpuSteps {
-    fn begin(&mut self, model: &Model, adam: AdamConfig) -> Result<()> {
-        self.m = Some(Weights::zeros(&model.cfg));
-        self.v = Some(Weights::zeros(&model.cfg));
-        self.adam = adam;
-        Ok(())
+impl CpuSteps {
+    /// A CPU engine that goes on from Adam's moments `m` and `v` (a GPU run's checkpoint).
+    pub fn resume(m: Weights, v: Weights, adam: AdamConfig) -> CpuSteps {
+        CpuSteps {
+            m: Some(m),
+            v: Some(v),
+            adam,
+        }
     }
 
-    fn step(
+    fn step_now(
         &mut self,
         model: &mut Model,
-        batch: &[u32],
+        input: &StepInput,
         b: usize,
         t: usize,
-        lr: f64,
         clip: f64,
-        step: usize,
     ) -> Result<StepOutput> {
         let (Some(m), Some(v)) = (self.m.as_mut(), self.v.as_mut()) else {
             return Err(LabError::invalid("a CPU step before begin"));
         };
         let cfg = &model.cfg;
-        let mut acts = model.forward(batch, b, t, None);
+        let mut acts = model.forward(&input.batch, b, t, None);
         let mut grads = Weights::zeros(cfg);
         model.backward(&mut acts, &mut grads);
         let hidden_rms = acts
@@ -491,7 +519,7 @@ impl StepEngine for CpuSteps {
             .zip(grads.tensors())
             .zip(m.tensors_mut().into_iter().zip(v.tensors_mut()))
         {
-            ops::adamw_update(p, g, mi, vi, lr, step as u64 + 1, &self.adam);
+            ops::adamw_update(p, g, mi, vi, input.lr, input.step as u64 + 1, &self.adam);
         }
         Ok(StepOutput {
             loss,
@@ -499,16 +527,60 @@ impl StepEngine for CpuSteps {
             hidden_rms,
         })
     }
+}
 
-    fn sync(&mut self, _model: &mut Model) -> Result<()> {
-        Ok(())
+impl StepEngine for CpuSteps {
+    fn begin<'a>(&'a mut self, model: &'a Model, adam: AdamConfig) -> EngineFuture<'a, ()> {
+        self.m = Some(Weights::zeros(&model.cfg));
+        self.v = Some(Weights::zeros(&model.cfg));
+        self.adam = adam;
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn step<'a>(
+        &'a mut self,
+        model: &'a mut Model,
+        input: &'a StepInput,
+        b: usize,
+        t: usize,
+        clip: f64,
+    ) -> EngineFuture<'a, StepOutput> {
+        Box::pin(std::future::ready(self.step_now(model, input, b, t, clip)))
+    }
+
+    fn sync<'a>(&'a mut self, _model: &'a mut Model) -> EngineFuture<'a, ()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Its moments, for a test engine that wraps it (the CPU itself never asks).
+    fn moments(&mut self) -> EngineFuture<'_, (Weights, Weights)> {
+        Box::pin(std::future::ready(match (&self.m, &self.v) {
+            (Some(m), Some(v)) => Ok((m.clone(), v.clone())),
+            _ => Err(LabError::invalid("CPU moments before begin")),
+        }))
     }
 }
 
+/// What a run can go back to when its engine fails: everything `Trainer::step` changes,
+/// as it was after `steps` steps (0: the start).
+struct Checkpoint {
+    steps: usize,
+    weights: Weights,
+    /// Adam's moments; None = zeros (the start).
+    moments: Option<(Weights, Weights)>,
+    batcher: Batcher,
+    evaluations: usize,
+    train_s: f64,
+    eval_s: f64,
+    last_val: Option<f64>,
+}
+
 /// A run in progress, one optimizer step at a time: what `train` loops over, and what the
-/// page drives between its yields to the worker's event loop (so Stop is heard between
-/// steps). Owns a copy of its data, so it outlives the corpus it was made from. Its steps are
-/// computed by a `StepEngine` (the CPU's, or the GPU's); evaluation runs on the CPU model.
+/// page drives between its yields to the worker's event loop (so Stop, Pause and Sample are
+/// heard between steps). Owns a copy of its data, so it outlives the corpus it was made
+/// from. It draws every step's batch and learning rate, keeps the records and evaluates on
+/// the CPU model; the steps themselves are computed by a `StepEngine` (the CPU's, or the
+/// GPU's, awaited).
 pub struct Trainer<'e> {
     opts: TrainOptions,
     cfg: ModelConfig,
@@ -517,6 +589,10 @@ pub struct Trainer<'e> {
     val: Vec<u32>,
     batcher: Batcher,
     engine: Box<dyn StepEngine + 'e>,
+    adam: AdamConfig,
+    begun: bool,
+    /// Where a fallible engine's run goes back to (`fall_back`); None for the CPU's.
+    checkpoint: Option<Checkpoint>,
     steps: Vec<StepRecord>,
     angular_distance: Vec<AngularDistance>,
     train_s: f64,
@@ -535,12 +611,12 @@ impl Trainer<'static> {
 
 impl<'e> Trainer<'e> {
     /// Checks the options against the corpus and sets up the model (from `init`, or the
-    /// seeded init), the engine's optimizer state and the fixed validation windows.
+    /// seeded init) and the fixed validation windows; the engine begins at the first step.
     pub fn with_engine(
         corpus: &Corpus,
         opts: &TrainOptions,
         init: Option<Weights>,
-        mut engine: Box<dyn StepEngine + 'e>,
+        engine: Box<dyn StepEngine + 'e>,
     ) -> Result<Trainer<'e>> {
         let started = web_time::Instant::now();
         let cfg = opts.model_config(corpus.vocab_size)?;
@@ -573,20 +649,31 @@ impl<'e> Trainer<'e> {
             cfg: cfg.clone(),
             weights,
         };
-        engine.begin(
-            &model,
-            AdamConfig {
-                weight_decay: opts.weight_decay,
-                ..AdamConfig::default()
-            },
-        )?;
+        let batcher = Batcher::new(opts.seed);
+        // The start is where a fallible engine's run goes back to before its first evaluation.
+        let checkpoint = engine.can_lose_state().then(|| Checkpoint {
+            steps: 0,
+            weights: model.weights.clone(),
+            moments: None,
+            batcher: batcher.clone(),
+            evaluations: 0,
+            train_s: 0.0,
+            eval_s: 0.0,
+            last_val: None,
+        });
         Ok(Trainer {
             opts: opts.clone(),
             model,
             train_ids: corpus.train.clone(),
             val: val_windows(&corpus.val, VAL_BATCHES * b, t),
-            batcher: Batcher::new(opts.seed),
+            batcher,
             engine,
+            adam: AdamConfig {
+                weight_decay: opts.weight_decay,
+                ..AdamConfig::default()
+            },
+            begun: false,
+            checkpoint,
             cfg,
             steps: Vec::with_capacity(opts.steps),
             angular_distance: Vec::new(),
@@ -607,8 +694,13 @@ impl<'e> Trainer<'e> {
         self.steps.len() >= self.opts.steps
     }
 
-    /// The model as trained so far (on the CPU engine; a GPU engine's weights reach it at each
-    /// evaluation and at `finish`).
+    /// The options of this run.
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    /// The model as trained so far on the CPU engine; a GPU engine's weights reach it at each
+    /// evaluation, at `sync` and at `finish`.
     pub fn model(&self) -> &Model {
         &self.model
     }
@@ -632,33 +724,47 @@ impl<'e> Trainer<'e> {
         }
     }
 
-    /// One optimizer step (and the evaluation due after it), reported to `monitor`.
-    pub fn step(&mut self, monitor: &dyn TrainMonitor) -> Result<()> {
-        let opts = &self.opts;
-        let (b, t) = (opts.batch, opts.ctx);
-        let step = self.steps.len();
+    /// One optimizer step (and the evaluation due after it), reported to `monitor`. After an
+    /// error the run is good only for `fall_back` (a failed GPU engine's run goes on on the
+    /// CPU from its last checkpoint).
+    pub async fn step(&mut self, monitor: &dyn TrainMonitor) -> Result<()> {
+        let (b, t, clip) = (self.opts.batch, self.opts.ctx, self.opts.clip);
         let t0 = web_time::Instant::now();
-        let lr = ops::lr_at(step, opts.steps, opts.warmup, opts.lr);
-        let batch = self.batcher.next(&self.train_ids, b, t);
+        if !self.begun {
+            self.engine.begin(&self.model, self.adam).await?;
+            self.begun = true;
+        }
+        let step = self.steps.len();
+        let input = StepInput {
+            step,
+            lr: ops::lr_at(step, self.opts.steps, self.opts.warmup, self.opts.lr),
+            batch: self.batcher.next(&self.train_ids, b, t),
+        };
         let StepOutput {
             loss,
             grad_norm,
             hidden_rms,
         } = self
             .engine
-            .step(&mut self.model, &batch, b, t, lr, opts.clip, step)?;
+            .step(&mut self.model, &input, b, t, clip)
+            .await?;
         self.train_s += t0.elapsed().as_secs_f64();
         self.steps.push(StepRecord {
             step,
-            lr,
+            lr: input.lr,
             loss,
             grad_norm,
             hidden_rms,
             val_loss: None,
         });
-        if (step + 1) % opts.eval_every == 0 || step + 1 == opts.steps {
+        if (step + 1) % self.opts.eval_every == 0 || step + 1 == self.opts.steps {
             let t1 = web_time::Instant::now();
-            self.engine.sync(&mut self.model)?;
+            self.engine.sync(&mut self.model).await?;
+            let moments = if self.engine.can_lose_state() {
+                Some(self.engine.moments().await?)
+            } else {
+                None
+            };
             let (loss, ang) = evaluate(&self.model, &self.val, b, t, step);
             self.eval_s += t1.elapsed().as_secs_f64();
             self.last_val = Some(loss);
@@ -667,9 +773,60 @@ impl<'e> Trainer<'e> {
             }
             monitor.eval(&ang);
             self.angular_distance.push(ang);
+            if moments.is_some() {
+                self.checkpoint = Some(self.checkpoint_now(moments));
+            }
         }
         if let Some(r) = self.steps.last() {
-            monitor.step(r, opts.steps);
+            monitor.step(r, self.opts.steps);
+        }
+        Ok(())
+    }
+
+    fn checkpoint_now(&self, moments: Option<(Weights, Weights)>) -> Checkpoint {
+        Checkpoint {
+            steps: self.steps.len(),
+            weights: self.model.weights.clone(),
+            moments,
+            batcher: self.batcher.clone(),
+            evaluations: self.angular_distance.len(),
+            train_s: self.train_s,
+            eval_s: self.eval_s,
+            last_val: self.last_val,
+        }
+    }
+
+    /// After the engine failed (a lost GPU device): the run goes back to its last
+    /// checkpoint (the weights, Adam's moments and the batch stream after the last
+    /// evaluation, or the start) and goes on on the CPU. Returns the number of steps kept;
+    /// the records after them are dropped (their steps are taken again, on the CPU).
+    pub fn fall_back(&mut self) -> Result<usize> {
+        let Some(cp) = self.checkpoint.take() else {
+            return Err(LabError::invalid(
+                "this run's engine keeps no checkpoint to go back to",
+            ));
+        };
+        let (m, v) = cp.moments.unwrap_or_else(|| {
+            let z = Weights::zeros(&self.cfg);
+            (z.clone(), z)
+        });
+        self.model.weights = cp.weights;
+        self.batcher = cp.batcher;
+        self.steps.truncate(cp.steps);
+        self.angular_distance.truncate(cp.evaluations);
+        self.train_s = cp.train_s;
+        self.eval_s = cp.eval_s;
+        self.last_val = cp.last_val;
+        self.engine = Box::new(CpuSteps::resume(m, v, self.adam));
+        self.begun = true;
+        Ok(cp.steps)
+    }
+
+    /// Brings the CPU model up to date with the engine's weights (for a sample, or before
+    /// `finish`).
+    pub async fn sync(&mut self) -> Result<()> {
+        if self.begun {
+            self.engine.sync(&mut self.model).await?;
         }
         Ok(())
     }
@@ -677,8 +834,13 @@ impl<'e> Trainer<'e> {
     /// Ends the run: after every step, the layer-removal diagnostic (and, for a run of
     /// zero steps, one evaluation of the initial model); after a Stop (`stopped`), the steps
     /// taken so far, without them.
-    pub fn finish(mut self, stopped: bool, monitor: &dyn TrainMonitor) -> Result<TrainRun> {
-        self.engine.sync(&mut self.model)?;
+    pub async fn finish(mut self, stopped: bool, monitor: &dyn TrainMonitor) -> Result<TrainRun> {
+        self.sync().await?;
+        Ok(self.report(stopped, monitor))
+    }
+
+    /// `finish` on a model already synced (`sync`).
+    pub fn report(self, stopped: bool, monitor: &dyn TrainMonitor) -> TrainRun {
         let Trainer {
             opts,
             cfg,
@@ -733,17 +895,18 @@ impl<'e> Trainer<'e> {
             },
             stopped,
         };
-        Ok(TrainRun {
+        TrainRun {
             report,
             model,
             cancelled: stopped,
-        })
+        }
     }
 }
 
 /// Trains a model on `corpus` with `opts` from `init` (or the seeded init), reporting each
 /// step to `monitor`. Deterministic: the same options and corpus give the same bits on any
 /// thread count.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn train(
     corpus: &Corpus,
     opts: &TrainOptions,
@@ -753,7 +916,9 @@ pub fn train(
     train_on(corpus, opts, init, monitor, Box::new(CpuSteps::default()))
 }
 
-/// `train` with the steps computed by `engine`.
+/// `train` with the steps computed by `engine`, each awaited in turn (natively: the CPU's
+/// are ready at once, the GPU's after its readback).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn train_on<'e>(
     corpus: &Corpus,
     opts: &TrainOptions,
@@ -764,9 +929,9 @@ pub fn train_on<'e>(
     let mut trainer = Trainer::with_engine(corpus, opts, init, engine)?;
     while !trainer.done() {
         if monitor.cancelled() {
-            return trainer.finish(true, monitor);
+            return pollster::block_on(trainer.finish(true, monitor));
         }
-        trainer.step(monitor)?;
+        pollster::block_on(trainer.step(monitor))?;
     }
-    trainer.finish(false, monitor)
+    pollster::block_on(trainer.finish(false, monitor))
 }

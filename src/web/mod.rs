@@ -28,9 +28,11 @@ use crate::synth::weights;
 use crate::tokenizer::TextTokenizer;
 use crate::train::data::{Corpus, Tokenizer};
 use crate::train::export::{hf_config as hf_config_train, write_safetensors};
+use crate::train::gpu::GpuSteps;
 use crate::train::sample::sample;
-use crate::train::{NormPlacement, Quiet, StepRecord, TrainOptions, Trainer};
+use crate::train::{CpuSteps, NormPlacement, Quiet, StepEngine, StepRecord, TrainOptions, Trainer};
 use crate::LabError;
+use futures_channel::oneshot;
 
 /// Most values the page's compute check accepts (1 GiB of f32 would not leave room for
 /// anything else in wasm's 4 GiB).
@@ -160,6 +162,15 @@ impl RunControl for WebControl<'_> {
     fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + '_>> {
         Box::pin(yield_to_worker())
     }
+}
+
+/// A timer of `ms` milliseconds (a paused run's wait between looks at Resume and Stop).
+async fn sleep_in_worker(ms: i32) {
+    let promise = js_sys::Promise::new(&mut |resolve, _reject| {
+        let scope: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let _ = scope.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms);
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
 
 /// A zero-delay timer: the worker's queued messages ("cancel") run first.
@@ -313,6 +324,60 @@ struct Trained {
 /// Most characters one Sample generates (each runs a whole forward over the context).
 const MAX_SAMPLE: usize = 4000;
 
+/// What a Sample asks for.
+#[derive(Clone)]
+struct SampleAsk {
+    prompt: String,
+    length: usize,
+    temperature: f64,
+    seed: u64,
+}
+
+/// A Sample asked while a run trains: the run answers it between two steps.
+struct SampleRequest {
+    ask: SampleAsk,
+    reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// The text `model` writes after the prompt (its own seeded stream: the run's batches and
+/// weights are untouched).
+fn sample_text(
+    model: &crate::train::model::Model,
+    tokenizer: &Tokenizer,
+    ctx: usize,
+    ask: &SampleAsk,
+) -> crate::Result<String> {
+    let ids = tokenizer.encode(&ask.prompt)?;
+    let out = sample(model, &ids, ask.length, ask.temperature, ask.seed, ctx)?;
+    tokenizer.decode(&out)
+}
+
+/// While a training run is in progress: Sample asks the run. When the run ends (finished,
+/// stopped or failed), Samples it has not answered are dropped, and answered from the model
+/// it left (or refused when there is none).
+struct LiveRun<'a>(&'a Lab);
+
+impl<'a> LiveRun<'a> {
+    fn start(lab: &'a Lab) -> Self {
+        lab.training.set(true);
+        LiveRun(lab)
+    }
+}
+
+impl Drop for LiveRun<'_> {
+    fn drop(&mut self) {
+        self.0.training.set(false);
+        self.0.samples.borrow_mut().clear();
+    }
+}
+
+/// A training step's metrics, as the page's charts take them.
+#[derive(Serialize)]
+struct TrainMetrics<T> {
+    step: usize,
+    values: T,
+}
+
 /// The lab's heavy state, owned by the worker.
 #[wasm_bindgen]
 pub struct Lab {
@@ -324,6 +389,12 @@ pub struct Lab {
     /// model, text and evaluation settings reuses it.
     dense_ppl: std::cell::RefCell<Option<DensePpl>>,
     trained: std::cell::RefCell<Option<Trained>>,
+    /// Pause: the training run in progress holds after its current step while true.
+    paused: Cell<bool>,
+    /// True while a training run is in progress (Sample then asks the run).
+    training: Cell<bool>,
+    /// Samples asked during the run in progress, answered between its steps.
+    samples: std::cell::RefCell<Vec<SampleRequest>>,
 }
 
 /// A measured dense perplexity and what it was measured on.
@@ -399,6 +470,9 @@ impl Lab {
             last_run: Default::default(),
             dense_ppl: Default::default(),
             trained: Default::default(),
+            paused: Cell::new(false),
+            training: Cell::new(false),
+            samples: Default::default(),
         }
     }
 
@@ -703,13 +777,20 @@ impl Lab {
     }
 
     /// Trains the placement `norm` ("pre", "post" or "mix") of the training experiment (JSON)
-    /// on `text` (the text itself), on the CPU, one step at a time, yielding to the worker
-    /// between steps. Every step posts `on_progress("train", step + 1, steps, {step, values:
-    /// {loss, lr, grad_norm, hidden_rms, val_loss?, tokens_per_s}})`, every evaluation
-    /// `on_progress("train", step + 1, steps, {step, values: {angular}})`. `cancel` is Stop:
-    /// the run ends after the step in progress and is kept (`stopped: true`, no layer
-    /// removal). Resolves to the report `layerlab run` writes for this experiment, with this
-    /// one run in `runs`; the model stays for `train_sample` and `train_export`.
+    /// on `text` (the text itself), one step at a time, yielding to the worker between
+    /// steps: on the GPU where the page's backend is one (`GpuSteps`, each step awaited),
+    /// else on the CPU. Every step posts `on_progress("train", step + 1, steps, {step,
+    /// values: {loss, lr, grad_norm, hidden_rms, val_loss?, tokens_per_s}})`, every
+    /// evaluation `on_progress("train", step + 1, steps, {step, values: {angular}})`.
+    /// `cancel` is Stop: the run ends after the step in progress and is kept (`stopped:
+    /// true`, no layer removal). `train_pause(true)` holds the run after the step in progress
+    /// (`on_progress("paused", steps done, steps)`) until `train_pause(false)`; Samples asked
+    /// meanwhile (`train_sample`) are answered between steps from the current weights.
+    /// If the GPU fails mid-run, the run goes back to its last evaluation (weights and Adam's
+    /// moments), posts `{step, values: {rewind: steps kept, notice}}` and goes on on the CPU;
+    /// the report's `backend` says so. Resolves to the report `layerlab run` writes for this
+    /// experiment, with this one run in `runs`; the model stays for `train_sample` and
+    /// `train_export`.
     pub async fn train(
         &self,
         experiment: String,
@@ -738,58 +819,74 @@ impl Lab {
         let tokenizer = Tokenizer::char_level(&text).map_err(to_js_err)?;
         let ids = tokenizer.encode(&text).map_err(to_js_err)?;
         let corpus = Corpus::split(ids, tokenizer.vocab_size(), opts.ctx).map_err(to_js_err)?;
-        let mut trainer = Trainer::new(&corpus, &opts, None).map_err(to_js_err)?;
+        let gpu = self.backend.gpu();
+        let engine: Box<dyn StepEngine + '_> = match &gpu {
+            Some(g) => Box::new(GpuSteps::new(g)),
+            None => Box::new(CpuSteps::default()),
+        };
+        let mut trainer = Trainer::with_engine(&corpus, &opts, None, engine).map_err(to_js_err)?;
         drop(corpus);
-        #[derive(Serialize)]
-        struct StepValues<'a> {
-            #[serde(flatten)]
-            record: &'a StepRecord,
-            tokens_per_s: f64,
-        }
-        #[derive(Serialize)]
-        struct EvalValues<'a> {
-            angular: &'a [Vec<Option<f64>>],
-        }
-        #[derive(Serialize)]
-        struct Metrics<T> {
-            step: usize,
-            values: T,
-        }
+        let _live = LiveRun::start(self);
         let mut stopped = false;
-        while !trainer.done() {
-            yield_to_worker().await;
-            if self.cancel.get() {
-                stopped = true;
-                break;
-            }
-            trainer.step(&Quiet).map_err(to_js_err)?;
-            let Some(record) = trainer.records().last() else {
-                continue;
+        // (steps done when the GPU failed, steps kept, the failure)
+        let mut gpu_failure: Option<(usize, usize, String)> = None;
+        loop {
+            let ran = self
+                .train_steps(&mut trainer, &tokenizer, &on_progress, &mut stopped)
+                .await;
+            // The model for the evaluations after the run, Sample and the download.
+            let ran = match ran {
+                Ok(()) => trainer.sync().await,
+                Err(e) => Err(e),
             };
-            let (step, of) = (record.step, opts.steps);
-            if record.val_loss.is_some() {
-                if let Some(a) = trainer.angular_distance().last() {
-                    let values = EvalValues { angular: &a.matrix };
+            match ran {
+                Ok(()) => break,
+                Err(LabError::GpuFailed(msg)) if gpu.is_some() && gpu_failure.is_none() => {
+                    let at = trainer.steps_done();
+                    let kept = trainer.fall_back().map_err(to_js_err)?;
+                    let notice = self
+                        .backend
+                        .gpu_failed(&msg, &format!("after step {at} of {}", opts.steps));
+                    let notice = if kept == 0 {
+                        format!(
+                            "{} It started again from the initial weights (no evaluation had \
+                             saved the GPU's state yet).",
+                            notice.replace(
+                                "the run finished on the CPU",
+                                "the run went on on the CPU"
+                            )
+                        )
+                    } else {
+                        format!(
+                            "{} It went on from the weights and Adam moments saved at step {kept}.",
+                            notice.replace(
+                                "the run finished on the CPU",
+                                "the run went on on the CPU"
+                            )
+                        )
+                    };
+                    #[derive(Serialize)]
+                    struct Rewind<'a> {
+                        rewind: usize,
+                        notice: &'a str,
+                    }
                     post_progress(
                         &on_progress,
                         "train",
-                        step + 1,
-                        of,
-                        &Metrics { step, values },
+                        kept,
+                        opts.steps,
+                        &TrainMetrics {
+                            step: kept,
+                            values: Rewind {
+                                rewind: kept,
+                                notice: &notice,
+                            },
+                        },
                     );
+                    gpu_failure = Some((at, kept, msg));
                 }
+                Err(e) => return Err(to_js_err(e)),
             }
-            let values = StepValues {
-                record,
-                tokens_per_s: trainer.tokens_per_s(),
-            };
-            post_progress(
-                &on_progress,
-                "train",
-                step + 1,
-                of,
-                &Metrics { step, values },
-            );
         }
         if !stopped && opts.layers > 0 {
             // The layer-removal pass: one validation pass per block.
@@ -802,11 +899,33 @@ impl Lab {
             );
             yield_to_worker().await;
         }
-        let run = trainer.finish(stopped, &Quiet).map_err(to_js_err)?;
+        let run = trainer.report(stopped, &Quiet);
+        let backend = match (&gpu, &gpu_failure) {
+            (Some(g), None) => crate::compute::BackendInfo {
+                kind: "gpu".into(),
+                name: g.describe(),
+                reason: None,
+            },
+            (Some(g), Some((at, kept, msg))) => crate::train::cpu_backend_info(&if *kept == 0 {
+                format!(
+                    "the GPU ({}) failed after step {at} ({msg}), before the first evaluation: \
+                     the run started again on the CPU",
+                    g.describe()
+                )
+            } else {
+                format!(
+                    "the GPU ({}) failed after step {at} ({msg}): steps 1 to {kept} were \
+                     trained on it, and the rest on the CPU from the weights and Adam moments \
+                     after step {kept}",
+                    g.describe()
+                )
+            }),
+            (None, _) => self.backend.info(),
+        };
         let result = TrainResult {
             text: spec.text.describe(),
             tokenizer: tokenizer.describe(),
-            backend: crate::train::cpu_backend_info("the page's training runs on the CPU for now"),
+            backend,
             runs: vec![run.report],
         };
         let out = to_js(&Report {
@@ -821,19 +940,112 @@ impl Lab {
         Ok(out)
     }
 
-    /// `length` characters that the last trained model writes after `prompt`, at
-    /// `temperature` (0: always the likeliest), seeded by `seed` (a whole number).
-    pub fn train_sample(
+    /// `train`'s steps until the last or a Stop, with Pause and the Samples asked between
+    /// them; a GPU failure comes back as `GpuFailed` for `train` to fall back on the CPU.
+    async fn train_steps(
+        &self,
+        trainer: &mut Trainer<'_>,
+        tokenizer: &Tokenizer,
+        on_progress: &js_sys::Function,
+        stopped: &mut bool,
+    ) -> crate::Result<()> {
+        #[derive(Serialize)]
+        struct StepValues<'a> {
+            #[serde(flatten)]
+            record: &'a StepRecord,
+            tokens_per_s: f64,
+        }
+        #[derive(Serialize)]
+        struct EvalValues<'a> {
+            angular: &'a [Vec<Option<f64>>],
+        }
+        let of = trainer.options().steps;
+        while !trainer.done() {
+            yield_to_worker().await;
+            self.serve_samples(trainer, tokenizer).await?;
+            if self.paused.get() && !self.cancel.get() {
+                let done = trainer.steps_done();
+                post_progress(on_progress, "paused", done, of, &serde_json::Value::Null);
+                while self.paused.get() && !self.cancel.get() {
+                    sleep_in_worker(100).await;
+                    self.serve_samples(trainer, tokenizer).await?;
+                }
+                post_progress(on_progress, "train", done, of, &serde_json::Value::Null);
+            }
+            if self.cancel.get() {
+                *stopped = true;
+                break;
+            }
+            trainer.step(&Quiet).await?;
+            let Some(record) = trainer.records().last() else {
+                continue;
+            };
+            let step = record.step;
+            if record.val_loss.is_some() {
+                if let Some(a) = trainer.angular_distance().last() {
+                    let values = EvalValues { angular: &a.matrix };
+                    post_progress(
+                        on_progress,
+                        "train",
+                        step + 1,
+                        of,
+                        &TrainMetrics { step, values },
+                    );
+                }
+            }
+            let values = StepValues {
+                record,
+                tokens_per_s: trainer.tokens_per_s(),
+            };
+            post_progress(
+                on_progress,
+                "train",
+                step + 1,
+                of,
+                &TrainMetrics { step, values },
+            );
+        }
+        Ok(())
+    }
+
+    /// Answers the Samples asked while the run trains, from its current weights (read back
+    /// from the GPU first where it trains there). Sampling has its own seeded stream and
+    /// reads the weights only: the run's numbers stay the same.
+    async fn serve_samples(
+        &self,
+        trainer: &mut Trainer<'_>,
+        tokenizer: &Tokenizer,
+    ) -> crate::Result<()> {
+        if self.samples.borrow().is_empty() {
+            return Ok(());
+        }
+        trainer.sync().await?;
+        let requests = std::mem::take(&mut *self.samples.borrow_mut());
+        let ctx = trainer.options().ctx;
+        for r in requests {
+            let text =
+                sample_text(trainer.model(), tokenizer, ctx, &r.ask).map_err(|e| e.to_string());
+            let _ = r.reply.send(text);
+        }
+        Ok(())
+    }
+
+    /// Holds the training run in progress after its current step (`paused` true), or lets
+    /// it go on. A held run still hears Stop and answers Sample.
+    pub fn train_pause(&self, paused: bool) {
+        self.paused.set(paused);
+    }
+
+    /// `length` characters that the model writes after `prompt`, at `temperature` (0:
+    /// always the likeliest), seeded by `seed` (a whole number): during a run from its
+    /// current weights (answered between its steps), else from the last trained model.
+    pub async fn train_sample(
         &self,
         prompt: String,
         length: u32,
         temperature: f64,
         seed: f64,
     ) -> Result<String, JsValue> {
-        let trained = self.trained.borrow();
-        let t = trained
-            .as_ref()
-            .ok_or_else(|| JsValue::from_str("train a model first"))?;
         if !(seed >= 0.0 && seed.fract() == 0.0 && seed < 9.007e15) {
             return Err(JsValue::from_str(&format!(
                 "the seed must be a whole number >= 0, not {seed}"
@@ -845,17 +1057,28 @@ impl Lab {
                 "at most {MAX_SAMPLE} characters at a time, not {length}"
             )));
         }
-        let ids = t.tokenizer.encode(&prompt).map_err(to_js_err)?;
-        let out = sample(
-            &t.model,
-            &ids,
+        let ask = SampleAsk {
+            prompt,
             length,
             temperature,
-            seed as u64,
-            t.options.ctx,
-        )
-        .map_err(to_js_err)?;
-        t.tokenizer.decode(&out).map_err(to_js_err)
+            seed: seed as u64,
+        };
+        if self.training.get() {
+            let (reply, answer) = oneshot::channel();
+            self.samples.borrow_mut().push(SampleRequest {
+                ask: ask.clone(),
+                reply,
+            });
+            // A run that ends first drops the request: its model is then the trained one.
+            if let Ok(text) = answer.await {
+                return text.map_err(|e| JsValue::from_str(&e));
+            }
+        }
+        let trained = self.trained.borrow();
+        let t = trained
+            .as_ref()
+            .ok_or_else(|| JsValue::from_str("train a model first"))?;
+        sample_text(&t.model, &t.tokenizer, t.options.ctx, &ask).map_err(to_js_err)
     }
 
     /// The last trained model as safetensors (LLaMA names, F32) and its config.json (which

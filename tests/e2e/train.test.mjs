@@ -73,15 +73,57 @@ function sameRun(page, cli, what) {
   assert.equal(page.stopped, cli.stopped);
 }
 
+/** A number of the GPU run against the CLI's (the CPU): within `rel` of it, or `abs` near 0. */
+const worst = { loss: 0, norm: 0, angular: 0 };
+function near(page, cli, rel, what, abs = rel) {
+  const kind = what.includes('angular') ? 'angular' : /grad_norm|hidden_rms/.test(what) ? 'norm' : 'loss';
+  const d = kind === 'angular' ? Math.abs(page - cli) : Math.abs(page - cli) / Math.max(Math.abs(cli), 1e-30);
+  worst[kind] = Math.max(worst[kind], d);
+  assert.ok(Number.isFinite(page) && Math.abs(page - cli) <= Math.max(abs, rel * Math.abs(cli)), `${what}: page ${page}, CLI ${cli}`);
+}
+
+// The stated tolerance of WebGPU training against the CPU (the CLI): the same kernels in
+// other summation orders, so losses agree to about 1e-6 after 20 steps (measured on
+// SwiftShader and lavapipe); the bounds leave room above that.
+const GPU_TOL = { loss: 1e-4, norm: 1e-3, angular: 1e-3 };
+
+/** A run trained (partly) on WebGPU against the CLI's run of the same experiment. */
+function nearRun(page, cli, what) {
+  assert.deepEqual(page.options, cli.options, `${what}: options`);
+  assert.equal(page.vocab_size, cli.vocab_size);
+  assert.equal(page.steps.length, cli.steps.length, `${what}: steps`);
+  page.steps.forEach((s, i) => {
+    const c = cli.steps[i];
+    assert.equal(s.step, c.step);
+    assert.equal(s.lr, c.lr, `${what}: step ${i} lr`);
+    near(s.loss, c.loss, GPU_TOL.loss, `${what}: step ${i} loss`);
+    assert.equal(s.val_loss === undefined, c.val_loss === undefined, `${what}: step ${i} evaluated`);
+    if (c.val_loss !== undefined) near(s.val_loss, c.val_loss, GPU_TOL.loss, `${what}: step ${i} val_loss`);
+    s.grad_norm.forEach((g, l) => near(g, c.grad_norm[l], GPU_TOL.norm, `${what}: step ${i} grad_norm[${l}]`));
+    s.hidden_rms.forEach((h, l) => near(h, c.hidden_rms[l], GPU_TOL.norm, `${what}: step ${i} hidden_rms[${l}]`));
+  });
+  assert.equal(page.angular_distance.length, cli.angular_distance.length);
+  page.angular_distance.forEach((a, e) => a.matrix.forEach((row, l) => row.forEach((v, n) => {
+    const c = cli.angular_distance[e].matrix[l][n];
+    if (c === null) assert.equal(v, null);
+    else near(v, c, 0, `${what}: angular ${e} [${l}][${n}]`, GPU_TOL.angular);
+  })));
+  assert.equal(page.layer_removal.length, cli.layer_removal.length);
+  page.layer_removal.forEach((r, l) => near(r.loss, cli.layer_removal[l].loss, GPU_TOL.loss, `${what}: removal ${l}`));
+  // The measured differences, for the log (the tolerance above is what is asserted).
+  console.log(`${what} against the CLI: largest relative difference of a loss ${worst.loss.toExponential(2)}, of a norm ${worst.norm.toExponential(2)}; largest angular difference ${worst.angular.toExponential(2)}`);
+  Object.assign(worst, { loss: 0, norm: 0, angular: 0 });
+}
+
 for (const [name, flags, query] of [
-  ['with WebGPU offered', ['--enable-unsafe-webgpu'], `?${TINY}&backend=gpu`],
+  ['with WebGPU offered (auto: the CPU, since the adapter is software)', ['--enable-unsafe-webgpu'], `?${TINY}`],
   ['without WebGPU', [], `?${TINY}`],
 ]) {
   test(`${name}: 20 steps of the tiny preset in the page give exactly the CLI's numbers`, async () => {
     const { page, problems, close } = await openPage(base + query, flags);
     try {
       await page.waitForFunction(() => /^Ready/.test(document.getElementById('train-status')?.textContent ?? ''), null, { timeout: 120_000 });
-      assert.match(await page.textContent('#backend'), /the training lab runs on the CPU \(WebAssembly\) for now$/);
+      assert.equal(await page.getAttribute('#backend', 'data-kind'), 'cpu', await page.textContent('#backend'));
       assert.equal(await page.inputValue('#train-preset'), 'custom', 'steps 20 is not the tiny preset');
       assert.equal(await page.inputValue('#train-layers'), '4');
       assert.equal(await page.inputValue('#train-norm'), 'mix');
@@ -190,6 +232,64 @@ test('Train all three keeps three runs; Stop keeps a partial run; the link resto
     } finally {
       await again.close();
     }
+    assert.deepEqual(problems, []);
+  } finally {
+    await close();
+  }
+});
+
+test('?backend=gpu: the page trains on WebGPU within the stated tolerance of the CLI; Pause, Sample and Resume change nothing; a device lost mid-run finishes on the CPU', async () => {
+  const query = `?${TINY.replace('steps=20', 'steps=30')}&backend=gpu`;
+  const { page, problems, close } = await openPage(base + query, ['--enable-unsafe-webgpu']);
+  try {
+    await page.waitForFunction(() => /^Ready/.test(document.getElementById('train-status')?.textContent ?? ''), null, { timeout: 120_000 });
+    assert.equal(await page.getAttribute('#backend', 'data-kind'), 'gpu', await page.textContent('#backend'));
+    // A plain run on the GPU.
+    await page.click('#train-run');
+    assert.equal(await settled(page), 'Done.', await page.textContent('#train-error'));
+    const [report] = await downloaded(page, '#train-report-json');
+    const r = JSON.parse(report.bytes.toString('utf8'));
+    assert.equal(r.backend.kind, 'gpu', JSON.stringify(r.backend));
+    const cli = cliRun(report.bytes);
+    assert.match(cli.backend.name, /^CPU/);
+    nearRun(r.runs[0], cli.runs[0], 'WebGPU');
+    const t0 = Date.now();
+
+    // Pause as soon as it starts, Sample from the current weights, Resume: the same run.
+    await page.click('#train-run');
+    await page.click('#train-pause');
+    await page.waitForFunction(() => /paused after step \d+ of 30/.test(document.getElementById('train-status')?.textContent ?? ''), null, { timeout: 120_000 });
+    assert.equal(await page.textContent('#train-pause'), 'Resume');
+    await page.fill('#train-sample-length', '20');
+    await page.click('#train-sample');
+    await page.waitForFunction(() => !/^Sampling/.test(document.getElementById('train-sample-out')?.textContent ?? 'Sampling'), null, { timeout: 120_000 });
+    const text = await page.textContent('#train-sample-out');
+    assert.ok(text.startsWith('The ') && [...text].length === 24, text);
+    await page.click('#train-pause');
+    assert.equal(await settled(page), 'Done.', await page.textContent('#train-error'));
+    const [again] = await downloaded(page, '#train-report-json');
+    const a = JSON.parse(again.bytes.toString('utf8'));
+    assert.equal(a.backend.kind, 'gpu');
+    // The GPU's kernels sum in fixed orders (no atomics): a paused run is the same bits.
+    a.runs[0].steps.forEach((s, i) => assert.deepEqual(s, r.runs[0].steps[i], `paused run, step ${i}`));
+    const perRun = Date.now() - t0;
+
+    // Lose the device after the first evaluation (step 10): the run goes back to it and
+    // finishes on the CPU, and says so.
+    await page.click('#train-run');
+    await page.waitForFunction(() => /step (1[2-9]|2\d) of 30/.test(document.getElementById('train-status')?.textContent ?? ''), null, { timeout: 120_000 + perRun });
+    await page.click('[data-tab="compute"]');
+    await page.click('#compute .diagnostics summary');
+    await page.click('#lose-device');
+    await page.click('[data-tab="train"]');
+    assert.equal(await settled(page), 'Done.', await page.textContent('#train-error'));
+    assert.match(await page.textContent('#train-notice'), /The GPU failed after step \d+ of 30 .*went on on the CPU.*saved at step (10|20)/);
+    assert.equal(await page.getAttribute('#backend', 'data-kind'), 'cpu');
+    const [lost] = await downloaded(page, '#train-report-json');
+    const l = JSON.parse(lost.bytes.toString('utf8'));
+    assert.equal(l.backend.kind, 'cpu');
+    assert.match(l.backend.reason, /failed after step \d+ .*steps 1 to (10|20) were trained on it/);
+    nearRun(l.runs[0], cli.runs[0], 'WebGPU, then the CPU');
     assert.deepEqual(problems, []);
   } finally {
     await close();

@@ -339,6 +339,7 @@ export interface Ops {
   'prune-histograms': { request: { tensor: string; bins: number }; reply: { before: Histogram; after: Histogram } };
   reduce: { request: { experiment: Experiment }; reply: { report: StatsRun } };
   train: { request: { experiment: Experiment; norm: NormPlacement; text: string }; reply: { report: TrainReport } };
+  'train-pause': { request: { paused: boolean }; reply: { paused: boolean } };
   'train-sample': { request: { prompt: string; length: number; temperature: number; seed: number }; reply: { text: string } };
   'train-export': { request: Record<string, never>; reply: { model: Blob; config: string; name: string } };
 }

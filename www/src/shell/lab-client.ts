@@ -125,6 +125,12 @@ export class LabClient {
     return reply.reply as Ops[K]['reply'];
   }
 
+  /** Sends a request at once, past the queue: one that the running request answers between
+   *  its steps (the training lab's Pause and Sample while it trains). */
+  callBetween<K extends Op>(op: K, request: Ops[K]['request']): Promise<Ops[K]['reply']> {
+    return this.callNow(op, request);
+  }
+
   get busy(): boolean {
     return this.pending.size > 0;
   }

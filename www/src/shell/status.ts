@@ -121,6 +121,7 @@ export class RunStatus {
       this.runStart = performance.now();
       this.announce();
     } else if (was) {
+      this.heldAt = null;
       this.idleText = this.el.status.textContent ?? '';
       if (activity.last?.owner === this.owner) activity.emit(null);
     }
@@ -174,13 +175,28 @@ export class RunStatus {
       }
       const elapsed = (now - since) / 1000;
       const f = this.fraction;
-      const left = f > 0 && f < 1 && elapsed > 2 ? ` (about ${duration((elapsed / f) * (1 - f))} left)` : '';
+      const left = this.heldAt === null && f > 0 && f < 1 && elapsed > 2 ? ` (about ${duration((elapsed / f) * (1 - f))} left)` : '';
       this.say(label(stage, done, total) + left);
       if (metrics) this.metrics.emit({ ...metrics, stage });
     };
   }
 
   private stageDone = 0;
+  /** When the run was held (Pause), or null. */
+  private heldAt: number | null = null;
+
+  /** Pause (`on`) and Resume: while held the time left is not estimated, and the time held
+   *  does not count in the run's pace. */
+  hold(on: boolean): void {
+    const now = performance.now();
+    if (on && this.heldAt === null) {
+      this.heldAt = now;
+    } else if (!on && this.heldAt !== null) {
+      this.stageStart += now - this.heldAt;
+      this.runStart += now - this.heldAt;
+      this.heldAt = null;
+    }
+  }
 
   /** The run's overall fraction done, as the bar shows it. */
   get done(): number {

@@ -2,14 +2,17 @@
 // text, one after another with the same seed and data, and watch the per-layer diagnostics
 // the paper plots as they train: loss curves, gradient norm per block, hidden-state RMS,
 // angular distance between block outputs, and the loss increase when a block is skipped.
-// Stop keeps what was trained. Sample writes text from the last trained model; its files
-// and the report (the CLI's JSON) download. The experiment lives in the URL.
+// Runs train on the GPU (WebGPU) where the backend is one, else on the CPU; a GPU that fails
+// mid-run leaves the run to the CPU from its last evaluation. Pause holds a run between two
+// steps and Resume goes on; Stop keeps what was trained. Sample writes text from the model,
+// during a run from its current weights; the last model's files and the report (the CLI's
+// JSON) download. The experiment lives in the URL.
 
 import { csvButton, download, fmt, heatmap, multi, Plots, pngButton, tableRows, type Series } from '../../shell/charts';
 import { $, numberFrom, onEdit, show } from '../../shell/dom';
 import { defaultsOf, type LabContext, type PageLab } from '../../shell/lab';
 import { RunStatus } from '../../shell/status';
-import type { AngularDistance, Experiment, ExperimentOf, NormPlacement, StepMetrics, StepRecord, TextSource, TrainReport, TrainRunReport, TrainSpec } from '../../protocol';
+import type { AngularDistance, BackendInfo, Experiment, ExperimentOf, NormPlacement, StepMetrics, StepRecord, TextSource, TrainReport, TrainRunReport, TrainSpec } from '../../protocol';
 
 const NAMES: Record<NormPlacement, string> = { pre: 'Pre-LN', post: 'Post-LN', mix: 'Mix-LN' };
 /** One colour per placement, in every chart. */
@@ -33,6 +36,10 @@ interface Run {
   tokensPerS: number;
   report: TrainRunReport | null;
   status: 'training' | 'done' | 'stopped' | 'failed';
+  /** Said after its progress once the GPU failed and the CPU took over. */
+  note: string;
+  /** Where it trained (the report's backend of its own run). */
+  backend: BackendInfo | null;
 }
 
 /** The runs of one press of Run (or Train all three): one experiment, one report. */
@@ -63,6 +70,8 @@ class TrainLab implements PageLab {
   private builtinTexts: string[];
   private paper: Size;
   private stopped = false;
+  /** Pause pressed (and not Resume since). */
+  private paused = false;
 
   private f = {
     preset: $<HTMLSelectElement>('train-preset'),
@@ -95,6 +104,8 @@ class TrainLab implements PageLab {
     this.status.cancelText = 'Stopping after this step…';
     this.status.onCancel = () => {
       this.stopped = true;
+      // A held run hears Stop too; the next run starts unpaused.
+      this.showPaused(false);
     };
     this.status.metrics.subscribe((m) => this.onMetrics(m));
     this.builtinTexts = ctx.defaults.builtin_texts;
@@ -112,10 +123,6 @@ class TrainLab implements PageLab {
     if (this.activated) return;
     this.activated = true;
     if (!this.status.busy) this.status.say('Ready: choose a preset and press Run, or Train all three.');
-  }
-
-  backendNote(): string {
-    return 'the training lab runs on the CPU (WebAssembly) for now';
   }
 
   // ---- the form ----------------------------------------------------------------------------
@@ -184,6 +191,7 @@ class TrainLab implements PageLab {
       this.syncControls();
       this.ctx.publish(this);
     });
+    $('train-pause').addEventListener('click', () => void this.pause(!this.paused));
     $('train-sample').addEventListener('click', () => void this.sample());
     $('train-download-model').addEventListener('click', () => void this.downloadModel());
     $('train-report-json').addEventListener('click', () => {
@@ -198,7 +206,10 @@ class TrainLab implements PageLab {
   private setBusy(busy: boolean): void {
     this.status.setBusy(busy);
     for (const el of document.querySelectorAll<HTMLInputElement | HTMLSelectElement | HTMLButtonElement>('.train-input')) el.disabled = busy;
-    for (const id of ['train-sample', 'train-download-model']) $<HTMLButtonElement>(id).disabled = busy;
+    // Sample works during a run (from its current weights); the download is of a finished one.
+    $<HTMLButtonElement>('train-download-model').disabled = busy;
+    $<HTMLButtonElement>('train-pause').disabled = !busy;
+    if (!busy) this.showPaused(false);
     this.syncControls();
   }
 
@@ -282,7 +293,10 @@ class TrainLab implements PageLab {
     const placements = spec.runs.length ? spec.runs : [spec.norm];
     this.setBusy(true);
     this.stopped = false;
+    $('train-notice').hidden = true;
     try {
+      // A Pause left from a run that was stopped while held must not hold this one.
+      await this.ctx.client.callBetween('train-pause', { paused: false });
       this.status.say('Loading the text…');
       const text = await this.loadText(spec.text);
       const experiment: Experiment = { version: 2, ...spec };
@@ -291,7 +305,7 @@ class TrainLab implements PageLab {
       for (const [i, norm] of placements.entries()) {
         if (this.stopped) break;
         const label = norm === 'mix' ? `Mix-LN (α ${spec.alpha}: ${Math.floor(spec.alpha * spec.layers)} Post-LN)` : NAMES[norm];
-        const run: Run = { n: this.runs.length + 1, norm, label, group, steps: [], angular: [], tokensPerS: 0, report: null, status: 'training' };
+        const run: Run = { n: this.runs.length + 1, norm, label, group, steps: [], angular: [], tokensPerS: 0, report: null, status: 'training', note: '', backend: null };
         this.runs.push(run);
         group.runs.push(run);
         this.live = run;
@@ -301,9 +315,12 @@ class TrainLab implements PageLab {
         this.status.say(`${prefix}starting…`);
         try {
           const reply = await this.ctx.client.call('train', { experiment, norm, text }, this.status.tracker((stage, done, total) =>
-            stage === 'layer removal' ? `${prefix}skipping each block in turn…` : `${prefix}step ${done} of ${total}, ${fmt(Math.round(run.tokensPerS))} tokens/s`));
+            stage === 'layer removal' ? `${prefix}skipping each block in turn…`
+              : stage === 'paused' ? `${prefix}paused after step ${done} of ${total}. Resume goes on; Sample writes from the current weights.`
+                : `${prefix}step ${done} of ${total}, ${fmt(Math.round(run.tokensPerS))} tokens/s${run.note}`));
           const r = reply.report.runs[0];
           run.report = r;
+          run.backend = reply.report.backend;
           run.steps = r.steps;
           run.angular = r.angular_distance;
           run.tokensPerS = r.tokens_per_s;
@@ -325,6 +342,26 @@ class TrainLab implements PageLab {
     }
   }
 
+  /** Pause (`on`) or Resume the run in progress: the worker holds it after the step in
+   *  progress and says so ("paused after step N"). */
+  private async pause(on: boolean): Promise<void> {
+    if (!this.status.busy) return;
+    this.showPaused(on);
+    if (on) this.status.say('Pausing after this step…');
+    try {
+      await this.ctx.client.callBetween('train-pause', { paused: on });
+    } catch (e) {
+      this.status.error(`Cannot ${on ? 'pause' : 'resume'}: ${(e as Error).message}`);
+    }
+  }
+
+  /** The Pause button and the time-left estimate follow the pause. */
+  private showPaused(on: boolean): void {
+    this.paused = on;
+    $('train-pause').textContent = on ? 'Resume' : 'Pause';
+    this.status.hold(on);
+  }
+
   private redrawQueued = false;
   private lastDraw = 0;
 
@@ -333,7 +370,16 @@ class TrainLab implements PageLab {
     const run = this.live;
     if (!run) return;
     const v = m.values;
-    if ('angular' in v) {
+    if ('rewind' in v) {
+      // The GPU failed: the run goes back to its last evaluation and goes on on the CPU.
+      const kept = v.rewind as number;
+      run.steps.length = Math.min(run.steps.length, kept);
+      run.angular = run.angular.filter((a) => a.step < kept);
+      run.note = ' (on the CPU: the GPU failed)';
+      const notice = $('train-notice');
+      notice.textContent = (v as unknown as { notice: string }).notice;
+      notice.hidden = false;
+    } else if ('angular' in v) {
       run.angular.push({ step: m.step, matrix: v.angular as (number | null)[][] });
     } else if ('loss' in v) {
       run.steps.push(v as unknown as StepRecord);
@@ -352,7 +398,8 @@ class TrainLab implements PageLab {
   /** The report of a group: the CLI's JSON (`layerlab run` of its experiment). */
   private groupReport(g: Group): TrainReport | null {
     if (!g.reply) return null;
-    return { ...g.reply, experiment: g.experiment, runs: g.runs.flatMap((r) => (r.report ? [r.report] : [])) };
+    const done = g.runs.filter((r) => r.report);
+    return { ...g.reply, backend: groupBackend(done) ?? g.reply.backend, experiment: g.experiment, runs: done.flatMap((r) => (r.report ? [r.report] : [])) };
   }
 
   private async sample(): Promise<void> {
@@ -363,7 +410,9 @@ class TrainLab implements PageLab {
       const temperature = numberFrom($<HTMLInputElement>('train-temperature'), 'temperature', (x) => x >= 0, 'a number >= 0');
       const seed = numberFrom($<HTMLInputElement>('train-sample-seed'), 'seed', (x) => Number.isInteger(x) && x >= 0, 'a whole number >= 0');
       out.textContent = 'Sampling…';
-      const reply = await this.ctx.client.call('train-sample', { prompt, length, temperature, seed });
+      // During a run the run itself answers, between two steps (or while paused).
+      const ask = { prompt, length, temperature, seed };
+      const reply = this.status.busy ? await this.ctx.client.callBetween('train-sample', ask) : await this.ctx.client.call('train-sample', ask);
       out.textContent = prompt + reply.text;
     } catch (e) {
       out.textContent = `No sample: ${(e as Error).message}`;
@@ -496,4 +545,15 @@ class TrainLab implements PageLab {
         r.steps[r.steps.length - 1]?.loss ?? null, [...r.steps].reverse().find((s) => s.val_loss !== undefined)?.val_loss ?? null, r.tokensPerS, r.status]),
     }));
   }
+}
+
+/** The backend of a group's runs: theirs when they share it; else (a GPU that failed in one
+ *  of them) the last one's, with the reason saying where each run trained. */
+function groupBackend(runs: Run[]): BackendInfo | null {
+  const all = runs.flatMap((r) => (r.backend ? [r.backend] : []));
+  if (!all.length) return null;
+  const last = all[all.length - 1];
+  if (all.every((b) => JSON.stringify(b) === JSON.stringify(last))) return last;
+  const where = runs.map((r) => `${r.label}: ${r.backend?.kind === 'gpu' ? `GPU, ${r.backend.name}` : `${r.backend?.name}${r.backend?.reason ? `, because ${r.backend.reason}` : ''}`}`);
+  return { ...last, reason: where.join('; ') };
 }

@@ -1,6 +1,7 @@
 // The training lab's requests in the worker: a run of one placement (its steps and
-// evaluations stream through the progress callback), text sampled from the last trained
-// model, and that model's files.
+// evaluations stream through the progress callback), Pause/Resume of that run, text sampled
+// from the model (during a run from its current weights, answered between its steps), and
+// the last trained model's files.
 
 import type { TrainReport } from '../../protocol';
 import type { Handlers } from '../../worker-api';
@@ -9,8 +10,12 @@ export const handlers: Handlers = {
   train: async (ctx, { experiment, norm, text }) => ({
     report: (await ctx.lab.train(JSON.stringify(experiment), norm, text, ctx.progress)) as TrainReport,
   }),
+  'train-pause': async (ctx, { paused }) => {
+    ctx.lab.train_pause(paused);
+    return { paused };
+  },
   'train-sample': async (ctx, { prompt, length, temperature, seed }) => ({
-    text: ctx.lab.train_sample(prompt, length, temperature, seed),
+    text: (await ctx.lab.train_sample(prompt, length, temperature, seed)) as string,
   }),
   'train-export': async (ctx) => {
     const out = ctx.lab.train_export() as { model: Uint8Array; config: string; name: string };
