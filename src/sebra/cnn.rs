@@ -13,7 +13,7 @@
 
 /// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
 pub use crate::train::ops::Real;
-use crate::train::ops::{dot, sum8};
+use crate::train::ops::{dot, sum8, wide};
 use rayon::prelude::*;
 
 /// The sizes of one 3x3 convolution (padding 1, stride 1: the map keeps its size).
@@ -96,11 +96,16 @@ pub fn conv3x3_forward<F: Real>(out: &mut [F], cols: &[F], weight: &[F], bias: &
         let (b, o) = (bo / d.o, bo % d.o);
         let col = &cols[b * k * p..(b + 1) * k * p];
         y.iter_mut().for_each(|v| *v = bias[o]);
-        for (t, &wt) in weight[o * k..(o + 1) * k].iter().enumerate() {
-            for (v, &x) in y.iter_mut().zip(&col[t * p..(t + 1) * p]) {
-                *v += wt * x;
-            }
-        }
+        wide(
+            #[inline(always)]
+            || {
+                for (t, &wt) in weight[o * k..(o + 1) * k].iter().enumerate() {
+                    for (v, &x) in y.iter_mut().zip(&col[t * p..(t + 1) * p]) {
+                        *v += wt * x;
+                    }
+                }
+            },
+        );
     });
 }
 
@@ -122,26 +127,36 @@ pub fn conv3x3_backward<F: Real>(
         .zip(dbias.par_iter_mut())
         .enumerate()
         .for_each(|(o, (dw, db))| {
-            for b in 0..d.b {
-                let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
-                let col = &cols[b * k * p..(b + 1) * k * p];
-                for (t, dwt) in dw.iter_mut().enumerate() {
-                    *dwt += dot(g, &col[t * p..(t + 1) * p]);
-                }
-                *db += sum8(g);
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for b in 0..d.b {
+                        let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
+                        let col = &cols[b * k * p..(b + 1) * k * p];
+                        for (t, dwt) in dw.iter_mut().enumerate() {
+                            *dwt += dot(g, &col[t * p..(t + 1) * p]);
+                        }
+                        *db += sum8(g);
+                    }
+                },
+            )
         });
     dcols.par_chunks_mut(k * p).enumerate().for_each(|(b, dc)| {
         dc.iter_mut().for_each(|v| *v = F::ZERO);
-        for o in 0..d.o {
-            let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
-            for t in 0..k {
-                let wt = weight[o * k + t];
-                for (v, &gv) in dc[t * p..(t + 1) * p].iter_mut().zip(g) {
-                    *v += wt * gv;
+        wide(
+            #[inline(always)]
+            || {
+                for o in 0..d.o {
+                    let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
+                    for t in 0..k {
+                        let wt = weight[o * k + t];
+                        for (v, &gv) in dc[t * p..(t + 1) * p].iter_mut().zip(g) {
+                            *v += wt * gv;
+                        }
+                    }
                 }
-            }
-        }
+            },
+        )
     });
 }
 
