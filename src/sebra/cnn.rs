@@ -13,6 +13,7 @@
 
 /// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
 pub use crate::train::ops::Real;
+use crate::train::ops::{dot, sum8};
 use rayon::prelude::*;
 
 /// The sizes of one 3x3 convolution (padding 1, stride 1: the map keeps its size).
@@ -125,15 +126,9 @@ pub fn conv3x3_backward<F: Real>(
                 let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
                 let col = &cols[b * k * p..(b + 1) * k * p];
                 for (t, dwt) in dw.iter_mut().enumerate() {
-                    let mut acc = F::ZERO;
-                    for (&gv, &x) in g.iter().zip(&col[t * p..(t + 1) * p]) {
-                        acc += gv * x;
-                    }
-                    *dwt += acc;
+                    *dwt += dot(g, &col[t * p..(t + 1) * p]);
                 }
-                let mut acc = F::ZERO;
-                g.iter().for_each(|&gv| acc += gv);
-                *db += acc;
+                *db += sum8(g);
             }
         });
     dcols.par_chunks_mut(k * p).enumerate().for_each(|(b, dc)| {

@@ -88,7 +88,7 @@ impl Real for f64 {
 /// sum_i a_i * b_i with 8 running partial sums (a fixed order the compiler can vectorise),
 /// added pairwise at the end.
 #[inline]
-fn dot<F: Real>(a: &[F], b: &[F]) -> F {
+pub(crate) fn dot<F: Real>(a: &[F], b: &[F]) -> F {
     let mut acc = [F::ZERO; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ar, br) = (ac.remainder(), bc.remainder());
@@ -101,6 +101,26 @@ fn dot<F: Real>(a: &[F], b: &[F]) -> F {
     for (x, y) in ar.iter().zip(br) {
         tail += *x * *y;
     }
+    combine8(&acc, tail)
+}
+
+/// The sum of `x` in `dot`'s order: eight interleaved partial sums, added as `dot` adds them.
+pub(crate) fn sum8<F: Real>(x: &[F]) -> F {
+    let mut acc = [F::ZERO; 8];
+    let chunks = x.chunks_exact(8);
+    let mut tail = F::ZERO;
+    chunks.remainder().iter().for_each(|&v| tail += v);
+    for c in chunks {
+        for j in 0..8 {
+            acc[j] += c[j];
+        }
+    }
+    combine8(&acc, tail)
+}
+
+/// `dot`'s closing order for its eight partial sums and the tail.
+#[inline]
+fn combine8<F: Real>(acc: &[F; 8], tail: F) -> F {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
@@ -280,7 +300,7 @@ fn dot_2x2<F: Real>(x0: &[F], x1: &[F], w0: &[F], w1: &[F]) -> [F; 4] {
         for (p, q) in x[k8..].iter().zip(&w[k8..]) {
             tail += *p * *q;
         }
-        out[i] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+        out[i] = combine8(a, tail);
     }
     out
 }
