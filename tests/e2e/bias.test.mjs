@@ -128,6 +128,11 @@ test('Cancel ends a long run and the page stays usable; the link restores the ex
   const { page, problems, close } = await openPage(`${base}?${TINY}`);
   try {
     await ready(page);
+    // The training images show before any run.
+    await page.click('#sebra-show-data');
+    await page.waitForFunction(() => /^Shown/.test(document.getElementById('sebra-status')?.textContent ?? ''), null, { timeout: 60_000 });
+    assert.ok(await page.$eval('#sebra-grid', (c) => c.width > 300 && c.height > 100));
+    assert.match(await page.textContent('#sebra-grid-counts'), /both aligned 5\d\d/);
     await page.selectOption('#sebra-preset', 'default');
     assert.equal(await page.inputValue('#sebra-train-per-class'), '1000');
     await page.click('#sebra-run');
