@@ -103,6 +103,9 @@ for (const [name, flags, query] of [
         const byGroup = [0, 1, 2, 3].map((g) => e.deselected.reduce((a, c) => a + c[g], 0));
         assert.deepEqual(rank.values[i], byGroup, `rank epoch ${e.epoch}`);
       });
+      const loss = JSON.parse(await page.$eval('#sebra-loss-chart', (c) => c.dataset.chart));
+      assert.deepEqual(loss.series.map((x) => x.label), ['ERM', 'Stage 1 (ranking)', 'Stage 2 (Sebra)', 'Oracle']);
+      assert.deepEqual(loss.series[1].y.slice(0, r.ranking.epochs), r.epochs.filter((e) => e.phase === 'rank').map((e) => e.loss));
       const acc = JSON.parse(await page.$eval('#sebra-acc-chart', (c) => c.dataset.chart));
       assert.deepEqual(acc.values[4], [r.accuracy.erm.worst_group, r.accuracy.sebra.worst_group, r.accuracy.oracle.worst_group]);
       const rows = await page.$$eval('#sebra-acc-table tbody tr', (t) => t.map((tr) => tr.dataset.model));

@@ -4,7 +4,7 @@
 // test accuracy per group, the ranking's weighted tau, and the first- and last-ranked images.
 // The experiment lives in the URL; the report is the CLI's JSON (`layerlab run` reruns it).
 
-import { csvButton, download, fmt, pngButton, tableRows } from '../../shell/charts';
+import { csvButton, download, fmt, multi, Plots, pngButton, tableRows, type Series } from '../../shell/charts';
 import { $, numberFrom, onEdit, show } from '../../shell/dom';
 import { defaultsOf, type LabContext, type PageLab } from '../../shell/lab';
 import { duration, RunStatus } from '../../shell/status';
@@ -42,6 +42,9 @@ class BiasLab implements PageLab {
   /** The ranking as it forms: per Stage 1 epoch, deselected images [class][group]. */
   private live: { epoch: number; deselected: number[][]; remaining: number }[] = [];
   private liveInfo = { epoch: 0, of: 0, scoring: 0, remaining: -1 };
+  /** Every finished epoch so far: its phase and mean loss. */
+  private losses: { phase: string; epoch: number; loss: number }[] = [];
+  private plots = new Plots();
   private f = {
     preset: $<HTMLSelectElement>('sebra-preset'),
     model: $<HTMLSelectElement>('sebra-model'),
@@ -123,6 +126,11 @@ class BiasLab implements PageLab {
     for (const k of ['grid', 'rank', 'acc', 'ranked']) {
       pngButton($(`sebra-${k}-png`), `sebra-${k}.png`, () => $<HTMLCanvasElement>(k === 'rank' || k === 'acc' ? `sebra-${k}-chart` : `sebra-${k}`));
     }
+    pngButton($('sebra-loss-png'), 'sebra-loss.png', () => this.plots.get('loss'));
+    csvButton($('sebra-loss-csv'), 'sebra-loss.csv', () => ({
+      header: ['phase', 'epoch', 'loss'],
+      rows: this.losses.map((l) => [l.phase, l.epoch, l.loss]),
+    }));
     csvButton($('sebra-rank-csv'), 'sebra-deselected.csv', () => ({
       header: ['rank_epoch', 'class', ...GROUPS, 'remaining'],
       rows: this.rankEpochs().flatMap((e) => e.deselected.map((c, k) => [e.epoch, k, ...c, e.remaining])),
@@ -226,13 +234,15 @@ class BiasLab implements PageLab {
     this.report = null;
     this.live = [];
     this.liveInfo = { epoch: 0, of: 0, scoring: 0, remaining: -1 };
+    this.losses = [];
     $('sebra-result').hidden = true;
     this.drawRanking();
+    this.drawLosses();
     try {
       this.status.say('Generating the data…');
       const track = this.status.tracker((stage) => this.label(stage));
       const reply = await this.ctx.client.call('sebra', { experiment }, (stage, done, total, metrics) => {
-        if (metrics) this.onMetrics(metrics);
+        if (metrics) this.onMetrics(stage, metrics);
         track(stage, done, total, metrics);
       });
       this.report = reply.report;
@@ -258,8 +268,12 @@ class BiasLab implements PageLab {
     return `${name}: epoch ${Math.max(1, i.epoch)} of ${of}${left}`;
   }
 
-  private onMetrics(m: StepMetrics): void {
+  private onMetrics(stage: string, m: StepMetrics): void {
     const v = m.values as unknown as Record<string, number | number[][]>;
+    if (v.loss !== undefined) {
+      this.losses.push({ phase: stage, epoch: v.epoch as number, loss: v.loss as number });
+      this.drawLosses();
+    }
     this.liveInfo.epoch = v.epoch as number;
     this.liveInfo.of = v.of as number;
     this.liveInfo.scoring = v.scoring as number;
@@ -286,11 +300,26 @@ class BiasLab implements PageLab {
       stacks, { stacked: true, xLabel: 'Stage 1 epoch (= rank)', yLabel: 'images deselected' });
   }
 
+  /** Mean loss per epoch, one line per model. */
+  private drawLosses(): void {
+    $('sebra-loss-figure').hidden = this.losses.length === 0;
+    if (this.losses.length === 0) return;
+    const n = Math.max(...this.losses.map((l) => l.epoch));
+    const x = Array.from({ length: n }, (_, i) => i + 1);
+    const colours: Record<string, string> = { erm: MODEL_COLOURS.erm, rank: GROUP_COLOURS[0], mitigate: MODEL_COLOURS.sebra, oracle: MODEL_COLOURS.oracle };
+    const series: Series[] = Object.keys(PHASES).filter((p) => this.losses.some((l) => l.phase === p)).map((p) => ({
+      label: PHASES[p], colour: colours[p], y: x.map((e) => this.losses.find((l) => l.phase === p && l.epoch === e)?.loss ?? null),
+    }));
+    this.plots.draw('loss', () => multi($('sebra-loss-chart'), 'epoch', 'mean loss', x, series, { wholeX: true }));
+  }
+
   private drawResult(): void {
     const r = this.report;
     if (!r) return;
     $('sebra-result').hidden = false;
     this.drawRanking();
+    this.losses = r.epochs.map((e) => ({ phase: e.phase, epoch: e.epoch, loss: e.loss }));
+    this.drawLosses();
     const models = ['erm', 'sebra', 'oracle'] as const;
     const names = { erm: 'ERM', sebra: 'Sebra', oracle: 'oracle (uses groups)' };
     const cats = [...GROUP_NAMES, 'worst group'];
