@@ -202,13 +202,13 @@ class BiasLab implements PageLab {
 
   /** Very rough time in this page: work in image passes (training ~3 forward passes, Stage 2
    *  pairs ~7, for ~3/4 of the images) at the pace the tiny preset ran in single-threaded
-   *  WebAssembly (7 s). */
+   *  WebAssembly (7 s) and the default preset's ERM (12 s an epoch) in the 2-thread test build. */
   describe(): { what: string; takes: string } {
     const o = this.options();
     const n = o.classes * o.train_per_class;
     const passes = 3 * n * o.epochs * 2 + 7 * 0.75 * n * o.epochs + 4 * n * o.rank_epochs + 3 * o.classes * o.test_per_class;
     const cost = (o.image * o.image) / 256 * (o.width / 8) * (o.model === 'cnn' ? 1 : 0.3);
-    const seconds = 2 + (passes * cost) / 6000;
+    const seconds = 2 + (passes * cost) / 5000;
     return {
       what: `Sebra, ERM and the oracle on ${o.classes} classes of ${o.image} px shapes, ${n} training images (ρ ${o.bias[0]}, ${o.bias[1]}), ${o.model.toUpperCase()} width ${o.width}, ${o.epochs} epochs, ranking up to ${o.rank_epochs} epochs, seed ${o.seed}`,
       takes: `very roughly ${duration(seconds)} on this computer's CPU`,
