@@ -25,7 +25,7 @@ use super::data::{self, Group, SebraData, Split};
 use super::loss;
 use super::metrics::{group_accuracy, GroupAccuracy};
 use super::model::{Net, NetConfig, Params};
-use super::ranking::{deselected_counts, epoch_draws, uniform_below, PairTable, Stage1};
+use super::ranking::{deselected_counts, epoch_draws, uniform_below, Pair, PairTable, Stage1};
 use super::tau::{ranking_tau, RankingTau};
 use super::{OptimizerKind, SebraOptions};
 use crate::error::Result;
@@ -312,271 +312,677 @@ pub fn group_balanced_weights(train: &Split, classes: usize) -> Vec<f32> {
         .collect()
 }
 
-struct Trainer<'a> {
-    opts: &'a SebraOptions,
-    data: &'a SebraData,
-    monitor: &'a dyn SebraMonitor,
-    epochs: Vec<EpochRecord>,
+/// Work units for the progress estimate: one image through a forward pass. A training
+/// image costs about three (forward, backward of the activations and of the weights).
+const TRAIN_COST: f64 = 3.0;
+/// A Stage 2 pair: anchor and positive trained, the negative forward only.
+const PAIR_COST: f64 = 2.0 * TRAIN_COST + 1.0;
+/// Images per forward chunk of an evaluation pass (Stage 1's p_y, the test scores): one
+/// chunk per `SebraRun::step`, the same chunks as one `Net::predict` over the whole split.
+const EVAL_CHUNK: usize = 256;
+
+/// One phase's model in training: its optimizer, its batch order and the epoch in progress.
+struct Training {
+    net: Net<f32>,
+    opt: Optimizer,
+    grads: Params<f32>,
+    rng: ChaCha8Rng,
+    /// Epochs started; while `open`, `epoch` is the one in progress (1-based).
+    epoch: usize,
+    open: bool,
+    /// The epoch's samples in batch order (ERM, Stage 1, the oracle) ...
+    order: Vec<usize>,
+    /// ... or its Stage 2 triples.
+    pairs: Vec<Pair>,
+    /// The next batch starts here in `order` / `pairs`.
+    next: usize,
+    loss_sum: f64,
+    batches: usize,
+    /// Seconds spent inside `SebraRun::step` on this epoch.
+    seconds: f64,
 }
 
-impl Trainer<'_> {
+impl Training {
+    fn new(opts: &SebraOptions, tag: u64) -> Box<Self> {
+        let cfg = net_config(opts);
+        Box::new(Training {
+            net: Net::<f32>::new(cfg, derived_seed(opts.seed, tag)),
+            opt: Optimizer::new(opts, &cfg),
+            grads: Params::zeros(&cfg),
+            rng: ChaCha8Rng::seed_from_u64(derived_seed(opts.seed, tag + 100)),
+            epoch: 0,
+            open: false,
+            order: Vec::new(),
+            pairs: Vec::new(),
+            next: 0,
+            loss_sum: 0.0,
+            batches: 0,
+            seconds: 0.0,
+        })
+    }
+
+    fn begin_epoch(&mut self) {
+        self.epoch += 1;
+        self.open = true;
+        self.next = 0;
+        self.loss_sum = 0.0;
+        self.batches = 0;
+        self.seconds = 0.0;
+    }
+
+    /// The next batch of `order` (`batch` samples, fewer at the end), moving past it.
+    fn next_samples(&mut self, batch: usize) -> Vec<usize> {
+        let end = (self.next + batch).min(self.order.len());
+        let idx = self.order[self.next..end].to_vec();
+        self.next = end;
+        idx
+    }
+
+    /// The epoch's mean batch loss (0 for an epoch without batches).
+    fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.batches.max(1) as f64
+    }
+
+    /// Items left in the epoch in progress (0 when none is).
+    fn left(&self, items: usize) -> usize {
+        if self.open {
+            items.saturating_sub(self.next)
+        } else {
+            0
+        }
+    }
+}
+
+/// An evaluation pass over a split in progress: predictions (and p_y), chunk by chunk.
+#[derive(Default)]
+struct Evaluation {
+    next: usize,
+    pred: Vec<u32>,
+    p_true: Vec<f32>,
+}
+
+impl Evaluation {
+    /// The next chunk of `net.predict` over `split`; returns the images it took.
+    fn chunk(&mut self, net: &Net<f32>, split: &Split, with_p: bool) -> usize {
+        let per = net.cfg.input_len();
+        let (start, b) = (self.next, EVAL_CHUNK.min(split.len() - self.next));
+        let labels = with_p.then(|| &split.labels[start..start + b]);
+        let (pred, p) = net.predict(
+            &split.images[start * per..(start + b) * per],
+            b,
+            EVAL_CHUNK,
+            labels,
+        );
+        self.pred.extend(pred);
+        self.p_true.extend(p);
+        self.next += b;
+        b
+    }
+
+    fn finished(&self, split: &Split) -> bool {
+        self.next >= split.len()
+    }
+}
+
+/// Where a run stands.
+enum Stage {
+    Erm(Box<Training>),
+    /// Stage 1; `eval` is the pass over the training set that ends an epoch, once the
+    /// epoch's batches have run.
+    Rank {
+        t: Box<Training>,
+        stage: Stage1,
+        eval: Option<Evaluation>,
+    },
+    Mitigate {
+        t: Box<Training>,
+        table: PairTable,
+    },
+    Oracle {
+        t: Box<Training>,
+        weights: Vec<f32>,
+    },
+    /// `phase`'s trained model scored on the test split.
+    Score {
+        phase: Phase,
+        t: Box<Training>,
+        eval: Evaluation,
+    },
+    Done,
+}
+
+/// Where a run stands, for a progress line: the phase, its epoch (1-based) of at most `of`,
+/// and the fraction of the whole run's work done so far. The fraction is an estimate that
+/// never goes back: it counts Stage 1 at its cap until it stops, and Stage 2 with one pair
+/// per training image until the ranking says how many anchors have a pair.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunProgress {
+    pub phase: Phase,
+    /// True while the phase's model is scored on the test split.
+    pub scoring: bool,
+    pub epoch: usize,
+    pub of: usize,
+    pub fraction: f64,
+}
+
+/// A bias-lab run that advances one batch (or one evaluation chunk of `EVAL_CHUNK` images)
+/// per `step`, so that a page can yield, draw and cancel between steps: ERM, Stage 1,
+/// Stage 2 and the oracle, each scored on the test split; then `finish` gives the report.
+/// `run_sebra_on` loops over it; the numbers do not depend on how the steps are spaced.
+pub struct SebraRun<'a> {
+    opts: SebraOptions,
+    data: &'a SebraData,
+    groups: Vec<Group>,
+    stage: Stage,
+    epochs: Vec<EpochRecord>,
+    timings: Timings,
+    erm: Option<GroupAccuracy>,
+    sebra: Option<GroupAccuracy>,
+    oracle: Option<GroupAccuracy>,
+    ranks: Vec<u32>,
+    per_epoch: Vec<RankEpoch>,
+    pairs_per_epoch: Option<usize>,
+    /// Work done (forward-pass images; see `TRAIN_COST`), and the largest fraction so far.
+    work_done: f64,
+    fraction: f64,
+    /// The last step's phase and whether it scored.
+    last: (Phase, bool),
+    /// Seconds inside `step`, all of it.
+    busy_s: f64,
+}
+
+impl<'a> SebraRun<'a> {
+    /// A run of `opts` on `data`, which must have been generated from the same options
+    /// (`data_s`: the seconds that took, for the timings).
+    pub fn new(opts: &SebraOptions, data: &'a SebraData, data_s: f64) -> Result<Self> {
+        opts.check()?;
+        let (n, t) = (
+            opts.classes * opts.train_per_class,
+            opts.classes * opts.test_per_class,
+        );
+        if data.train.len() != n || data.test.len() != t {
+            return Err(crate::LabError::invalid(format!(
+                "the data do not match the options: {} training and {} test images, expected \
+                 {n} and {t}",
+                data.train.len(),
+                data.test.len()
+            )));
+        }
+        Ok(SebraRun {
+            opts: opts.clone(),
+            data,
+            groups: data.train.groups(),
+            stage: Stage::Erm(Training::new(opts, SEED_ERM)),
+            epochs: Vec::new(),
+            timings: Timings {
+                data_s,
+                threads: rayon::current_num_threads(),
+                ..Timings::default()
+            },
+            erm: None,
+            sebra: None,
+            oracle: None,
+            ranks: Vec::new(),
+            per_epoch: Vec::new(),
+            pairs_per_epoch: None,
+            work_done: 0.0,
+            fraction: 0.0,
+            last: (Phase::Erm, false),
+            busy_s: 0.0,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// One batch, or one evaluation chunk; the monitor hears every finished epoch (and
+    /// Stage 1's deselections). Ok(true) while there is more to do. Cancelled (the monitor
+    /// says so) before the step: an error, "the run was cancelled".
+    pub fn step(&mut self, monitor: &dyn SebraMonitor) -> Result<bool> {
+        if self.is_done() {
+            return Ok(false);
+        }
+        if monitor.cancelled() {
+            return Err(cancelled_error());
+        }
+        let clock = web_time::Instant::now();
+        let phase = match &self.stage {
+            Stage::Erm(_) => Some(Phase::Erm),
+            Stage::Rank { .. } => Some(Phase::Rank),
+            Stage::Mitigate { .. } => Some(Phase::Mitigate),
+            Stage::Oracle { .. } => Some(Phase::Oracle),
+            _ => None,
+        };
+        let stage = std::mem::replace(&mut self.stage, Stage::Done);
+        let result = self.advance(stage, monitor, &clock);
+        let dt = clock.elapsed().as_secs_f64();
+        self.busy_s += dt;
+        match phase {
+            Some(Phase::Erm) => self.timings.erm_s += dt,
+            Some(Phase::Rank) => self.timings.rank_s += dt,
+            Some(Phase::Mitigate) => self.timings.mitigate_s += dt,
+            Some(Phase::Oracle) => self.timings.oracle_s += dt,
+            None => {}
+        }
+        result?;
+        Ok(!self.is_done())
+    }
+
+    /// One step from `stage`; leaves the next stage in `self.stage`.
+    fn advance(
+        &mut self,
+        stage: Stage,
+        monitor: &dyn SebraMonitor,
+        clock: &web_time::Instant,
+    ) -> Result<()> {
+        let (epochs, cap) = (self.opts.epochs, self.opts.rank_epochs);
+        let data = self.data;
+        let train = &data.train;
+        self.stage = match stage {
+            Stage::Erm(mut t) => {
+                self.last = (Phase::Erm, false);
+                if !t.open {
+                    t.begin_epoch();
+                    t.order = shuffled(train.len(), &mut t.rng);
+                }
+                self.ce_batch(&mut t, None, None);
+                if self.end_ce_epoch(&mut t, Phase::Erm, monitor, clock) && t.epoch == epochs {
+                    self.timings.erm_images_per_s =
+                        (epochs * train.len()) as f64 / self.timings.erm_s.max(1e-9);
+                    self.score(Phase::Erm, t)
+                } else {
+                    Stage::Erm(t)
+                }
+            }
+            Stage::Rank {
+                mut t,
+                stage,
+                eval: None,
+            } => {
+                self.last = (Phase::Rank, false);
+                if !t.open {
+                    t.begin_epoch();
+                    t.order = epoch_draws(&stage.weights, &mut t.rng);
+                }
+                if t.next < t.order.len() {
+                    self.ce_batch(&mut t, None, Some(self.opts.beta_inv));
+                }
+                t.seconds += clock.elapsed().as_secs_f64();
+                let eval = (t.next >= t.order.len()).then(Evaluation::default);
+                Stage::Rank { t, stage, eval }
+            }
+            Stage::Rank {
+                mut t,
+                mut stage,
+                eval: Some(mut e),
+            } => {
+                self.work_done += e.chunk(&t.net, train, true) as f64;
+                if !e.finished(train) {
+                    t.seconds += clock.elapsed().as_secs_f64();
+                    return self.put(Stage::Rank {
+                        t,
+                        stage,
+                        eval: Some(e),
+                    });
+                }
+                let opts = &self.opts;
+                let deselected = stage.end_epoch(&e.p_true, opts.p_critical)?;
+                let counts =
+                    deselected_counts(&deselected, &train.labels, &self.groups, opts.classes);
+                let rec = RankEpoch {
+                    epoch: stage.epochs,
+                    deselected: counts,
+                    remaining: stage.remaining(),
+                };
+                monitor.ranked(&rec);
+                self.per_epoch.push(rec);
+                t.open = false;
+                t.seconds += clock.elapsed().as_secs_f64();
+                self.record(
+                    monitor,
+                    Phase::Rank,
+                    stage.epochs as usize,
+                    cap,
+                    t.mean_loss(),
+                    t.seconds,
+                );
+                if stage.is_done(cap as u32) {
+                    self.ranks = stage.ranks();
+                    let table = PairTable::new(&train.labels, &self.ranks, self.opts.classes)?;
+                    Stage::Mitigate {
+                        t: Training::new(&self.opts, SEED_MITIGATE),
+                        table,
+                    }
+                } else {
+                    Stage::Rank {
+                        t,
+                        stage,
+                        eval: None,
+                    }
+                }
+            }
+            Stage::Mitigate { mut t, table } => {
+                self.last = (Phase::Mitigate, false);
+                if !t.open {
+                    t.begin_epoch();
+                    t.pairs = table.epoch(self.opts.gap, &mut t.rng);
+                    self.pairs_per_epoch = Some(t.pairs.len());
+                }
+                if t.next < t.pairs.len() {
+                    self.pair_batch(&mut t);
+                }
+                t.seconds += clock.elapsed().as_secs_f64();
+                if t.next >= t.pairs.len() {
+                    t.open = false;
+                    self.record(
+                        monitor,
+                        Phase::Mitigate,
+                        t.epoch,
+                        epochs,
+                        t.mean_loss(),
+                        t.seconds,
+                    );
+                }
+                if !t.open && t.epoch == epochs {
+                    self.score(Phase::Mitigate, t)
+                } else {
+                    Stage::Mitigate { t, table }
+                }
+            }
+            Stage::Oracle { mut t, weights } => {
+                self.last = (Phase::Oracle, false);
+                if !t.open {
+                    t.begin_epoch();
+                    t.order = shuffled(train.len(), &mut t.rng);
+                }
+                self.ce_batch(&mut t, Some(&weights), None);
+                if self.end_ce_epoch(&mut t, Phase::Oracle, monitor, clock) && t.epoch == epochs {
+                    self.score(Phase::Oracle, t)
+                } else {
+                    Stage::Oracle { t, weights }
+                }
+            }
+            Stage::Score { phase, t, mut eval } => {
+                self.last = (phase, true);
+                let test = &data.test;
+                self.work_done += eval.chunk(&t.net, test, false) as f64;
+                if !eval.finished(test) {
+                    return self.put(Stage::Score { phase, t, eval });
+                }
+                let acc = group_accuracy(
+                    &eval.pred,
+                    &test.labels,
+                    &test.cue1,
+                    &test.cue2,
+                    self.opts.classes,
+                    self.opts.bias,
+                )?;
+                match phase {
+                    Phase::Erm => {
+                        self.erm = Some(acc);
+                        Stage::Rank {
+                            t: Training::new(&self.opts, SEED_RANK),
+                            stage: Stage1::new(train.len()),
+                            eval: None,
+                        }
+                    }
+                    Phase::Mitigate => {
+                        self.sebra = Some(acc);
+                        Stage::Oracle {
+                            t: Training::new(&self.opts, SEED_ORACLE),
+                            weights: group_balanced_weights(train, self.opts.classes),
+                        }
+                    }
+                    _ => {
+                        self.oracle = Some(acc);
+                        Stage::Done
+                    }
+                }
+            }
+            Stage::Done => Stage::Done,
+        };
+        Ok(())
+    }
+
+    fn put(&mut self, stage: Stage) -> Result<()> {
+        self.stage = stage;
+        Ok(())
+    }
+
+    /// The stage that scores `t`'s model, the last of `phase`.
+    fn score(&self, phase: Phase, t: Box<Training>) -> Stage {
+        Stage::Score {
+            phase,
+            t,
+            eval: Evaluation::default(),
+        }
+    }
+
+    /// One cross-entropy batch of `t`'s epoch (per-sample `weights`, or Stage 1's
+    /// up-weighting with `beta_inv`).
+    fn ce_batch(&mut self, t: &mut Training, weights: Option<&[f32]>, beta_inv: Option<f64>) {
+        let train = &self.data.train;
+        let idx = t.next_samples(self.opts.batch);
+        let x = gather(train, &idx);
+        let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
+        let w: Option<Vec<f32>> = weights.map(|w| idx.iter().map(|&i| w[i]).collect());
+        t.grads.fill_zero();
+        t.loss_sum += ce_step(&t.net, &mut t.grads, &x, &labels, w.as_deref(), beta_inv);
+        t.batches += 1;
+        t.opt.step(&mut t.net.params, &t.grads);
+        self.work_done += TRAIN_COST * idx.len() as f64;
+    }
+
+    /// One Stage 2 batch of triples.
+    fn pair_batch(&mut self, t: &mut Training) {
+        let train = &self.data.train;
+        let end = (t.next + self.opts.batch).min(t.pairs.len());
+        let chunk = &t.pairs[t.next..end];
+        let pick = |f: fn(&Pair) -> usize| -> Vec<usize> { chunk.iter().map(f).collect() };
+        let (a, p, n) = (
+            pick(|q| q.anchor),
+            pick(|q| q.positive),
+            pick(|q| q.negative),
+        );
+        let labels: Vec<u32> = p.iter().map(|&i| train.labels[i]).collect();
+        t.grads.fill_zero();
+        let (total, _, _) = contrastive_step(
+            &t.net,
+            &mut t.grads,
+            &gather(train, &a),
+            &gather(train, &p),
+            &gather(train, &n),
+            &labels,
+            self.opts.tau,
+            self.opts.ce_weight,
+        );
+        t.loss_sum += total;
+        t.batches += 1;
+        t.opt.step(&mut t.net.params, &t.grads);
+        self.work_done += PAIR_COST * chunk.len() as f64;
+        t.next = end;
+    }
+
+    /// After a cross-entropy batch: closes and records the epoch when it was its last
+    /// batch; returns whether it did.
+    fn end_ce_epoch(
+        &mut self,
+        t: &mut Training,
+        phase: Phase,
+        monitor: &dyn SebraMonitor,
+        clock: &web_time::Instant,
+    ) -> bool {
+        t.seconds += clock.elapsed().as_secs_f64();
+        if t.next < t.order.len() {
+            return false;
+        }
+        t.open = false;
+        let (epoch, of) = (t.epoch, self.opts.epochs);
+        self.record(monitor, phase, epoch, of, t.mean_loss(), t.seconds);
+        true
+    }
+
     fn record(
         &mut self,
+        monitor: &dyn SebraMonitor,
         phase: Phase,
         epoch: usize,
         of: usize,
         loss: f64,
-        started: web_time::Instant,
+        seconds: f64,
     ) {
         let r = EpochRecord {
             phase,
             epoch,
             of,
             loss,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
         };
-        self.monitor.epoch(&r);
+        monitor.epoch(&r);
         self.epochs.push(r);
     }
 
-    /// Cross-entropy training (ERM, or the oracle with weights) for `epochs` shuffled epochs.
-    fn train_ce(&mut self, phase: Phase, seed: u64, weights: Option<&[f32]>) -> Result<Net<f32>> {
-        let cfg = net_config(self.opts);
-        let mut net = Net::<f32>::new(cfg, derived_seed(self.opts.seed, seed));
-        let mut opt = Optimizer::new(self.opts, &cfg);
-        let mut grads = Params::zeros(&cfg);
-        let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(self.opts.seed, seed + 100));
-        let data = self.data;
-        let train = &data.train;
-        for epoch in 1..=self.opts.epochs {
-            let started = web_time::Instant::now();
-            let order = shuffled(train.len(), &mut rng);
-            let (mut sum, mut batches) = (0.0, 0);
-            for idx in order.chunks(self.opts.batch) {
-                if self.monitor.cancelled() {
-                    return Err(cancelled_error());
-                }
-                let x = gather(train, idx);
-                let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
-                let w: Option<Vec<f32>> = weights.map(|w| idx.iter().map(|&i| w[i]).collect());
-                grads.fill_zero();
-                sum += ce_step(&net, &mut grads, &x, &labels, w.as_deref(), None);
-                batches += 1;
-                opt.step(&mut net.params, &grads);
+    /// Work still to do, in forward-pass images, as far as it is known (see `RunProgress`).
+    fn work_left(&self) -> f64 {
+        let o = &self.opts;
+        let (n, test) = (self.data.train.len(), self.data.test.len());
+        let (n_f, test_f, e) = (n as f64, test as f64, o.epochs);
+        let ce = |epochs_left: usize| TRAIN_COST * n_f * epochs_left as f64;
+        let pairs = self.pairs_per_epoch.unwrap_or(n) as f64;
+        let rank_full = (TRAIN_COST + 1.0) * n_f * o.rank_epochs as f64;
+        let mitigate_full = PAIR_COST * pairs * e as f64 + test_f;
+        let oracle_full = ce(e) + test_f;
+        match &self.stage {
+            Stage::Erm(t) => {
+                TRAIN_COST * t.left(n) as f64
+                    + ce(e - t.epoch)
+                    + test_f
+                    + rank_full
+                    + mitigate_full
+                    + oracle_full
             }
-            self.record(
-                phase,
-                epoch,
-                self.opts.epochs,
-                sum / batches as f64,
-                started,
-            );
-        }
-        Ok(net)
-    }
-
-    /// Stage 1: returns the ranks and the per-epoch deselection counts.
-    fn rank(&mut self) -> Result<(Vec<u32>, Vec<RankEpoch>)> {
-        let opts = self.opts;
-        let cfg = net_config(opts);
-        let mut net = Net::<f32>::new(cfg, derived_seed(opts.seed, SEED_RANK));
-        let mut opt = Optimizer::new(opts, &cfg);
-        let mut grads = Params::zeros(&cfg);
-        let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(opts.seed, SEED_RANK + 100));
-        let data = self.data;
-        let train = &data.train;
-        let groups = train.groups();
-        let mut stage = Stage1::new(train.len());
-        let mut per_epoch = Vec::new();
-        let cap = opts.rank_epochs as u32;
-        while !stage.is_done(cap) {
-            let started = web_time::Instant::now();
-            let draws = epoch_draws(&stage.weights, &mut rng);
-            let (mut sum, mut batches) = (0.0, 0);
-            for idx in draws.chunks(opts.batch) {
-                if self.monitor.cancelled() {
-                    return Err(cancelled_error());
-                }
-                let x = gather(train, idx);
-                let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
-                grads.fill_zero();
-                sum += ce_step(&net, &mut grads, &x, &labels, None, Some(opts.beta_inv));
-                batches += 1;
-                opt.step(&mut net.params, &grads);
-            }
-            let (_, p_true) = net.predict(
-                &train.images,
-                train.len(),
-                256,
-                Some(train.labels.as_slice()),
-            );
-            let deselected = stage.end_epoch(&p_true, opts.p_critical)?;
-            let counts = deselected_counts(&deselected, &train.labels, &groups, opts.classes);
-            let rec = RankEpoch {
-                epoch: stage.epochs,
-                deselected: counts,
-                remaining: stage.remaining(),
-            };
-            self.monitor.ranked(&rec);
-            per_epoch.push(rec);
-            self.record(
-                Phase::Rank,
-                stage.epochs as usize,
-                opts.rank_epochs,
-                sum / batches.max(1) as f64,
-                started,
-            );
-        }
-        Ok((stage.ranks(), per_epoch))
-    }
-
-    /// Stage 2 from the ranks; returns the model and the number of anchors with a pair.
-    fn mitigate(&mut self, ranks: &[u32]) -> Result<(Net<f32>, usize)> {
-        let opts = self.opts;
-        let cfg = net_config(opts);
-        let mut net = Net::<f32>::new(cfg, derived_seed(opts.seed, SEED_MITIGATE));
-        let mut opt = Optimizer::new(opts, &cfg);
-        let mut grads = Params::zeros(&cfg);
-        let mut rng = ChaCha8Rng::seed_from_u64(derived_seed(opts.seed, SEED_MITIGATE + 100));
-        let data = self.data;
-        let train = &data.train;
-        let table = PairTable::new(&train.labels, ranks, opts.classes)?;
-        let mut pairs_per_epoch = 0;
-        for epoch in 1..=opts.epochs {
-            let started = web_time::Instant::now();
-            let pairs = table.epoch(opts.gap, &mut rng);
-            pairs_per_epoch = pairs.len();
-            let (mut sum, mut batches) = (0.0, 0);
-            for chunk in pairs.chunks(opts.batch) {
-                if self.monitor.cancelled() {
-                    return Err(cancelled_error());
-                }
-                let pick = |f: fn(&super::ranking::Pair) -> usize| -> Vec<usize> {
-                    chunk.iter().map(f).collect()
+            Stage::Rank { t, stage, eval } => {
+                let current = match eval {
+                    Some(ev) => (n - ev.next) as f64,
+                    None if t.open => TRAIN_COST * t.left(t.order.len()) as f64 + n_f,
+                    None => 0.0,
                 };
-                let (a, p, n) = (
-                    pick(|q| q.anchor),
-                    pick(|q| q.positive),
-                    pick(|q| q.negative),
-                );
-                let labels: Vec<u32> = p.iter().map(|&i| train.labels[i]).collect();
-                grads.fill_zero();
-                let (total, _, _) = contrastive_step(
-                    &net,
-                    &mut grads,
-                    &gather(train, &a),
-                    &gather(train, &p),
-                    &gather(train, &n),
-                    &labels,
-                    opts.tau,
-                    opts.ce_weight,
-                );
-                sum += total;
-                batches += 1;
-                opt.step(&mut net.params, &grads);
+                let started = stage.epochs as usize + usize::from(t.open);
+                let full = o.rank_epochs.saturating_sub(started) as f64;
+                current + full * (TRAIN_COST + 1.0) * n_f + mitigate_full + oracle_full
             }
-            self.record(
-                Phase::Mitigate,
-                epoch,
-                opts.epochs,
-                sum / batches.max(1) as f64,
-                started,
-            );
+            Stage::Mitigate { t, .. } => {
+                PAIR_COST * t.left(t.pairs.len()) as f64
+                    + PAIR_COST * pairs * (e - t.epoch) as f64
+                    + test_f
+                    + oracle_full
+            }
+            Stage::Oracle { t, .. } => TRAIN_COST * t.left(n) as f64 + ce(e - t.epoch) + test_f,
+            Stage::Score { phase, eval, .. } => {
+                let rest = match phase {
+                    Phase::Erm => rank_full + mitigate_full + oracle_full,
+                    Phase::Mitigate => oracle_full,
+                    _ => 0.0,
+                };
+                (test - eval.next) as f64 + rest
+            }
+            Stage::Done => 0.0,
         }
-        Ok((net, pairs_per_epoch))
     }
 
-    fn score(&self, net: &Net<f32>) -> Result<GroupAccuracy> {
-        let test = &self.data.test;
-        let (pred, _) = net.predict(&test.images, test.len(), 256, None);
-        group_accuracy(
-            &pred,
-            &test.labels,
-            &test.cue1,
-            &test.cue2,
-            self.opts.classes,
-            self.opts.bias,
-        )
+    /// Where the run stands (see `RunProgress`).
+    pub fn progress(&mut self) -> RunProgress {
+        let left = self.work_left();
+        let f = if self.is_done() {
+            1.0
+        } else {
+            self.work_done / (self.work_done + left).max(1.0)
+        };
+        self.fraction = self.fraction.max(f.min(1.0));
+        let (phase, scoring) = self.last;
+        let (epoch, of) = match &self.stage {
+            Stage::Erm(t) | Stage::Oracle { t, .. } => (t.epoch, self.opts.epochs),
+            Stage::Mitigate { t, .. } => (t.epoch, self.opts.epochs),
+            Stage::Rank { t, .. } => (t.epoch, self.opts.rank_epochs),
+            Stage::Score { t, phase, .. } => (
+                t.epoch,
+                if *phase == Phase::Rank {
+                    self.opts.rank_epochs
+                } else {
+                    self.opts.epochs
+                },
+            ),
+            Stage::Done => (self.opts.epochs, self.opts.epochs),
+        };
+        RunProgress {
+            phase,
+            scoring,
+            epoch,
+            of,
+            fraction: self.fraction,
+        }
+    }
+
+    /// Every epoch record so far.
+    pub fn epoch_records(&self) -> &[EpochRecord] {
+        &self.epochs
+    }
+
+    /// The report, once every step has run.
+    pub fn finish(self) -> Result<SebraReport> {
+        let (Some(erm), Some(sebra), Some(oracle)) = (self.erm, self.sebra, self.oracle) else {
+            return Err(crate::LabError::invalid(
+                "the bias-lab run has not finished: its report is not complete",
+            ));
+        };
+        let opts = self.opts;
+        let train = &self.data.train;
+        let orders: Vec<u32> = self.groups.iter().map(|g| g.order()).collect();
+        let tau = ranking_tau(&train.labels, &self.ranks, &orders, opts.classes)?;
+        let samples = (0..train.len())
+            .map(|i| RankedSample {
+                index: i,
+                class: train.labels[i],
+                group: self.groups[i],
+                rank: self.ranks[i],
+            })
+            .collect();
+        let mut timings = self.timings;
+        timings.total_s = timings.data_s + self.busy_s;
+        Ok(SebraReport {
+            options: opts,
+            ranking: RankingReport {
+                epochs: self.per_epoch.len() as u32,
+                samples,
+                per_epoch: self.per_epoch,
+                pairs_per_epoch: self.pairs_per_epoch.unwrap_or(0),
+            },
+            tau,
+            accuracy: Accuracies { erm, sebra, oracle },
+            epochs: self.epochs,
+            timings,
+        })
     }
 }
 
 /// The whole run: data, ERM, Sebra's two stages, the oracle, and the scores.
 pub fn run_sebra(opts: &SebraOptions, monitor: &dyn SebraMonitor) -> Result<SebraReport> {
+    opts.check()?;
     let total = web_time::Instant::now();
     let data = data::generate(opts)?;
     run_sebra_on(opts, &data, monitor, total.elapsed().as_secs_f64())
 }
 
-/// `run_sebra` on data already generated (`data_s`: the seconds that took).
+/// `run_sebra` on data already generated (`data_s`: the seconds that took): `SebraRun`'s
+/// steps, one after another.
 pub fn run_sebra_on(
     opts: &SebraOptions,
     data: &SebraData,
     monitor: &dyn SebraMonitor,
     data_s: f64,
 ) -> Result<SebraReport> {
-    opts.check()?;
-    let total = web_time::Instant::now();
-    let mut t = Trainer {
-        opts,
-        data,
-        monitor,
-        epochs: Vec::new(),
-    };
-    let mut timings = Timings {
-        data_s,
-        threads: rayon::current_num_threads(),
-        ..Timings::default()
-    };
-
-    let clock = web_time::Instant::now();
-    let erm = t.train_ce(Phase::Erm, SEED_ERM, None)?;
-    timings.erm_s = clock.elapsed().as_secs_f64();
-    timings.erm_images_per_s = (opts.epochs * data.train.len()) as f64 / timings.erm_s;
-    let erm_acc = t.score(&erm)?;
-
-    let clock = web_time::Instant::now();
-    let (ranks, per_epoch) = t.rank()?;
-    timings.rank_s = clock.elapsed().as_secs_f64();
-
-    let clock = web_time::Instant::now();
-    let (sebra, pairs_per_epoch) = t.mitigate(&ranks)?;
-    timings.mitigate_s = clock.elapsed().as_secs_f64();
-    let sebra_acc = t.score(&sebra)?;
-
-    let clock = web_time::Instant::now();
-    let weights = group_balanced_weights(&data.train, opts.classes);
-    let oracle = t.train_ce(Phase::Oracle, SEED_ORACLE, Some(&weights))?;
-    timings.oracle_s = clock.elapsed().as_secs_f64();
-    let oracle_acc = t.score(&oracle)?;
-
-    let train = &data.train;
-    let groups = train.groups();
-    let orders: Vec<u32> = groups.iter().map(|g| g.order()).collect();
-    let tau = ranking_tau(&train.labels, &ranks, &orders, opts.classes)?;
-    let samples = (0..train.len())
-        .map(|i| RankedSample {
-            index: i,
-            class: train.labels[i],
-            group: groups[i],
-            rank: ranks[i],
-        })
-        .collect();
-    timings.total_s = data_s + total.elapsed().as_secs_f64();
-    Ok(SebraReport {
-        options: opts.clone(),
-        ranking: RankingReport {
-            epochs: per_epoch.len() as u32,
-            samples,
-            per_epoch,
-            pairs_per_epoch,
-        },
-        tau,
-        accuracy: Accuracies {
-            erm: erm_acc,
-            sebra: sebra_acc,
-            oracle: oracle_acc,
-        },
-        epochs: t.epochs,
-        timings,
-    })
+    let mut run = SebraRun::new(opts, data, data_s)?;
+    while run.step(monitor)? {}
+    run.finish()
 }

@@ -395,6 +395,39 @@ pub struct Lab {
     training: Cell<bool>,
     /// Samples asked during the run in progress, answered between its steps.
     samples: std::cell::RefCell<Vec<SampleRequest>>,
+    /// The bias lab's last generated data, keyed by the options it depends on.
+    sebra_data: std::cell::RefCell<Option<(String, Rc<crate::sebra::data::SebraData>)>>,
+}
+
+impl Lab {
+    /// The bias lab's data for `opts`: the kept data when they came from the same options,
+    /// else generated now (the previous data go first: two need not fit at once).
+    fn sebra_data_for(
+        &self,
+        opts: &crate::sebra::SebraOptions,
+    ) -> Result<Rc<crate::sebra::data::SebraData>, JsValue> {
+        let o = opts;
+        let key = serde_json::json!([
+            o.classes,
+            o.image,
+            o.train_per_class,
+            o.val_per_class,
+            o.test_per_class,
+            o.bias,
+            o.noise,
+            o.seed
+        ])
+        .to_string();
+        if let Some((k, d)) = self.sebra_data.borrow().as_ref() {
+            if *k == key {
+                return Ok(d.clone());
+            }
+        }
+        *self.sebra_data.borrow_mut() = None;
+        let data = Rc::new(crate::sebra::data::generate(opts).map_err(to_js_err)?);
+        *self.sebra_data.borrow_mut() = Some((key, data.clone()));
+        Ok(data)
+    }
 }
 
 /// A measured dense perplexity and what it was measured on.
@@ -473,6 +506,7 @@ impl Lab {
             paused: Cell::new(false),
             training: Cell::new(false),
             samples: Default::default(),
+            sebra_data: Default::default(),
         }
     }
 
@@ -1109,6 +1143,161 @@ impl Lab {
         set("config", &JsValue::from_str(&config))?;
         set("name", &JsValue::from_str(&name))?;
         Ok(result.into())
+    }
+
+    /// Runs the bias-lab experiment (JSON) on the CPU: the data from the seed, then ERM,
+    /// Sebra's Stage 1 (ranking) and Stage 2, the oracle, each scored on the test split, one
+    /// batch (or one 256-image evaluation chunk) per `SebraRun::step`, yielding to the worker
+    /// at least every ~30 ms. Progress: `on_progress(phase, done, 1000, {step, values})` with
+    /// `done` the run's estimated fraction in thousandths (it never goes back; an ETA can be
+    /// drawn from it), and `values`: `fraction`, `epoch`, `of`, `scoring` (0/1), and when an
+    /// epoch ended `loss`; when a ranking epoch ended `rank_epoch`, `remaining` and
+    /// `deselected` ([class][group: both, colour only, texture only, none]). `cancel` ends the
+    /// run with "the run was cancelled". Resolves to the report `layerlab run` writes for
+    /// this experiment. The data stay for `sebra_images`.
+    pub async fn sebra(
+        &self,
+        experiment: String,
+        on_progress: js_sys::Function,
+    ) -> Result<JsValue, JsValue> {
+        use crate::sebra::run::{EpochRecord, Phase, RankEpoch, SebraMonitor, SebraRun};
+        let experiment = parse_experiment(&experiment)?;
+        let LabSpec::Sebra(spec) = &experiment.lab else {
+            return Err(JsValue::from_str("the bias lab needs a sebra experiment"));
+        };
+        let opts = spec.options.clone();
+        opts.check().map_err(to_js_err)?;
+        self.cancel.set(false);
+        post_progress(&on_progress, "data", 0, 1000, &serde_json::Value::Null);
+        yield_to_worker().await;
+        let started = web_time::Instant::now();
+        let data = self.sebra_data_for(&opts)?;
+        let data_s = started.elapsed().as_secs_f64();
+
+        /// What the steps since the last post finished.
+        struct Heard<'c> {
+            cancel: &'c Cell<bool>,
+            epoch: std::cell::RefCell<Option<EpochRecord>>,
+            ranked: std::cell::RefCell<Option<RankEpoch>>,
+        }
+        impl SebraMonitor for Heard<'_> {
+            fn epoch(&self, r: &EpochRecord) {
+                *self.epoch.borrow_mut() = Some(r.clone());
+            }
+            fn ranked(&self, e: &RankEpoch) {
+                *self.ranked.borrow_mut() = Some(e.clone());
+            }
+            fn cancelled(&self) -> bool {
+                self.cancel.get()
+            }
+        }
+        let heard = Heard {
+            cancel: &self.cancel,
+            epoch: Default::default(),
+            ranked: Default::default(),
+        };
+        let mut run = SebraRun::new(&opts, &data, data_s).map_err(to_js_err)?;
+        let mut steps = 0usize;
+        let mut last_yield = web_time::Instant::now();
+        loop {
+            let more = run.step(&heard).map_err(to_js_err)?;
+            steps += 1;
+            let epoch = heard.epoch.borrow_mut().take();
+            let ranked = heard.ranked.borrow_mut().take();
+            let due = last_yield.elapsed().as_secs_f64() >= 0.03;
+            if !(more && epoch.is_none() && ranked.is_none() && !due) {
+                let p = run.progress();
+                let mut values = serde_json::json!({
+                    "fraction": p.fraction,
+                    "epoch": p.epoch,
+                    "of": p.of,
+                    "scoring": u8::from(p.scoring),
+                });
+                if let Some(r) = &epoch {
+                    values["loss"] = serde_json::json!(r.loss);
+                    values["epoch"] = serde_json::json!(r.epoch);
+                    values["of"] = serde_json::json!(r.of);
+                }
+                if let Some(e) = &ranked {
+                    values["rank_epoch"] = serde_json::json!(e.epoch);
+                    values["remaining"] = serde_json::json!(e.remaining);
+                    values["deselected"] = serde_json::json!(e.deselected);
+                }
+                let phase = match epoch.as_ref().map_or(p.phase, |r| r.phase) {
+                    Phase::Erm => "erm",
+                    Phase::Rank => "rank",
+                    Phase::Mitigate => "mitigate",
+                    Phase::Oracle => "oracle",
+                };
+                let metrics = serde_json::json!({ "step": steps, "values": values });
+                let done = (p.fraction * 1000.0).floor() as usize;
+                post_progress(&on_progress, phase, done, 1000, &metrics);
+            }
+            if !more {
+                break;
+            }
+            if due {
+                yield_to_worker().await;
+                last_yield = web_time::Instant::now();
+            }
+        }
+        let result = run.finish().map_err(to_js_err)?;
+        to_js(&Report {
+            experiment: Experiment::sebra(spec.clone()),
+            result,
+        })
+    }
+
+    /// Pixels of generated training images of the bias-lab experiment (JSON): the data of
+    /// the last run when they came from the same options, else generated (and kept) now.
+    /// `{side, classes, labels, groups, rgba}`: every training sample's class and group (0
+    /// both cues aligned, 1 only the colour, 2 only the texture, 3 none), and `indices`'
+    /// images as S x S RGBA, one after another (a Uint8Array for an ImageData).
+    pub fn sebra_images(&self, experiment: String, indices: Vec<u32>) -> Result<JsValue, JsValue> {
+        let experiment = parse_experiment(&experiment)?;
+        let LabSpec::Sebra(spec) = &experiment.lab else {
+            return Err(JsValue::from_str("the bias lab needs a sebra experiment"));
+        };
+        let data = self.sebra_data_for(&spec.options)?;
+        let train = &data.train;
+        let side = train.side;
+        let plane = side * side;
+        let mut rgba = Vec::with_capacity(indices.len() * plane * 4);
+        for &i in &indices {
+            let i = i as usize;
+            if i >= train.len() {
+                return Err(JsValue::from_str(&format!(
+                    "there is no training image {i}: the split has {}",
+                    train.len()
+                )));
+            }
+            let img = train.image(i);
+            for p in 0..plane {
+                for c in 0..3 {
+                    rgba.push((img[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8);
+                }
+                rgba.push(255);
+            }
+        }
+        #[derive(Serialize)]
+        struct Images {
+            side: usize,
+            classes: usize,
+            labels: Vec<u32>,
+            groups: Vec<u32>,
+        }
+        let out = to_js(&Images {
+            side,
+            classes: spec.options.classes,
+            labels: train.labels.clone(),
+            groups: train.groups().iter().map(|g| g.order()).collect(),
+        })?;
+        js_sys::Reflect::set(
+            &out,
+            &"rgba".into(),
+            &js_sys::Uint8Array::from(rgba.as_slice()).into(),
+        )?;
+        Ok(out)
     }
 
     /// Asks the run in progress to stop at its next step.

@@ -192,9 +192,78 @@ export interface TrainReport {
   runs: TrainRunReport[];
 }
 
+// ---- the bias lab (Sebra) -------------------------------------------------------------------
+
+/** src/sebra/mod.rs SebraOptions, flattened into the bias lab's spec. */
+export interface SebraSpec {
+  lab: 'sebra';
+  classes: number;
+  image: number;
+  train_per_class: number;
+  val_per_class: number;
+  test_per_class: number;
+  /** (rho_1 colour, rho_2 texture). */
+  bias: [number, number];
+  noise: number;
+  model: 'cnn' | 'mlp';
+  width: number;
+  optimizer: 'adam' | 'sgd';
+  momentum: number;
+  epochs: number;
+  rank_epochs: number;
+  beta_inv: number;
+  p_critical: number;
+  gap: number;
+  tau: number;
+  ce_weight: number;
+  lr: number;
+  batch: number;
+  seed: number;
+}
+
+/** src/sebra/metrics.rs GroupAccuracy; per_group: both, colour only, texture only, none
+ *  aligned (null: no sample). */
+export interface GroupAccuracy {
+  per_group: (number | null)[];
+  overall: number;
+  worst_group: number;
+  in_distribution: number;
+  gap_colour: number;
+  gap_texture: number;
+  gap_both: number;
+}
+
+export type SebraGroup = 'both_aligned' | 'colour_aligned' | 'texture_aligned' | 'none_aligned';
+
+/** What `layerlab sebra --json` and `layerlab run` write (src/sebra/run.rs SebraReport). */
+export interface SebraReport {
+  experiment: Experiment;
+  options: Omit<SebraSpec, 'lab'>;
+  ranking: {
+    epochs: number;
+    samples: { index: number; class: number; group: SebraGroup; rank: number }[];
+    per_epoch: { epoch: number; deselected: number[][]; remaining: number }[];
+    pairs_per_epoch: number;
+  };
+  tau: { per_class: (number | null)[]; mean: number | null };
+  accuracy: { erm: GroupAccuracy; sebra: GroupAccuracy; oracle: GroupAccuracy };
+  epochs: { phase: 'erm' | 'rank' | 'mitigate' | 'oracle'; epoch: number; of: number; loss: number; seconds: number }[];
+  timings: Record<string, number>;
+}
+
+/** Training images of a bias-lab experiment: every sample's class and group order (0 both
+ *  aligned .. 3 none), and the asked images as side x side RGBA, one after another. */
+export interface SebraImages {
+  side: number;
+  classes: number;
+  labels: number[];
+  groups: number[];
+  rgba: Uint8Array;
+}
+
 /** The versioned experiment (src/experiment.rs, version 2): the lab spec beside the
  *  version, tagged by `lab`. What the URL, the CLI (`layerlab run`) and reports share. */
-export type LabSpec = LayersSpec | PruneSpec | ComputeSpec | TrainSpec;
+export type LabSpec = LayersSpec | PruneSpec | ComputeSpec | TrainSpec | SebraSpec;
 export type Experiment = LabSpec & { version: 2 };
 export type LabName = LabSpec['lab'];
 /** The experiment of one lab. */
@@ -342,6 +411,8 @@ export interface Ops {
   'train-pause': { request: { paused: boolean }; reply: { paused: boolean } };
   'train-sample': { request: { prompt: string; length: number; temperature: number; seed: number }; reply: { text: string } };
   'train-export': { request: Record<string, never>; reply: { model: Blob; config: string; name: string } };
+  sebra: { request: { experiment: Experiment }; reply: { report: SebraReport } };
+  'sebra-images': { request: { experiment: Experiment; indices: number[] }; reply: SebraImages };
 }
 export type Op = keyof Ops;
 

@@ -18,5 +18,6 @@ export const LABS: LabEntry[] = [
   { name: 'layers', page: () => import('./layers/page'), worker: () => import('./layers/worker') },
   { name: 'prune', page: () => import('./prune/page'), worker: () => import('./prune/worker') },
   { name: 'train', page: () => import('./train/page'), worker: () => import('./train/worker') },
+  { name: 'sebra', page: () => import('./bias/page'), worker: () => import('./bias/worker') },
   { name: 'compute', page: () => import('./compute/page'), worker: () => import('./compute/worker') },
 ];
