@@ -83,8 +83,9 @@ function near(page, cli, rel, what, abs = rel) {
 }
 
 // The stated tolerance of WebGPU training against the CPU (the CLI): the same kernels in
-// other summation orders, so losses agree to about 1e-6 after 20 steps (measured on
-// SwiftShader and lavapipe); the bounds leave room above that.
+// other summation orders and WGSL's exp/log, so losses and norms agree to about 1e-7
+// relative after 30 steps (measured on SwiftShader; `train_cli gpu_backend` 7e-8 on
+// lavapipe); the bounds leave room for other GPUs' arithmetic.
 const GPU_TOL = { loss: 1e-4, norm: 1e-3, angular: 1e-3 };
 
 /** A run trained (partly) on WebGPU against the CLI's run of the same experiment. */
