@@ -130,89 +130,99 @@ fn conv_forward(
     cf_out[i] = acc;
 }
 
-// dweight[o, t] += sum_b dot(dout[b, o, :], cols[b, t, :]), each image's dot added in turn,
-// the dot in the twin's order (train::ops::dot): 8 interleaved partial sums over the chunks of
-// 8, a sequential tail, closed as ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail.
+// dweight[o, t] += sum_b dot(dout[b, o, :], cols[b, t, :]) and dbias[o] += sum_b
+// sum8(dout[b, o, :]), each image's term added in turn (the twin's order), in two passes so
+// that the images' terms are computed in parallel:
+// - conv_wgrad_terms: terms[(b O + o) (K + 1) + t] = dot(dout[b, o, :], cols[b, t, :]) for
+//   t < K, and sum8(dout[b, o, :]) at t = K, in train::ops::dot's order: 8 interleaved
+//   partial sums over the chunks of 8, a sequential tail, closed as
+//   ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail (sum8 the same without products);
+// - conv_wgrad_reduce: dweight[o, t] (t < K) or dbias[o] (t = K) += the terms, b = 0, 1, ...
 
-@group(0) @binding(0) var<storage, read> cw_dout: array<f32>;
-@group(0) @binding(1) var<storage, read> cw_cols: array<f32>;
-@group(0) @binding(2) var<storage, read_write> cw_dweight: array<f32>;
-@group(0) @binding(3) var<uniform> cw_params: Params;
+@group(0) @binding(0) var<storage, read> wt_dout: array<f32>;
+@group(0) @binding(1) var<storage, read> wt_cols: array<f32>;
+@group(0) @binding(2) var<storage, read_write> wt_terms: array<f32>;
+@group(0) @binding(3) var<uniform> wt_params: Params;
 
 @compute @workgroup_size(256)
-fn conv_dweight(
+fn conv_wgrad_terms(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
     let i = flat(lid, wid, nwg);
-    let pr = cw_params;
+    let pr = wt_params;
     if (i >= pr.len) {
         return;
     }
     let p = pr.h * pr.w;
     let k = pr.chans * 9u;
-    let o = i / k;
-    let t = i % k;
+    let bo = i / (k + 1u);
+    let t = i % (k + 1u);
+    let b = bo / pr.outs;
+    let g = bo * p;
     let full = p - p % 8u;
-    var dw = cw_dweight[i];
-    for (var b = 0u; b < pr.batch; b++) {
-        let g = (b * pr.outs + o) * p;
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    var tail = 0.0;
+    if (t < k) {
         let x = (b * k + t) * p;
-        var lo = vec4<f32>(0.0);
-        var hi = vec4<f32>(0.0);
         for (var j = 0u; j < full; j += 8u) {
-            lo += vec4<f32>(cw_dout[g + j], cw_dout[g + j + 1u], cw_dout[g + j + 2u], cw_dout[g + j + 3u])
-                * vec4<f32>(cw_cols[x + j], cw_cols[x + j + 1u], cw_cols[x + j + 2u], cw_cols[x + j + 3u]);
-            hi += vec4<f32>(cw_dout[g + j + 4u], cw_dout[g + j + 5u], cw_dout[g + j + 6u], cw_dout[g + j + 7u])
-                * vec4<f32>(cw_cols[x + j + 4u], cw_cols[x + j + 5u], cw_cols[x + j + 6u], cw_cols[x + j + 7u]);
+            lo += vec4<f32>(wt_dout[g + j], wt_dout[g + j + 1u], wt_dout[g + j + 2u], wt_dout[g + j + 3u])
+                * vec4<f32>(wt_cols[x + j], wt_cols[x + j + 1u], wt_cols[x + j + 2u], wt_cols[x + j + 3u]);
+            hi += vec4<f32>(wt_dout[g + j + 4u], wt_dout[g + j + 5u], wt_dout[g + j + 6u], wt_dout[g + j + 7u])
+                * vec4<f32>(wt_cols[x + j + 4u], wt_cols[x + j + 5u], wt_cols[x + j + 6u], wt_cols[x + j + 7u]);
         }
-        var tail = 0.0;
         for (var j = full; j < p; j++) {
-            tail += cw_dout[g + j] * cw_cols[x + j];
+            tail += wt_dout[g + j] * wt_cols[x + j];
         }
-        let s = lo + hi;
-        dw += ((s.x + s.y) + (s.z + s.w)) + tail;
+    } else {
+        for (var j = 0u; j < full; j += 8u) {
+            lo += vec4<f32>(wt_dout[g + j], wt_dout[g + j + 1u], wt_dout[g + j + 2u], wt_dout[g + j + 3u]);
+            hi += vec4<f32>(wt_dout[g + j + 4u], wt_dout[g + j + 5u], wt_dout[g + j + 6u], wt_dout[g + j + 7u]);
+        }
+        for (var j = full; j < p; j++) {
+            tail += wt_dout[g + j];
+        }
     }
-    cw_dweight[i] = dw;
+    let s = lo + hi;
+    wt_terms[i] = ((s.x + s.y) + (s.z + s.w)) + tail;
 }
 
-// dbias[o] += sum_b sum8(dout[b, o, :]) (train::ops::sum8: `dot`'s order without products).
-
-@group(0) @binding(0) var<storage, read> cb_dout: array<f32>;
-@group(0) @binding(1) var<storage, read_write> cb_dbias: array<f32>;
-@group(0) @binding(2) var<uniform> cb_params: Params;
+@group(0) @binding(0) var<storage, read> wr_terms: array<f32>;
+@group(0) @binding(1) var<storage, read_write> wr_dweight: array<f32>;
+@group(0) @binding(2) var<storage, read_write> wr_dbias: array<f32>;
+@group(0) @binding(3) var<uniform> wr_params: Params;
 
 @compute @workgroup_size(256)
-fn conv_dbias(
+fn conv_wgrad_reduce(
     @builtin(local_invocation_index) lid: u32,
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
 ) {
-    let o = flat(lid, wid, nwg);
-    let pr = cb_params;
-    if (o >= pr.len) {
+    let i = flat(lid, wid, nwg);
+    let pr = wr_params;
+    if (i >= pr.len) {
         return;
     }
-    let p = pr.h * pr.w;
-    let full = p - p % 8u;
-    var db = cb_dbias[o];
-    for (var b = 0u; b < pr.batch; b++) {
-        let g = (b * pr.outs + o) * p;
-        var lo = vec4<f32>(0.0);
-        var hi = vec4<f32>(0.0);
-        for (var j = 0u; j < full; j += 8u) {
-            lo += vec4<f32>(cb_dout[g + j], cb_dout[g + j + 1u], cb_dout[g + j + 2u], cb_dout[g + j + 3u]);
-            hi += vec4<f32>(cb_dout[g + j + 4u], cb_dout[g + j + 5u], cb_dout[g + j + 6u], cb_dout[g + j + 7u]);
-        }
-        var tail = 0.0;
-        for (var j = full; j < p; j++) {
-            tail += cb_dout[g + j];
-        }
-        let s = lo + hi;
-        db += ((s.x + s.y) + (s.z + s.w)) + tail;
+    let k = pr.chans * 9u;
+    let o = i / (k + 1u);
+    let t = i % (k + 1u);
+    var acc = 0.0;
+    if (t < k) {
+        acc = wr_dweight[o * k + t];
+    } else {
+        acc = wr_dbias[o];
     }
-    cb_dbias[o] = db;
+    let stride = pr.outs * (k + 1u);
+    for (var b = 0u; b < pr.batch; b++) {
+        acc += wr_terms[b * stride + i];
+    }
+    if (t < k) {
+        wr_dweight[o * k + t] = acc;
+    } else {
+        wr_dbias[o] = acc;
+    }
 }
 
 // dcols[b, t, p] = sum_o weight[o, t] dout[b, o, p], o = 0, 1, ..., O - 1 from 0 (overwritten).

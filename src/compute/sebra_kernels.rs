@@ -7,9 +7,11 @@
 //! a convolution's weight (O, K = C 9), im2col's columns (B, K, P = H W); a backward *adds*
 //! into its gradients (the caller zeroes them once per step), except the convolution's dcols,
 //! overwritten scratch for `im2col_backward`, as the twin. Every output element is written by
-//! one invocation that adds its terms in the twin's order (the weight and bias gradients in
-//! `train::ops::dot`'s eight-lane order), so the results are the twins' bits wherever the
-//! shader compiler does not fuse a multiply and an add (tests/kernels_sebra.rs says which).
+//! one invocation that adds its terms in the twin's order (the weight and bias gradients: each
+//! image's term in `train::ops::dot`'s eight-lane order, the images' terms computed in
+//! parallel into scratch, then added image by image), so the results are the twins' bits
+//! wherever the shader compiler does not fuse a multiply and an add. On lavapipe it does not:
+//! tests/kernels_sebra.rs asserts every op bit for bit.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -64,6 +66,10 @@ fn conv_params(d: ConvDims, len: usize) -> Result<CnnParams> {
     let p = d.pixels();
     as_u32("convolution columns", d.b * d.taps() * p)?;
     as_u32("convolution outputs", d.b * d.o * p)?;
+    as_u32(
+        "convolution weight-gradient terms",
+        d.b * d.o * (d.taps() + 1),
+    )?;
     Ok(CnnParams {
         batch: d.b as u32,
         chans: d.c as u32,
@@ -194,21 +200,24 @@ impl Recorder<'_> {
         want_len("conv backward weight", weight, d.o * k, DType::F32)?;
         want_len("conv backward dbias", dbias, d.o, DType::F32)?;
         want_len("conv backward dout", dout, d.b * d.o * pix, DType::F32)?;
-        let p = conv_params(d, d.o * k)?;
+        // The images' terms in parallel, then summed over the images in order (the twin's).
+        let rows = d.o * (k + 1);
+        let terms = self.output(&[d.b, rows], DType::F32)?;
+        let p = conv_params(d, d.b * rows)?;
         self.dispatch(
             &SEBRA_CNN,
-            "conv_dweight",
-            &[dout, cols, dweight],
+            "conv_wgrad_terms",
+            &[dout, cols, &terms],
             &p,
-            flat_grid(d.o * k, WG)?,
+            flat_grid(d.b * rows, WG)?,
         )?;
-        let p = conv_params(d, d.o)?;
+        let p = conv_params(d, rows)?;
         self.dispatch(
             &SEBRA_CNN,
-            "conv_dbias",
-            &[dout, dbias],
+            "conv_wgrad_reduce",
+            &[&terms, dweight, dbias],
             &p,
-            flat_grid(d.o, WG)?,
+            flat_grid(rows, WG)?,
         )?;
         let p = conv_params(d, d.b * k * pix)?;
         self.dispatch(
