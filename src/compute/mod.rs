@@ -27,6 +27,7 @@ pub mod forward;
 pub mod gpu;
 pub mod pool;
 pub mod recorder;
+pub mod sebra_kernels;
 pub mod select;
 pub mod sparse;
 pub mod train_kernels;

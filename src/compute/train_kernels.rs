@@ -699,22 +699,7 @@ impl Recorder<'_> {
             )));
         }
         let logits = self.linear(xf, head, None)?;
-        let losses = self.output(&[n], DType::F32)?;
-        let p = XentParams {
-            rows: as_u32("xent rows", n)?,
-            cols: as_u32("xent vocabulary", v)?,
-            inv_n: (1.0 / n as f64) as f32,
-            mode: backward.is_some() as u32,
-        };
-        self.dispatch(
-            &XENT,
-            "xent_rows",
-            &[&logits, targets, &losses],
-            &p,
-            flat_grid(n, 1)?,
-        )?;
-        let mean = self.output(&[1], DType::F32)?;
-        self.dispatch(&XENT, "loss_mean", &[&losses, &mean], &p, [1, 1, 1])?;
+        let (losses, mean) = self.xent_logits(&logits, targets, backward.is_some())?;
         if let Some((dxf, dhead)) = backward {
             self.matmul_backward(dxf, dhead, &logits, xf, head)?;
         }
@@ -723,6 +708,42 @@ impl Recorder<'_> {
             mean,
             logits,
         })
+    }
+
+    /// Softmax cross-entropy of logits (N, V) already computed, against u32 targets (N):
+    /// (losses (N) = -log p[target], mean [1]); the logits are overwritten with the
+    /// probabilities, or with `backward` by dlogits = (p - onehot) / N. Kernel: xent.wgsl
+    /// (the part of `lm_head_xent` after the head's product).
+    pub fn xent_logits(
+        &mut self,
+        logits: &GpuTensor,
+        targets: &GpuTensor,
+        backward: bool,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let (n, v) = logits.shape();
+        if targets.len() != n || targets.dtype() != DType::U32 || n == 0 || v == 0 {
+            return Err(LabError::invalid(format!(
+                "cross-entropy: {} u32 targets for {n} rows of {v} logits",
+                targets.len()
+            )));
+        }
+        let losses = self.output(&[n], DType::F32)?;
+        let p = XentParams {
+            rows: as_u32("xent rows", n)?,
+            cols: as_u32("xent vocabulary", v)?,
+            inv_n: (1.0 / n as f64) as f32,
+            mode: backward as u32,
+        };
+        self.dispatch(
+            &XENT,
+            "xent_rows",
+            &[logits, targets, &losses],
+            &p,
+            flat_grid(n, 1)?,
+        )?;
+        let mean = self.output(&[1], DType::F32)?;
+        self.dispatch(&XENT, "loss_mean", &[&losses, &mean], &p, [1, 1, 1])?;
+        Ok((losses, mean))
     }
 
     // -----------------------------------------------------------------------------------

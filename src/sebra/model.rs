@@ -56,7 +56,7 @@ impl NetConfig {
     }
 
     /// The CNN's three convolutions as (input channels, output channels, map side).
-    fn convs(&self) -> [(usize, usize, usize); 3] {
+    pub fn convs(&self) -> [(usize, usize, usize); 3] {
         let (w, s) = (self.width, self.image);
         [(CHANNELS, w, s), (w, 2 * w, s / 2), (2 * w, 4 * w, s / 4)]
     }
