@@ -179,6 +179,11 @@ impl Optimizer {
         }
     }
 
+    /// The optimizer's state: Adam's (m, v), or SGD's (momentum buffer, unused zeros).
+    pub fn moments(&self) -> (&Params<f32>, &Params<f32>) {
+        (&self.m, &self.v)
+    }
+
     /// One update of `params` from `grads`. SGD: buf = momentum * buf + g (buf = g at the
     /// first step), p -= lr * buf. Adam: the training core's `adamw_update` without decay.
     pub fn step(&mut self, params: &mut Params<f32>, grads: &Params<f32>) {
