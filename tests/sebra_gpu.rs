@@ -181,3 +181,102 @@ fn sgd_momentum_erm_steps_match_cpu() {
     assert!(r.weights <= 1e-5, "weights {:.2e}", r.weights);
     assert!(r.m <= 1e-5, "momentum buffer {:.2e}", r.m);
 }
+
+fn layerlab(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerlab"))
+        .args(args)
+        .output()
+        .expect("run layerlab");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// `layerlab sebra --backend gpu` against `--backend cpu` on a tiny run: the report says
+/// which phases ran where; ERM's epoch losses agree within 1e-5; every other phase (each from
+/// its own init, on the CPU in both runs) gives the same numbers exactly.
+#[test]
+fn cli_backend_gpu_trains_erm_on_the_gpu_only() {
+    let _ = gpu(); // a missing adapter fails here, with the helper's message
+    let tiny = [
+        "sebra",
+        "--classes",
+        "2",
+        "--image",
+        "12",
+        "--train-per-class",
+        "32",
+        "--val-per-class",
+        "4",
+        "--test-per-class",
+        "8",
+        "--epochs",
+        "2",
+        "--rank-epochs",
+        "2",
+        "--width",
+        "2",
+        "--batch",
+        "16",
+        "--seed",
+        "5",
+        "--json",
+        "-",
+    ];
+    let report = |backend: &str| -> serde_json::Value {
+        let mut a = tiny.to_vec();
+        a.extend(["--backend", backend]);
+        let (code, out, err) = layerlab(&a);
+        assert_eq!(code, 0, "{backend}: {err}");
+        assert!(err.contains("backend: "), "{backend}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let (g, c) = (report("gpu"), report("cpu"));
+    assert_eq!(c["backend"], "cpu");
+    let line = g["backend"].as_str().unwrap();
+    assert!(
+        line.starts_with("erm training: gpu (")
+            && line.ends_with("; erm scoring, rank, mitigate, oracle: cpu"),
+        "{line}"
+    );
+    let erm = |r: &serde_json::Value| -> Vec<f64> {
+        r["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["phase"] == "erm")
+            .map(|e| e["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (lg, lc) = (erm(&g), erm(&c));
+    assert_eq!(lg.len(), 2);
+    let worst = lg
+        .iter()
+        .zip(&lc)
+        .map(|(a, b)| (a - b).abs() / b.abs())
+        .fold(0f64, f64::max);
+    eprintln!("ERM epoch losses gpu {lg:?} cpu {lc:?}: {worst:.2e} (tolerance 1e-5)");
+    assert!(worst <= 1e-5);
+    for key in ["ranking", "tau"] {
+        assert_eq!(g[key], c[key], "{key}");
+    }
+    for m in ["sebra", "oracle"] {
+        assert_eq!(g["accuracy"][m], c["accuracy"][m], "{m}");
+    }
+    let other = |r: &serde_json::Value| -> Vec<serde_json::Value> {
+        r["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["phase"] != "erm")
+            .map(|e| e["loss"].clone())
+            .collect()
+    };
+    assert_eq!(other(&g), other(&c));
+    eprintln!(
+        "ERM test accuracy gpu {} cpu {}",
+        g["accuracy"]["erm"]["overall"], c["accuracy"]["erm"]["overall"]
+    );
+}

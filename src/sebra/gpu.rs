@@ -238,3 +238,61 @@ impl<'a> GpuCnnTrainer<'a> {
         Ok(Params { tensors })
     }
 }
+
+/// `run::ErmEngine` on the GPU for the CLI (each call awaited with `pollster`): ERM's training
+/// batches through a `GpuCnnTrainer`, everything else of the run on the CPU.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct GpuErm<'a> {
+    ctx: &'a GpuContext,
+    opts: SebraOptions,
+    trainer: Option<GpuCnnTrainer<'a>>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl<'a> GpuErm<'a> {
+    /// An engine for the run of `opts` (its CNN, optimizer, learning rate and momentum).
+    pub fn new(ctx: &'a GpuContext, opts: &SebraOptions) -> Result<Self> {
+        if opts.model != ModelKind::Cnn {
+            return Err(LabError::invalid(
+                "GPU training is built for the CNN only: use --model cnn or --backend cpu",
+            ));
+        }
+        Ok(GpuErm {
+            ctx,
+            opts: opts.clone(),
+            trainer: None,
+        })
+    }
+
+    fn trainer(&mut self) -> Result<&mut GpuCnnTrainer<'a>> {
+        self.trainer
+            .as_mut()
+            .ok_or_else(|| LabError::invalid("a GPU ERM step before begin"))
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl super::run::ErmEngine for GpuErm<'_> {
+    fn describe(&self) -> String {
+        format!("gpu ({})", self.ctx.describe())
+    }
+
+    fn begin(&mut self, params: &Params<f32>) -> Result<()> {
+        self.trainer = Some(pollster::block_on(GpuCnnTrainer::new(
+            self.ctx, &self.opts, params,
+        ))?);
+        Ok(())
+    }
+
+    fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
+        pollster::block_on(self.trainer()?.step(x, labels))
+    }
+
+    fn losses(&mut self) -> Result<Vec<f64>> {
+        pollster::block_on(self.trainer()?.losses())
+    }
+
+    fn params(&mut self) -> Result<Params<f32>> {
+        pollster::block_on(self.trainer()?.params())
+    }
+}
