@@ -80,6 +80,15 @@ fn compare(gpu: &GpuContext, opts: &SebraOptions, b: usize, steps: usize, log: u
         cpu_losses.push(ce_step(&net, &mut grads, &x, &labels, None, None));
         opt.step(&mut net.params, &grads);
         run(trainer.step(&x, &labels)).unwrap();
+        // The step is one submission without a readback (a full log's readback, when due,
+        // is a submission of its own before the step's).
+        let st = trainer.last_step_stats();
+        assert_eq!(
+            (st.submissions, st.readbacks),
+            (0, 0),
+            "step {step}: {st:?}"
+        );
+        assert!(st.dispatches > 20, "step {step}: {st:?}");
     }
     assert_eq!(trainer.steps(), steps as u64);
     let gpu_losses = run(trainer.losses()).unwrap();

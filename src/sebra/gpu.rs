@@ -16,6 +16,7 @@
 
 use super::model::{NetConfig, Params};
 use super::{ModelKind, OptimizerKind, SebraOptions};
+use crate::compute::recorder::RecorderStats;
 use crate::compute::{DType, GpuContext, GpuTensor, Recorder};
 use crate::train::ops::AdamConfig;
 use crate::{LabError, Result};
@@ -46,6 +47,8 @@ pub struct GpuCnnTrainer<'a> {
     capacity: usize,
     /// Losses read back from a full log, not yet returned by `losses`.
     read: Vec<f64>,
+    /// The last step's recorder counts, taken just before its one submission.
+    last: RecorderStats,
 }
 
 fn upload_all(rec: &mut Recorder, cfg: &NetConfig, p: &Params<f32>) -> Result<Vec<GpuTensor>> {
@@ -126,11 +129,18 @@ impl<'a> GpuCnnTrainer<'a> {
             logged: 0,
             capacity,
             read: Vec::new(),
+            last: RecorderStats::default(),
         })
     }
 
     pub fn config(&self) -> &NetConfig {
         &self.cfg
+    }
+
+    /// What the last step recorded, counted just before its submission: its dispatches, and
+    /// no submission or readback before that one (the whole step is one submission).
+    pub fn last_step_stats(&self) -> RecorderStats {
+        self.last
     }
 
     /// Optimizer steps taken.
@@ -192,6 +202,7 @@ impl<'a> GpuCnnTrainer<'a> {
                 }
             }
         }
+        self.last = rec.stats();
         rec.finish().await?;
         self.logged += 1;
         Ok(())
