@@ -13,6 +13,11 @@
 //! and is submitted without a readback; `losses` reads the log back (one readback for all the
 //! steps since the last call, e.g. once per epoch). Only when the log is full (`LOSS_LOG`
 //! steps without a `losses`) does a step read it back before going on.
+//!
+//! `GpuErm` (native) is `run::ErmEngine` over a `GpuCnnTrainer`: `layerlab sebra --backend
+//! gpu` trains ERM's batches with it and everything else (ERM's scoring, Stage 1, Stage 2,
+//! the oracle) on the CPU, and the report's `backend` says so. Checked against the CPU path
+//! in tests/sebra_gpu.rs.
 
 use super::model::{NetConfig, Params};
 use super::{ModelKind, OptimizerKind, SebraOptions};
