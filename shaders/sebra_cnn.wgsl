@@ -441,3 +441,39 @@ fn col_sums(
     }
     cs_dbias[j] += acc;
 }
+
+// ---------------------------------------------------------------------------------------
+// SGD with momentum (torch.optim.SGD, dampening 0, no Nesterov, no weight decay; the twin:
+// sebra::run::Optimizer): buf = g at the first step, else momentum buf + g; p -= lr buf.
+
+struct SgdParams {
+    len: u32,
+    lr: f32,
+    momentum: f32,
+    first: u32,
+};
+
+@group(0) @binding(0) var<storage, read_write> sgd_p: array<f32>;
+@group(0) @binding(1) var<storage, read> sgd_g: array<f32>;
+@group(0) @binding(2) var<storage, read_write> sgd_buf: array<f32>;
+@group(0) @binding(3) var<uniform> sgd_params: SgdParams;
+
+@compute @workgroup_size(256)
+fn sgd_momentum(
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+) {
+    let i = flat(lid, wid, nwg);
+    let a = sgd_params;
+    if (i >= a.len) {
+        return;
+    }
+    let g = sgd_g[i];
+    var b = g;
+    if (a.first == 0u) {
+        b = a.momentum * sgd_buf[i] + g;
+    }
+    sgd_buf[i] = b;
+    sgd_p[i] = sgd_p[i] - a.lr * b;
+}

@@ -97,7 +97,10 @@ fn bad_input_is_a_clear_error() {
             "batch must be between 1 and the 4000 training images",
         ),
         (vec!["--model", "vit"], "unknown --model 'vit'"),
-        (vec!["--backend", "gpu"], "not built yet"),
+        (
+            vec!["--backend", "gpu", "--model", "mlp"],
+            "GPU training is built for the CNN only",
+        ),
     ] {
         let mut a = vec!["sebra"];
         a.extend(&args);

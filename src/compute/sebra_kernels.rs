@@ -109,7 +109,50 @@ fn planes(what: &str, t: &GpuTensor, h: usize, w: usize) -> Result<usize> {
     Ok(t.len() / (h * w))
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SgdParams {
+    len: u32,
+    lr: f32,
+    momentum: f32,
+    first: u32,
+}
+
 impl Recorder<'_> {
+    /// One SGD-with-momentum update (torch.optim.SGD, dampening 0, no Nesterov, no weight
+    /// decay), the same f32 arithmetic as `sebra::run::Optimizer`'s: buf = g at the `first`
+    /// step, else momentum buf + g; params -= lr buf.
+    pub fn sgd_momentum(
+        &mut self,
+        params: &GpuTensor,
+        grads: &GpuTensor,
+        buf: &GpuTensor,
+        lr: f32,
+        momentum: f32,
+        first: bool,
+    ) -> Result<()> {
+        let n = params.len();
+        want_len("sgd params", params, n, DType::F32)?;
+        want_len("sgd grads", grads, n, DType::F32)?;
+        want_len("sgd momentum buffer", buf, n, DType::F32)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let p = SgdParams {
+            len: as_u32("sgd values", n)?,
+            lr,
+            momentum,
+            first: first as u32,
+        };
+        self.dispatch(
+            &SEBRA_CNN,
+            "sgd_momentum",
+            &[params, grads, buf],
+            &p,
+            flat_grid(n, WG)?,
+        )
+    }
+
     /// cols (B, K, P) of inp (B, C, H, W), zero padding 1 (`sebra::cnn::im2col_forward`).
     pub fn im2col_forward(&mut self, inp: &GpuTensor, d: ConvDims) -> Result<GpuTensor> {
         want_len("im2col input", inp, d.b * d.c * d.pixels(), DType::F32)?;

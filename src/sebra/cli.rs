@@ -8,10 +8,10 @@
 
 use std::path::PathBuf;
 
-use super::run::{
-    run_sebra, run_sebra_on, EpochRecord, Phase, RankEpoch, SebraMonitor, SebraReport,
-};
+use super::gpu::GpuErm;
+use super::run::{run_sebra, EpochRecord, Phase, RankEpoch, SebraMonitor, SebraReport, SebraRun};
 use super::{data, ModelKind, OptimizerKind, SebraOptions};
+use crate::compute::GpuContext;
 use crate::experiment::{Experiment, Report, SebraSpec};
 use crate::{LabError, Result};
 
@@ -89,7 +89,8 @@ pub struct SebraArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto (the CPU, for now), gpu (not built yet: an error) or cpu.
+    /// auto (the CPU, for now), gpu (ERM's training batches on the GPU, every other phase
+    /// and all scoring on the CPU; the report's `backend` says so) or cpu.
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Write the generated splits here (safetensors).
@@ -203,8 +204,8 @@ pub fn summary(r: &SebraReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "ERM training: {:.0} images/s on {} threads; total {:.1}s",
-        r.timings.erm_images_per_s, r.timings.threads, r.timings.total_s
+        "ERM training: {:.0} images/s on {} threads; total {:.1}s\nbackend: {}",
+        r.timings.erm_images_per_s, r.timings.threads, r.timings.total_s, r.backend
     ));
     s
 }
@@ -220,21 +221,29 @@ pub fn run_spec(spec: SebraSpec, monitor: &dyn SebraMonitor) -> Result<Report<Se
 
 /// `layerlab sebra`.
 pub fn run(args: &SebraArgs) -> Result<()> {
-    match args.backend.as_str() {
-        "cpu" => {}
-        "auto" => eprintln!("backend: CPU (GPU training is not built yet)"),
-        "gpu" => {
-            return Err(LabError::GpuUnavailable(
-                "the bias lab's GPU training is not built yet: use --backend cpu (or auto)".into(),
+    let opts = args.options()?;
+    let gpu = match args.backend.as_str() {
+        "cpu" => None,
+        "auto" => {
+            eprintln!(
+                "backend: CPU (auto; --backend gpu trains ERM's batches on the GPU, the other \
+                 phases are CPU-only so far)"
+            );
+            None
+        }
+        "gpu" if opts.model != ModelKind::Cnn => {
+            return Err(LabError::invalid(
+                "the bias lab's GPU training is built for the CNN only: use --model cnn or \
+                 --backend cpu",
             ))
         }
+        "gpu" => Some(pollster::block_on(GpuContext::new())?),
         other => {
             return Err(LabError::invalid(format!(
                 "unknown backend '{other}': use auto, gpu or cpu"
             )))
         }
-    }
-    let opts = args.options()?;
+    };
     let started = web_time::Instant::now();
     let data = data::generate(&opts)?;
     let data_s = started.elapsed().as_secs_f64();
@@ -244,7 +253,13 @@ pub fn run(args: &SebraArgs) -> Result<()> {
         data::save_safetensors(&data, &opts, &mut f)?;
         eprintln!("data: {}", path.display());
     }
-    let result = run_sebra_on(&opts, &data, &StderrProgress, data_s)?;
+    let mut run = SebraRun::new(&opts, &data, data_s)?;
+    if let Some(ctx) = &gpu {
+        run = run.with_erm_engine(Box::new(GpuErm::new(ctx, &opts)?));
+    }
+    eprintln!("backend: {}", run.backend());
+    while run.step(&StderrProgress)? {}
+    let result = run.finish()?;
     eprintln!("{}", summary(&result));
     if let Some(path) = &args.json {
         let report = Report {

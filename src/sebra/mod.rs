@@ -16,6 +16,8 @@
 //!   forward/backward;
 //! - `loss`: weighted cross-entropy (ERM, Stage 1's up-weighting, the oracle) and Stage 2's
 //!   batch contrastive loss;
+//! - `gpu`: ERM's training step of the CNN on the GPU (parameters, gradients and optimizer
+//!   state resident, one submission per step);
 //! - `run`: `run_sebra` (ERM, Stage 1, Stage 2, the oracle, the scores) and its report;
 //! - `cli`: `layerlab sebra`.
 //!
@@ -25,6 +27,7 @@
 pub mod cli;
 pub mod cnn;
 pub mod data;
+pub mod gpu;
 pub mod loss;
 pub mod metrics;
 pub mod model;

@@ -132,6 +132,26 @@ pub struct SebraReport {
     /// Every epoch of every phase.
     pub epochs: Vec<EpochRecord>,
     pub timings: Timings,
+    /// Where each phase ran, e.g. "cpu" or "erm training: gpu (adapter); ERM scoring, rank,
+    /// mitigate, oracle: cpu".
+    #[serde(default)]
+    pub backend: String,
+}
+
+/// Runs ERM's training batches somewhere other than `ce_step` on this thread (the GPU:
+/// `sebra::gpu`): the same batches, the same init, the same optimizer; its steps may finish
+/// later, the losses and the weights are read back at the epochs' ends.
+pub trait ErmEngine {
+    /// Where it trains, for the report's backend line ("gpu (adapter)").
+    fn describe(&self) -> String;
+    /// Takes the initial parameters (before the first step).
+    fn begin(&mut self, params: &Params<f32>) -> Result<()>;
+    /// One ERM step (plain mean cross-entropy, then the optimizer).
+    fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<()>;
+    /// The losses of the steps since the last call, in order.
+    fn losses(&mut self) -> Result<Vec<f64>>;
+    /// The trained parameters.
+    fn params(&mut self) -> Result<Params<f32>>;
 }
 
 /// A seed per purpose from the run's seed (SplitMix64 of seed + tag).
@@ -177,6 +197,11 @@ impl Optimizer {
             v: Params::zeros(cfg),
             t: 0,
         }
+    }
+
+    /// The optimizer's state: Adam's (m, v), or SGD's (momentum buffer, unused zeros).
+    pub fn moments(&self) -> (&Params<f32>, &Params<f32>) {
+        (&self.m, &self.v)
     }
 
     /// One update of `params` from `grads`. SGD: buf = momentum * buf + g (buf = g at the
@@ -489,6 +514,8 @@ pub struct SebraRun<'a> {
     last: (Phase, bool),
     /// Seconds inside `step`, all of it.
     busy_s: f64,
+    /// ERM's training batches run here instead of on the CPU (`with_erm_engine`).
+    erm_engine: Option<Box<dyn ErmEngine + 'a>>,
 }
 
 impl<'a> SebraRun<'a> {
@@ -529,7 +556,25 @@ impl<'a> SebraRun<'a> {
             fraction: 0.0,
             last: (Phase::Erm, false),
             busy_s: 0.0,
+            erm_engine: None,
         })
+    }
+
+    /// ERM's training batches (not its scoring, nor any other phase) on `engine`.
+    pub fn with_erm_engine(mut self, engine: Box<dyn ErmEngine + 'a>) -> Self {
+        self.erm_engine = Some(engine);
+        self
+    }
+
+    /// Where each phase runs, for the report.
+    pub fn backend(&self) -> String {
+        match &self.erm_engine {
+            None => "cpu".into(),
+            Some(e) => format!(
+                "erm training: {}; erm scoring, rank, mitigate, oracle: cpu",
+                e.describe()
+            ),
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -583,10 +628,26 @@ impl<'a> SebraRun<'a> {
             Stage::Erm(mut t) => {
                 self.last = (Phase::Erm, false);
                 if !t.open {
+                    if t.epoch == 0 {
+                        if let Some(e) = self.erm_engine.as_mut() {
+                            e.begin(&t.net.params)?;
+                        }
+                    }
                     t.begin_epoch();
                     t.order = shuffled(train.len(), &mut t.rng);
                 }
-                self.ce_batch(&mut t, None, None);
+                if self.erm_engine.is_some() {
+                    self.engine_batch(&mut t)?;
+                } else {
+                    self.ce_batch(&mut t, None, None);
+                }
+                let last_batch = t.next >= t.order.len();
+                if let (true, Some(e)) = (last_batch, self.erm_engine.as_mut()) {
+                    t.loss_sum = e.losses()?.iter().sum();
+                    if t.epoch == epochs {
+                        t.net.params = e.params()?;
+                    }
+                }
                 if self.end_ce_epoch(&mut t, Phase::Erm, monitor, clock) && t.epoch == epochs {
                     self.timings.erm_images_per_s =
                         (epochs * train.len()) as f64 / self.timings.erm_s.max(1e-9);
@@ -774,6 +835,20 @@ impl<'a> SebraRun<'a> {
         self.work_done += TRAIN_COST * idx.len() as f64;
     }
 
+    /// One ERM batch of `t`'s epoch on the engine (its loss is read at the epoch's end).
+    fn engine_batch(&mut self, t: &mut Training) -> Result<()> {
+        let train = &self.data.train;
+        let idx = t.next_samples(self.opts.batch);
+        let x = gather(train, &idx);
+        let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
+        if let Some(e) = self.erm_engine.as_mut() {
+            e.step(&x, &labels)?;
+        }
+        t.batches += 1;
+        self.work_done += TRAIN_COST * idx.len() as f64;
+        Ok(())
+    }
+
     /// One Stage 2 batch of triples.
     fn pair_batch(&mut self, t: &mut Training) {
         let train = &self.data.train;
@@ -931,6 +1006,7 @@ impl<'a> SebraRun<'a> {
 
     /// The report, once every step has run.
     pub fn finish(self) -> Result<SebraReport> {
+        let backend = self.backend();
         let (Some(erm), Some(sebra), Some(oracle)) = (self.erm, self.sebra, self.oracle) else {
             return Err(crate::LabError::invalid(
                 "the bias-lab run has not finished: its report is not complete",
@@ -962,6 +1038,7 @@ impl<'a> SebraRun<'a> {
             accuracy: Accuracies { erm, sebra, oracle },
             epochs: self.epochs,
             timings,
+            backend,
         })
     }
 }

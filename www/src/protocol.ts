@@ -249,6 +249,8 @@ export interface SebraReport {
   accuracy: { erm: GroupAccuracy; sebra: GroupAccuracy; oracle: GroupAccuracy };
   epochs: { phase: 'erm' | 'rank' | 'mitigate' | 'oracle'; epoch: number; of: number; loss: number; seconds: number }[];
   timings: Record<string, number>;
+  /** Where each phase ran ("cpu", or "erm training: gpu (...); erm scoring, ...: cpu"). */
+  backend?: string;
 }
 
 /** Training images of a bias-lab experiment: every sample's class and group order (0 both
