@@ -536,6 +536,32 @@ impl Model {
         }
     }
 
+    /// The mean loss of `acts`' batch with block `skip` left out, as `forward(.., Some(skip))`
+    /// gives it, bit for bit: the blocks before `skip` see the same inputs as in `acts` (a
+    /// forward without skip), so their outputs are reused and only the blocks after it run.
+    pub fn loss_without(&self, acts: &Activations, skip: usize) -> f64 {
+        let cfg = &self.cfg;
+        let d = dims(cfg, acts.b, acts.t);
+        let rope = ops::rope_table::<f32>(acts.t, cfg.head_dim());
+        let mut x = if skip == 0 {
+            acts.embedded.clone()
+        } else {
+            acts.blocks[skip - 1].out.clone()
+        };
+        for (l, w) in self.weights.blocks.iter().enumerate().skip(skip + 1) {
+            let mut a = BlockActs::default();
+            block_forward(cfg.placement(l), w, &mut a, &d, &rope, &x);
+            x = a.out;
+        }
+        let mut xf = vec![0.0f32; d.n * d.c];
+        let mut rstd_f = vec![0.0f32; d.n];
+        ops::rmsnorm_forward(&mut xf, &mut rstd_f, &x, &self.weights.norm);
+        let head = self.weights.head.as_ref().unwrap_or(&self.weights.embed);
+        let mut probs = vec![0.0f32; d.n * cfg.vocab];
+        let mut losses = vec![0.0f32; d.n];
+        ops::lm_head_xent_forward(&mut probs, &mut losses, &xf, head, &acts.targets, d.c)
+    }
+
     /// Gradients of the mean loss of `acts` (a forward without `skip`) into `grads` (+=).
     pub fn backward(&self, acts: &mut Activations, grads: &mut Weights) {
         let cfg = &self.cfg;
