@@ -22,40 +22,13 @@
 
 mod common;
 
-use common::{gpu, uniform};
+use common::{check, exact, gpu, uniform};
 use layerlab::compute::train_kernels::embedding_index;
 use layerlab::compute::{DType, GpuTensor, Recorder};
 use layerlab::train::ops::{self, AdamConfig, AttnDims};
 
 fn run<T>(f: impl std::future::Future<Output = T>) -> T {
     pollster::block_on(f)
-}
-
-/// max |a - b| / max |b| (b the twin), asserted <= tol; returns the measured value.
-fn check(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    let scale = want
-        .iter()
-        .fold(0f64, |m, v| m.max(v.abs() as f64))
-        .max(1e-30);
-    let mut worst = 0f64;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(g.is_finite(), "{what}[{i}] = {g}");
-        worst = worst.max((*g as f64 - *w as f64).abs() / scale);
-    }
-    assert!(
-        worst <= tol,
-        "{what}: max |gpu - twin| / max |twin| = {worst:.3e} > {tol:.0e}"
-    );
-    eprintln!("{what}: {worst:.2e} (tolerance {tol:.0e})");
-    worst
-}
-
-fn exact(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: gpu {g} twin {w}");
-    }
 }
 
 fn up(rec: &mut Recorder, v: &[f32], shape: &[usize]) -> GpuTensor {

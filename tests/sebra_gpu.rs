@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{gpu, uniform};
+use common::{gpu, layerlab, uniform};
 use layerlab::compute::GpuContext;
 use layerlab::sebra::gpu::GpuCnnTrainer;
 use layerlab::sebra::model::{Net, Params};
@@ -189,18 +189,6 @@ fn sgd_momentum_erm_steps_match_cpu() {
     assert!(r.loss <= 1e-5);
     assert!(r.weights <= 1e-5, "weights {:.2e}", r.weights);
     assert!(r.m <= 1e-5, "momentum buffer {:.2e}", r.m);
-}
-
-fn layerlab(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerlab"))
-        .args(args)
-        .output()
-        .expect("run layerlab");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 /// `layerlab sebra --backend gpu` against `--backend cpu` on a tiny run: the report says

@@ -6,8 +6,9 @@
 //! stages) on smaller images and fewer of them, so that it runs in about a minute in the debug
 //! profile: S = 16, 250 training images per class, 12 epochs. Its numbers are printed.
 
-use std::process::Command;
+mod common;
 
+use common::layerlab;
 use layerlab::sebra::run::{run_sebra, Quiet};
 use layerlab::sebra::SebraOptions;
 
@@ -60,18 +61,6 @@ fn sebra_ranks_the_groups_and_beats_erm_on_the_worst_group() {
     let last = r.ranking.epochs + 1;
     let never = r.ranking.samples.iter().filter(|s| s.rank == last).count();
     assert_eq!(deselected as usize + never, n);
-}
-
-fn layerlab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_layerlab"))
-        .args(args)
-        .output()
-        .expect("run layerlab");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 #[test]

@@ -40,3 +40,43 @@ pub fn candle_rope(x: &Tensor, rope: &Rope) -> Tensor {
     let rotated = Tensor::cat(&[&x2.neg().unwrap(), &x1], D::Minus1).unwrap();
     (x.broadcast_mul(&cos).unwrap() + rotated.broadcast_mul(&sin).unwrap()).unwrap()
 }
+
+/// max |a - b| / max |b| (b the twin), asserted <= tol; returns the measured value.
+pub fn check(what: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-30);
+    let mut worst = 0f64;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}[{i}] = {g}");
+        worst = worst.max((*g as f64 - *w as f64).abs() / scale);
+    }
+    assert!(
+        worst <= tol,
+        "{what}: max |gpu - twin| / max |twin| = {worst:.3e} > {tol:.0e}"
+    );
+    eprintln!("{what}: {worst:.2e} (tolerance {tol:.0e})");
+    worst
+}
+
+pub fn exact(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: gpu {g} twin {w}");
+    }
+}
+
+/// Runs the CLI: (exit code, stdout, stderr).
+pub fn layerlab(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layerlab"))
+        .args(args)
+        .output()
+        .expect("run layerlab");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
