@@ -878,25 +878,20 @@ impl Lab {
                 Err(LabError::GpuFailed(msg)) if gpu.is_some() && gpu_failure.is_none() => {
                     let at = trainer.steps_done();
                     let kept = trainer.fall_back().map_err(to_js_err)?;
+                    // The backend's notice, worded for a run that goes on from a saved state.
                     let notice = self
                         .backend
-                        .gpu_failed(&msg, &format!("after step {at} of {}", opts.steps));
+                        .gpu_failed(&msg, &format!("after step {at} of {}", opts.steps))
+                        .replace("the run finished on the CPU", "the run went on on the CPU");
                     let notice = if kept == 0 {
                         format!(
-                            "{} It started again from the initial weights (no evaluation had \
-                             saved the GPU's state yet).",
-                            notice.replace(
-                                "the run finished on the CPU",
-                                "the run went on on the CPU"
-                            )
+                            "{notice} It started again from the initial weights (no evaluation \
+                             had saved the GPU's state yet)."
                         )
                     } else {
                         format!(
-                            "{} It went on from the weights and Adam moments saved at step {kept}.",
-                            notice.replace(
-                                "the run finished on the CPU",
-                                "the run went on on the CPU"
-                            )
+                            "{notice} It went on from the weights and Adam moments saved at step \
+                             {kept}."
                         )
                     };
                     #[derive(Serialize)]
