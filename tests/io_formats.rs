@@ -101,7 +101,7 @@ fn gguf_with(
         out.extend_from_slice(&t.ty.to_le_bytes());
         out.extend_from_slice(&offset.to_le_bytes());
     }
-    while out.len() % alignment != 0 {
+    while !out.len().is_multiple_of(alignment) {
         out.push(0);
     }
     out.extend(data);

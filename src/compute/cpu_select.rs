@@ -46,7 +46,7 @@ impl Pattern {
                         "{what}: N:M sparsity needs 0 <= N <= M and M >= 1; found {n}:{m}"
                     )));
                 }
-                if cols % m != 0 {
+                if !cols.is_multiple_of(m) {
                     return Err(LabError::invalid(format!(
                         "{what}: {n}:{m} sparsity needs the input columns ({cols}) to be a \
                          multiple of {m}"

@@ -238,7 +238,7 @@ impl AttentionShape {
                 s.batch, s.t, s.heads, s.kv_heads, s.d
             )));
         }
-        if s.heads % s.kv_heads != 0 {
+        if !s.heads.is_multiple_of(s.kv_heads) {
             return Err(LabError::invalid(format!(
                 "{} query heads cannot share {} key/value heads evenly",
                 s.heads, s.kv_heads
@@ -416,7 +416,7 @@ impl Recorder<'_> {
         sin: &GpuMatrix,
     ) -> Result<()> {
         let l = layout;
-        if l.d % 2 != 0 {
+        if !l.d.is_multiple_of(2) {
             return Err(LabError::invalid(format!(
                 "rope: head dim {} is odd; RoPE needs pairs",
                 l.d

@@ -424,7 +424,7 @@ mod tests {
             3_000_001,
         ] {
             let c = size_class(b, u64::MAX);
-            assert!(c >= b && c % 4 == 0, "{b} -> {c}");
+            assert!(c >= b && c.is_multiple_of(4), "{b} -> {c}");
             assert!(c as f64 <= (b.max(16) as f64) * 1.25 + 4.0, "{b} -> {c}");
         }
         assert_eq!(size_class(1000, 1000), 1000);

@@ -99,7 +99,7 @@ fn plane_params(planes: usize, h: usize, w: usize, len: usize, inv: f32) -> Resu
 
 /// The number of h x w planes in `t`, an error unless it holds a whole number of them.
 fn planes(what: &str, t: &GpuTensor, h: usize, w: usize) -> Result<usize> {
-    if h == 0 || w == 0 || t.len() % (h * w) != 0 || t.dtype() != DType::F32 {
+    if h == 0 || w == 0 || !t.len().is_multiple_of(h * w) || t.dtype() != DType::F32 {
         return Err(LabError::invalid(format!(
             "{what}: a {:?} tensor of shape {:?} is not f32 planes of {h} x {w}",
             t.dtype(),

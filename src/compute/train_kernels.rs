@@ -211,7 +211,7 @@ fn attn_rows(dims: &AttnDims) -> Result<usize> {
             "attention needs non-zero sizes: {d:?}"
         )));
     }
-    if d.heads % d.kv_heads != 0 {
+    if !d.heads.is_multiple_of(d.kv_heads) {
         return Err(LabError::invalid(format!(
             "{} query heads cannot share {} key/value heads evenly",
             d.heads, d.kv_heads
@@ -526,7 +526,7 @@ impl Recorder<'_> {
         backward: bool,
     ) -> Result<()> {
         let (n, width) = inp.shape();
-        if head_dim == 0 || head_dim % 2 != 0 || width % head_dim != 0 || t == 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || width % head_dim != 0 || t == 0 {
             return Err(LabError::invalid(format!(
                 "rope: rows of {width} in heads of {head_dim} (even) at T = {t} do not fit"
             )));

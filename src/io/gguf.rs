@@ -358,7 +358,7 @@ pub fn open(src: &dyn ByteSource) -> Result<ModelFile> {
             Some((dtype, block, size)) => {
                 // ggml quantises along the innermost dimension, whole blocks per row.
                 let row = dims.first().copied().unwrap_or(1) as u64;
-                if row % block != 0 {
+                if !row.is_multiple_of(block) {
                     return Err(h.bad(format!(
                         "tensor {name}: row length {row} is not a multiple of the {} block size {block}",
                         dtype.name()
@@ -456,7 +456,7 @@ pub(crate) fn dequantize(
     let (block, size) = (ggml.block_size(), ggml.type_size());
     // Whole blocks, whole rows, and exactly that many bytes: the blocks are then viewed in
     // place (see `blocks_to_f32`).
-    if elements % block != 0 || t.shape.last().is_some_and(|row| row % block != 0) {
+    if !elements.is_multiple_of(block) || t.shape.last().is_some_and(|row| row % block != 0) {
         return Err(bad(format!(
             "shape {:?} is not made of whole {} blocks of {block}",
             t.shape,
@@ -499,8 +499,8 @@ fn blocks_to_f32<T: GgmlType + Sync>(raw: &[u8], out: &mut [f32]) -> Option<()> 
     const PIECE: usize = 4096;
     let n = out.len() / T::BLCK_SIZE;
     if raw.len() != n * std::mem::size_of::<T>()
-        || out.len() % T::BLCK_SIZE != 0
-        || (raw.as_ptr() as usize) % std::mem::align_of::<T>() != 0
+        || !out.len().is_multiple_of(T::BLCK_SIZE)
+        || !(raw.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>())
     {
         return None;
     }

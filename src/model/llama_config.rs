@@ -165,13 +165,13 @@ fn check_sizes(
     s: &ShapeSource,
 ) -> Result<()> {
     let bad = |msg: String| LabError::BadFile(format!("{name}: {msg}"));
-    if heads % kv_heads != 0 {
+    if !heads.is_multiple_of(kv_heads) {
         return Err(bad(format!(
             "{} {heads} is not a multiple of {} {kv_heads}",
             s.heads, s.kv_heads
         )));
     }
-    if head_dim == 0 || head_dim % 2 != 0 {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
         return Err(bad(format!(
             "{} {head_dim} is odd or zero; RoPE needs pairs",
             s.head_dim

@@ -41,7 +41,7 @@ impl ScalerRow {
     /// row-major (the `Observer::linear_input` tensor of one batch, flattened).
     pub fn add_batch(&mut self, x: &[f32], windows: usize) -> Result<()> {
         let cols = self.scaler_row.len();
-        if cols == 0 || x.len() % cols != 0 || windows == 0 {
+        if cols == 0 || !x.len().is_multiple_of(cols) || windows == 0 {
             return Err(LabError::invalid(format!(
                 "a calibration batch of {windows} window(s) must hold whole rows of {cols} \
                  inputs; found {} values",

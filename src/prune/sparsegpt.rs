@@ -72,7 +72,7 @@ impl Hessian {
     /// `H <- H n/(n+t); n <- n+t; H += y y^T` for each token, y = sqrt(2/n) x.
     pub fn add_batch(&mut self, x: &[f32]) -> Result<()> {
         let n = self.cols;
-        if n == 0 || x.len() % n != 0 || x.is_empty() {
+        if n == 0 || !x.len().is_multiple_of(n) || x.is_empty() {
             return Err(LabError::invalid(format!(
                 "a calibration batch must hold whole rows of {n} inputs; found {} values",
                 x.len()
@@ -180,7 +180,7 @@ pub fn sparsegpt_prune(
                 "{what}: SparseGPT's sparsity must be below 1; found {sparsity}"
             )));
         }
-        Pattern::NM { m, n } if opts.blocksize % m != 0 => {
+        Pattern::NM { m, n } if !opts.blocksize.is_multiple_of(m) => {
             return Err(LabError::invalid(format!(
                 "{what}: {n}:{m} sparsity needs SparseGPT's blocksize ({}) to be a multiple \
                  of {m}",

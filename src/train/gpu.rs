@@ -173,7 +173,7 @@ impl<'a> GpuTrainer<'a> {
                 "the weights do not have the model's sizes",
             ));
         }
-        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.width % cfg.heads != 0 {
+        if cfg.heads == 0 || cfg.kv_heads == 0 || !cfg.width.is_multiple_of(cfg.heads) {
             return Err(LabError::invalid(format!(
                 "a width of {} does not split into {} heads",
                 cfg.width, cfg.heads
