@@ -11,6 +11,7 @@
 //! order, so the bits do not depend on the thread count. Generic over f32 (the lab) and f64
 //! (the finite-difference checks).
 
+use crate::train::gemm::{gemm_acc, gemm_set, Lhs, Out, Rhs};
 /// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
 pub use crate::train::ops::Real;
 use crate::train::ops::{dot, sum8, wide};
@@ -92,21 +93,21 @@ pub fn im2col_backward<F: Real>(dinp: &mut [F], dcols: &[F], d: ConvDims) {
 /// a matmul over the im2col taps. `cols` comes from `im2col_forward` (the backward needs it).
 pub fn conv3x3_forward<F: Real>(out: &mut [F], cols: &[F], weight: &[F], bias: &[F], d: ConvDims) {
     let (p, k) = (d.pixels(), d.taps());
-    out.par_chunks_mut(p).enumerate().for_each(|(bo, y)| {
-        let (b, o) = (bo / d.o, bo % d.o);
-        let col = &cols[b * k * p..(b + 1) * k * p];
-        y.iter_mut().for_each(|v| *v = bias[o]);
-        wide(
-            #[inline(always)]
-            || {
-                for (t, &wt) in weight[o * k..(o + 1) * k].iter().enumerate() {
-                    for (v, &x) in y.iter_mut().zip(&col[t * p..(t + 1) * p]) {
-                        *v += wt * x;
-                    }
-                }
-            },
-        );
-    });
+    // Per image, out[b] (O, P) = bias, then += weight (O, K) . cols[b] (K, P), each output
+    // adding its taps in order (`gemm_acc`).
+    out.par_chunks_mut(d.o * p)
+        .zip(cols.par_chunks(k * p))
+        .for_each(|(y, col)| {
+            for (plane, &b) in y.chunks_exact_mut(p).zip(bias) {
+                plane.fill(b);
+            }
+            let w = Lhs {
+                data: weight,
+                rs: k,
+                cs: 1,
+            };
+            gemm_acc(Out::rows_of(y, p), w, Rhs { data: col, ld: p }, k);
+        });
 }
 
 /// Given dout (B, O, P): dweight (O, K) += sum_b dout[b] . cols[b]^T, dbias (O) += sum_b,p
@@ -141,23 +142,19 @@ pub fn conv3x3_backward<F: Real>(
                 },
             )
         });
-    dcols.par_chunks_mut(k * p).enumerate().for_each(|(b, dc)| {
-        dc.iter_mut().for_each(|v| *v = F::ZERO);
-        wide(
-            #[inline(always)]
-            || {
-                for o in 0..d.o {
-                    let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
-                    for t in 0..k {
-                        let wt = weight[o * k + t];
-                        for (v, &gv) in dc[t * p..(t + 1) * p].iter_mut().zip(g) {
-                            *v += wt * gv;
-                        }
-                    }
-                }
-            },
-        )
-    });
+    // dcols[b] (K, P) = weight^T (K, O) . dout[b] (O, P), each element adding its output
+    // channels in order from zero (`gemm_acc`).
+    dcols
+        .par_chunks_mut(k * p)
+        .zip(dout.par_chunks(d.o * p))
+        .for_each(|(dc, g)| {
+            let wt = Lhs {
+                data: weight,
+                rs: 1,
+                cs: k,
+            };
+            gemm_set(Out::rows_of(dc, p), wt, Rhs { data: g, ld: p }, d.o);
+        });
 }
 
 /// out = max(inp, 0), elementwise.

@@ -256,7 +256,9 @@ pub struct BlockActs {
 }
 
 /// Everything a forward pass keeps: per block activations, the final norm and the head's
-/// probabilities.
+/// probabilities; and the backward's scratch. `Model::forward_into` reuses the buffers of the
+/// last pass.
+#[derive(Default)]
 pub struct Activations {
     pub b: usize,
     pub t: usize,
@@ -271,6 +273,34 @@ pub struct Activations {
     probs: Vec<f32>,
     losses: Vec<f32>,
     pub loss: f64,
+    scratch: Scratch,
+}
+
+/// The backward's temporaries, kept from step to step.
+#[derive(Default)]
+struct Scratch {
+    /// The forward's: a sublayer's output (N,C) and the attention's q and k before RoPE.
+    sub: Vec<f32>,
+    tmp: Vec<f32>,
+    dxf: Vec<f32>,
+    dstream: Vec<f32>,
+    dx: Vec<f32>,
+    /// Per block: the gradients at the sublayers' seams (N,C) ...
+    d1: Vec<f32>,
+    d2: Vec<f32>,
+    d3: Vec<f32>,
+    /// ... inside the attention ...
+    dy: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    datt: Vec<f32>,
+    dk_pre: Vec<f32>,
+    dq_pre: Vec<f32>,
+    /// ... and inside the MLP (N,F).
+    dact: Vec<f32>,
+    dgate: Vec<f32>,
+    dup: Vec<f32>,
 }
 
 /// Sizes of one forward: the model and the batch.
@@ -298,9 +328,24 @@ fn dims(cfg: &ModelConfig, b: usize, t: usize) -> Dims {
     }
 }
 
-fn resize(v: &mut Vec<f32>, n: usize) {
+/// `v`'s buffer, leaving an empty one (to lend a scratch buffer while the rest is borrowed).
+fn take(v: &mut Vec<f32>) -> Vec<f32> {
+    std::mem::take(v)
+}
+
+/// `v` with length `n`, its contents left as they are (the caller overwrites every element).
+fn fit(v: &mut Vec<f32>, n: usize) {
+    if v.len() != n {
+        v.clear();
+        v.resize(n, 0.0);
+    }
+}
+
+/// `v` with length `n`, all zeros (a gradient the backward adds into).
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     v.clear();
     v.resize(n, 0.0);
+    v
 }
 
 /// attn(x_in) -> out (N,C), keeping q, k, v, att and y.
@@ -310,25 +355,27 @@ fn attn_forward(
     d: &Dims,
     rope: &(Vec<f32>, Vec<f32>),
     out: &mut [f32],
+    tmp: &mut Vec<f32>,
 ) {
     let (n, c, kvw, hd, t) = (d.n, d.c, d.kvw, d.attn.head_dim, d.attn.t);
-    let mut tmp = vec![0.0f32; n * c];
-    ops::matmul_forward(&mut tmp, &a.a_in, &w.q, c);
-    resize(&mut a.q, n * c);
-    ops::rope_forward(&mut a.q, &tmp, &rope.0, &rope.1, t, hd, c);
-    tmp.truncate(n * kvw);
-    ops::matmul_forward(&mut tmp, &a.a_in, &w.k, c);
-    resize(&mut a.k, n * kvw);
-    ops::rope_forward(&mut a.k, &tmp, &rope.0, &rope.1, t, hd, kvw);
-    resize(&mut a.v, n * kvw);
+    fit(tmp, n * c);
+    ops::matmul_forward(tmp, &a.a_in, &w.q, c);
+    fit(&mut a.q, n * c);
+    ops::rope_forward(&mut a.q, tmp, &rope.0, &rope.1, t, hd, c);
+    let tmp = &mut tmp[..n * kvw];
+    ops::matmul_forward(tmp, &a.a_in, &w.k, c);
+    fit(&mut a.k, n * kvw);
+    ops::rope_forward(&mut a.k, tmp, &rope.0, &rope.1, t, hd, kvw);
+    fit(&mut a.v, n * kvw);
     ops::matmul_forward(&mut a.v, &a.a_in, &w.v, c);
-    resize(&mut a.att, d.attn.b * d.attn.heads * t * t);
-    resize(&mut a.y, n * c);
+    fit(&mut a.att, d.attn.b * d.attn.heads * t * t);
+    fit(&mut a.y, n * c);
     ops::attention_forward(&mut a.y, &mut a.att, &a.q, &a.k, &a.v, d.attn);
     ops::matmul_forward(out, &a.y, &w.o, c);
 }
 
 /// Backward of `attn_forward`: dout (N,C) -> d a_in (+=), weight gradients (+=).
+#[allow(clippy::too_many_arguments)]
 fn attn_backward(
     w: &BlockWeights,
     g: &mut BlockWeights,
@@ -337,32 +384,42 @@ fn attn_backward(
     rope: &(Vec<f32>, Vec<f32>),
     dout: &[f32],
     da_in: &mut [f32],
+    s: &mut Scratch,
 ) {
     let (n, c, kvw, hd, t) = (d.n, d.c, d.kvw, d.attn.head_dim, d.attn.t);
-    let mut dy = vec![0.0f32; n * c];
-    ops::matmul_backward(&mut dy, &mut g.o, dout, &a.y, &w.o, c);
-    let mut dq = vec![0.0f32; n * c];
-    let mut dk = vec![0.0f32; n * kvw];
-    let mut dv = vec![0.0f32; n * kvw];
-    let mut datt = vec![0.0f32; a.att.len()];
+    let dy = zeroed(&mut s.dy, n * c);
+    ops::matmul_backward(dy, &mut g.o, dout, &a.y, &w.o, c);
+    let dq = zeroed(&mut s.dq, n * c);
+    let dk = zeroed(&mut s.dk, n * kvw);
+    let dv = zeroed(&mut s.dv, n * kvw);
+    fit(&mut s.datt, a.att.len());
     ops::attention_backward(
-        &mut dq, &mut dk, &mut dv, &mut datt, &dy, &a.att, &a.q, &a.k, &a.v, d.attn,
+        dq,
+        dk,
+        dv,
+        &mut s.datt,
+        dy,
+        &a.att,
+        &a.q,
+        &a.k,
+        &a.v,
+        d.attn,
     );
-    ops::matmul_backward(da_in, &mut g.v, &dv, &a.a_in, &w.v, c);
-    let mut dk_pre = vec![0.0f32; n * kvw];
-    ops::rope_backward(&mut dk_pre, &dk, &rope.0, &rope.1, t, hd, kvw);
-    ops::matmul_backward(da_in, &mut g.k, &dk_pre, &a.a_in, &w.k, c);
-    let mut dq_pre = vec![0.0f32; n * c];
-    ops::rope_backward(&mut dq_pre, &dq, &rope.0, &rope.1, t, hd, c);
-    ops::matmul_backward(da_in, &mut g.q, &dq_pre, &a.a_in, &w.q, c);
+    ops::matmul_backward(da_in, &mut g.v, dv, &a.a_in, &w.v, c);
+    let dk_pre = zeroed(&mut s.dk_pre, n * kvw);
+    ops::rope_backward(dk_pre, dk, &rope.0, &rope.1, t, hd, kvw);
+    ops::matmul_backward(da_in, &mut g.k, dk_pre, &a.a_in, &w.k, c);
+    let dq_pre = zeroed(&mut s.dq_pre, n * c);
+    ops::rope_backward(dq_pre, dq, &rope.0, &rope.1, t, hd, c);
+    ops::matmul_backward(da_in, &mut g.q, dq_pre, &a.a_in, &w.q, c);
 }
 
 /// mlp(m_in) = down(silu(gate m_in) * up m_in) -> out (N,C).
 fn mlp_forward(w: &BlockWeights, a: &mut BlockActs, d: &Dims, out: &mut [f32]) {
     let (n, c, f) = (d.n, d.c, d.f);
-    resize(&mut a.gate, n * f);
-    resize(&mut a.up, n * f);
-    resize(&mut a.act, n * f);
+    fit(&mut a.gate, n * f);
+    fit(&mut a.up, n * f);
+    fit(&mut a.act, n * f);
     ops::matmul_forward(&mut a.gate, &a.m_in, &w.gate, c);
     ops::matmul_forward(&mut a.up, &a.m_in, &w.up, c);
     ops::swiglu_forward(&mut a.act, &a.gate, &a.up);
@@ -376,15 +433,16 @@ fn mlp_backward(
     d: &Dims,
     dout: &[f32],
     dm_in: &mut [f32],
+    s: &mut Scratch,
 ) {
     let (n, c, f) = (d.n, d.c, d.f);
-    let mut dact = vec![0.0f32; n * f];
-    ops::matmul_backward(&mut dact, &mut g.down, dout, &a.act, &w.down, f);
-    let mut dgate = vec![0.0f32; n * f];
-    let mut dup = vec![0.0f32; n * f];
-    ops::swiglu_backward(&mut dgate, &mut dup, &dact, &a.gate, &a.up);
-    ops::matmul_backward(dm_in, &mut g.gate, &dgate, &a.m_in, &w.gate, c);
-    ops::matmul_backward(dm_in, &mut g.up, &dup, &a.m_in, &w.up, c);
+    let dact = zeroed(&mut s.dact, n * f);
+    ops::matmul_backward(dact, &mut g.down, dout, &a.act, &w.down, f);
+    let dgate = zeroed(&mut s.dgate, n * f);
+    let dup = zeroed(&mut s.dup, n * f);
+    ops::swiglu_backward(dgate, dup, dact, &a.gate, &a.up);
+    ops::matmul_backward(dm_in, &mut g.gate, dgate, &a.m_in, &w.gate, c);
+    ops::matmul_backward(dm_in, &mut g.up, dup, &a.m_in, &w.up, c);
 }
 
 /// One block forward: x (N,C) -> a.out (N,C). The placement is the whole difference
@@ -396,6 +454,7 @@ fn block_forward(
     d: &Dims,
     rope: &(Vec<f32>, Vec<f32>),
     x: &[f32],
+    s: &mut Scratch,
 ) {
     let nc = d.n * d.c;
     a.x.clear();
@@ -408,32 +467,33 @@ fn block_forward(
         &mut a.r2,
         &mut a.out,
     ] {
-        resize(v, nc);
+        fit(v, nc);
     }
-    resize(&mut a.rstd1, d.n);
-    resize(&mut a.rstd2, d.n);
-    let mut sub = vec![0.0f32; nc];
+    fit(&mut a.rstd1, d.n);
+    fit(&mut a.rstd2, d.n);
+    fit(&mut s.sub, nc);
+    let sub = &mut s.sub;
     match placement {
         // Post-LN: h = norm1(x + attn(x)); out = norm2(h + mlp(h))
         Placement::Post => {
             a.a_in.copy_from_slice(x);
-            attn_forward(w, a, d, rope, &mut sub);
-            ops::residual_forward(&mut a.r1, x, &sub);
+            attn_forward(w, a, d, rope, sub, &mut s.tmp);
+            ops::residual_forward(&mut a.r1, x, sub);
             ops::rmsnorm_forward(&mut a.h, &mut a.rstd1, &a.r1, &w.norm1);
             a.m_in.copy_from_slice(&a.h);
-            mlp_forward(w, a, d, &mut sub);
-            ops::residual_forward(&mut a.r2, &a.h, &sub);
+            mlp_forward(w, a, d, sub);
+            ops::residual_forward(&mut a.r2, &a.h, sub);
             ops::rmsnorm_forward(&mut a.out, &mut a.rstd2, &a.r2, &w.norm2);
         }
         // Pre-LN: h = x + attn(norm1(x)); out = h + mlp(norm2(h))
         Placement::Pre => {
             ops::rmsnorm_forward(&mut a.a_in, &mut a.rstd1, x, &w.norm1);
-            attn_forward(w, a, d, rope, &mut sub);
-            ops::residual_forward(&mut a.r1, x, &sub);
+            attn_forward(w, a, d, rope, sub, &mut s.tmp);
+            ops::residual_forward(&mut a.r1, x, sub);
             a.h.copy_from_slice(&a.r1);
             ops::rmsnorm_forward(&mut a.m_in, &mut a.rstd2, &a.h, &w.norm2);
-            mlp_forward(w, a, d, &mut sub);
-            ops::residual_forward(&mut a.r2, &a.h, &sub);
+            mlp_forward(w, a, d, sub);
+            ops::residual_forward(&mut a.r2, &a.h, sub);
             a.out.copy_from_slice(&a.r2);
         }
     }
@@ -450,34 +510,41 @@ fn block_backward(
     rope: &(Vec<f32>, Vec<f32>),
     dout: &[f32],
     dx: &mut [f32],
+    s: &mut Scratch,
 ) {
     let nc = d.n * d.c;
+    let (mut d1, mut d2, mut d3) = (take(&mut s.d1), take(&mut s.d2), take(&mut s.d3));
     match placement {
         Placement::Post => {
             // out = norm2(r2), r2 = h + mlp(h)
-            let mut dr2 = vec![0.0f32; nc];
-            ops::rmsnorm_backward(&mut dr2, &mut g.norm2, dout, &a.r2, &w.norm2, &a.rstd2);
-            let mut dh = dr2.clone();
-            mlp_backward(w, g, a, d, &dr2, &mut dh);
+            let dr2 = zeroed(&mut d1, nc);
+            ops::rmsnorm_backward(dr2, &mut g.norm2, dout, &a.r2, &w.norm2, &a.rstd2);
+            fit(&mut d2, nc);
+            d2.copy_from_slice(dr2);
+            let dh = &mut d2;
+            mlp_backward(w, g, a, d, dr2, dh, s);
             // h = norm1(r1), r1 = x + attn(x)
-            let mut dr1 = vec![0.0f32; nc];
-            ops::rmsnorm_backward(&mut dr1, &mut g.norm1, &dh, &a.r1, &w.norm1, &a.rstd1);
-            ops::add_inplace(dx, &dr1);
-            attn_backward(w, g, a, d, rope, &dr1, dx);
+            let dr1 = zeroed(&mut d3, nc);
+            ops::rmsnorm_backward(dr1, &mut g.norm1, dh, &a.r1, &w.norm1, &a.rstd1);
+            ops::add_inplace(dx, dr1);
+            attn_backward(w, g, a, d, rope, dr1, dx, s);
         }
         Placement::Pre => {
             // out = h + mlp(norm2(h))
-            let mut dh = dout.to_vec();
-            let mut dm_in = vec![0.0f32; nc];
-            mlp_backward(w, g, a, d, dout, &mut dm_in);
-            ops::rmsnorm_backward(&mut dh, &mut g.norm2, &dm_in, &a.h, &w.norm2, &a.rstd2);
+            fit(&mut d1, nc);
+            d1.copy_from_slice(dout);
+            let dh = &mut d1;
+            let dm_in = zeroed(&mut d2, nc);
+            mlp_backward(w, g, a, d, dout, dm_in, s);
+            ops::rmsnorm_backward(dh, &mut g.norm2, dm_in, &a.h, &w.norm2, &a.rstd2);
             // h = x + attn(norm1(x))
-            ops::add_inplace(dx, &dh);
-            let mut da_in = vec![0.0f32; nc];
-            attn_backward(w, g, a, d, rope, &dh, &mut da_in);
-            ops::rmsnorm_backward(dx, &mut g.norm1, &da_in, &a.x, &w.norm1, &a.rstd1);
+            ops::add_inplace(dx, dh);
+            let da_in = zeroed(&mut d3, nc);
+            attn_backward(w, g, a, d, rope, dh, da_in, s);
+            ops::rmsnorm_backward(dx, &mut g.norm1, da_in, &a.x, &w.norm1, &a.rstd1);
         }
     }
+    (s.d1, s.d2, s.d3) = (d1, d2, d3);
 }
 
 /// The model: its configuration, weights and RoPE tables.
@@ -491,49 +558,59 @@ impl Model {
     /// targets the last T. `skip` leaves one block out (its input passes through unchanged),
     /// for the layer-removal diagnostic. Returns the activations and the mean loss.
     pub fn forward(&self, batch: &[u32], b: usize, t: usize, skip: Option<usize>) -> Activations {
+        let mut acts = Activations::default();
+        self.forward_into(&mut acts, batch, b, t, skip);
+        acts
+    }
+
+    /// `forward` into `acts`, reusing its buffers (the training loop's every step).
+    pub fn forward_into(
+        &self,
+        acts: &mut Activations,
+        batch: &[u32],
+        b: usize,
+        t: usize,
+        skip: Option<usize>,
+    ) {
         let cfg = &self.cfg;
         let d = dims(cfg, b, t);
-        let mut tokens = Vec::with_capacity(d.n);
-        let mut targets = Vec::with_capacity(d.n);
+        (acts.b, acts.t) = (b, t);
+        acts.tokens.clear();
+        acts.targets.clear();
         for row in batch.chunks(t + 1) {
-            tokens.extend_from_slice(&row[..t]);
-            targets.extend_from_slice(&row[1..]);
+            acts.tokens.extend_from_slice(&row[..t]);
+            acts.targets.extend_from_slice(&row[1..]);
         }
         let rope = ops::rope_table::<f32>(t, cfg.head_dim());
-        let mut embedded = vec![0.0f32; d.n * d.c];
-        ops::embedding_forward(&mut embedded, &tokens, &self.weights.embed, d.c);
-        let mut blocks: Vec<BlockActs> = Vec::with_capacity(cfg.layers);
+        fit(&mut acts.embedded, d.n * d.c);
+        ops::embedding_forward(&mut acts.embedded, &acts.tokens, &self.weights.embed, d.c);
+        acts.blocks.resize_with(cfg.layers, BlockActs::default);
         for (l, w) in self.weights.blocks.iter().enumerate() {
-            let mut a = BlockActs::default();
-            let x = blocks.last().map_or(&embedded, |p: &BlockActs| &p.out);
+            let (before, rest) = acts.blocks.split_at_mut(l);
+            let x = before.last().map_or(&acts.embedded, |p| &p.out);
+            let a = &mut rest[0];
             if skip == Some(l) {
-                a.out = x.clone();
+                a.out.clear();
+                a.out.extend_from_slice(x);
             } else {
-                block_forward(cfg.placement(l), w, &mut a, &d, &rope, x);
+                block_forward(cfg.placement(l), w, a, &d, &rope, x, &mut acts.scratch);
             }
-            blocks.push(a);
         }
-        let last = blocks.last().map_or(&embedded, |p| &p.out);
-        let mut xf = vec![0.0f32; d.n * d.c];
-        let mut rstd_f = vec![0.0f32; d.n];
-        ops::rmsnorm_forward(&mut xf, &mut rstd_f, last, &self.weights.norm);
+        let last = acts.blocks.last().map_or(&acts.embedded, |p| &p.out);
+        fit(&mut acts.xf, d.n * d.c);
+        fit(&mut acts.rstd_f, d.n);
+        ops::rmsnorm_forward(&mut acts.xf, &mut acts.rstd_f, last, &self.weights.norm);
         let head = self.weights.head.as_ref().unwrap_or(&self.weights.embed);
-        let mut probs = vec![0.0f32; d.n * cfg.vocab];
-        let mut losses = vec![0.0f32; d.n];
-        let loss = ops::lm_head_xent_forward(&mut probs, &mut losses, &xf, head, &targets, d.c);
-        Activations {
-            b,
-            t,
-            tokens,
-            targets,
-            embedded,
-            blocks,
-            xf,
-            rstd_f,
-            probs,
-            losses,
-            loss,
-        }
+        fit(&mut acts.probs, d.n * cfg.vocab);
+        fit(&mut acts.losses, d.n);
+        acts.loss = ops::lm_head_xent_forward(
+            &mut acts.probs,
+            &mut acts.losses,
+            &acts.xf,
+            head,
+            &acts.targets,
+            d.c,
+        );
     }
 
     /// The mean loss of `acts`' batch with block `skip` left out, as `forward(.., Some(skip))`
@@ -548,10 +625,11 @@ impl Model {
         } else {
             acts.blocks[skip - 1].out.clone()
         };
+        let mut scratch = Scratch::default();
+        let mut a = BlockActs::default();
         for (l, w) in self.weights.blocks.iter().enumerate().skip(skip + 1) {
-            let mut a = BlockActs::default();
-            block_forward(cfg.placement(l), w, &mut a, &d, &rope, &x);
-            x = a.out;
+            block_forward(cfg.placement(l), w, &mut a, &d, &rope, &x, &mut scratch);
+            std::mem::swap(&mut x, &mut a.out);
         }
         let mut xf = vec![0.0f32; d.n * d.c];
         let mut rstd_f = vec![0.0f32; d.n];
@@ -568,7 +646,8 @@ impl Model {
         let d = dims(cfg, acts.b, acts.t);
         let nc = d.n * d.c;
         let rope = ops::rope_table::<f32>(acts.t, cfg.head_dim());
-        let mut dxf = vec![0.0f32; nc];
+        let s = &mut acts.scratch;
+        let dxf = zeroed(&mut s.dxf, nc);
         let head = self.weights.head.as_ref().unwrap_or(&self.weights.embed);
         {
             let dhead = match grads.head.as_mut() {
@@ -576,7 +655,7 @@ impl Model {
                 None => &mut grads.embed,
             };
             ops::lm_head_xent_backward(
-                &mut dxf,
+                dxf,
                 dhead,
                 &mut acts.probs,
                 &acts.xf,
@@ -586,17 +665,16 @@ impl Model {
             );
         }
         let last = acts.blocks.last().map_or(&acts.embedded, |p| &p.out);
-        let mut dstream = vec![0.0f32; nc];
+        let (mut dstream, mut dx) = (take(&mut s.dstream), take(&mut s.dx));
         ops::rmsnorm_backward(
-            &mut dstream,
+            zeroed(&mut dstream, nc),
             &mut grads.norm,
-            &dxf,
+            &s.dxf,
             last,
             &self.weights.norm,
             &acts.rstd_f,
         );
         for l in (0..cfg.layers).rev() {
-            let mut dx = vec![0.0f32; nc];
             block_backward(
                 cfg.placement(l),
                 &self.weights.blocks[l],
@@ -605,11 +683,13 @@ impl Model {
                 &d,
                 &rope,
                 &dstream,
-                &mut dx,
+                zeroed(&mut dx, nc),
+                s,
             );
-            dstream = dx;
+            std::mem::swap(&mut dstream, &mut dx);
         }
         ops::embedding_backward(&mut grads.embed, &dstream, &acts.tokens, d.c);
+        (s.dstream, s.dx) = (dstream, dx);
     }
 }
 

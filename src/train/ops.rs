@@ -21,6 +21,7 @@
 //!
 //! Generic over f32 (the lab) and f64 (the finite-difference checks in the tests).
 
+use super::gemm::{gemm_acc, gemm_set, Lhs, Out, Rhs};
 use rayon::prelude::*;
 use std::fmt::Debug;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
@@ -61,7 +62,7 @@ impl Real for f32 {
         self as f64
     }
     fn exp(self) -> Self {
-        libm::expf(self)
+        exp_f32(self)
     }
     fn sqrt(self) -> Self {
         libm::sqrtf(self)
@@ -85,10 +86,40 @@ impl Real for f64 {
     }
 }
 
+/// e^x for f32 from multiplies, adds and bit operations only (Cephes' expf): x = n ln2 + r
+/// with n an integer and |r| <= ln2/2, e^r by its degree-7 polynomial, times 2^n. Every
+/// operation is IEEE-exact as written, so WebAssembly and every x86-64 give the same bits,
+/// and a loop of it vectorises (libm's expf is a branchy scalar call). Within 2 ulp of the
+/// true value where the result is a normal float (tests/train_ops.rs checks it against
+/// f64). Below about -87.3 the result is subnormal and flushes toward 0 less exactly;
+/// above about 88.72 it is infinite; NaN stays NaN.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts: n * LN2_HI is exact for the n that occur.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer (ties to even).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-103.98, 88.73);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 5e-1;
+    let e = (p * (r * r) + r) + 1.0;
+    // 2^n as two normal factors (n is in [-150, 128]).
+    let n = n as i32;
+    let half = n >> 1;
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    (e * pow2(half)) * pow2(n - half)
+}
+
 /// Runs `f` inside a function compiled for AVX2 where the CPU has it (x86-64, detected once at
 /// run time), else as built (baseline SSE2; simd128 in wasm). Pass `f` as
 /// `#[inline(always)] || ...`: a closure left out of line compiles without AVX2. The loops `f` inlines (`dot`,
-/// `dot_2x2`, `outer_accumulate`, the convolution's) then work on 8 lanes at a time instead of
+/// `outer_accumulate`, the convolution's) then work on 8 lanes at a time instead of
 /// 4. The bits stay the same: the same operations in the same order, since Rust never fuses a
 /// multiply and an add into an FMA on its own, so the page, the CLI and any CPU agree.
 #[inline(always)]
@@ -145,14 +176,6 @@ pub(crate) fn sum8<F: Real>(x: &[F]) -> F {
 #[inline(always)]
 fn combine8<F: Real>(acc: &[F; 8], tail: F) -> F {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// y += a * x, elementwise.
-#[inline(always)]
-fn axpy<F: Real>(y: &mut [F], a: F, x: &[F]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += a * *xi;
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -255,89 +278,45 @@ pub fn rmsnorm_backward<F: Real>(
 // ---------------------------------------------------------------------------------------
 // Linear (matmul): out = inp W^T, weight (O,I) as Hugging Face stores it
 
-/// out (N,O) = inp (N,I) . weight (O,I)^T. One task per 4 rows of out; within it, 2 x 2
-/// register tiles (rows n, n+1 against weight rows o, o+1), each output still summed in
-/// exactly `dot`'s order, so the tiling changes the speed, not the bits.
+/// Rows of the output per task in the matmuls: a multiple of every register tile's height.
+const ROWS_PER_TASK: usize = 32;
+
+/// out (N,O) = inp (N,I) . weight (O,I)^T: the weight transposed once (I,O), then each output
+/// summed over i in order from zero by `gemm::gemm_acc`. One task per 32 rows of out.
 pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], weight: &[F], in_dim: usize) {
     let o_dim = weight.len() / in_dim;
-    out.par_chunks_mut(4 * o_dim)
-        .zip(inp.par_chunks(4 * in_dim))
+    let wt = transpose(weight, o_dim, in_dim);
+    out.par_chunks_mut(ROWS_PER_TASK * o_dim)
+        .zip(inp.par_chunks(ROWS_PER_TASK * in_dim))
         .for_each(|(y, x)| {
-            wide(
-                #[inline(always)]
-                || {
-                    let rows = x.len() / in_dim;
-                    let mut n = 0;
-                    while n + 2 <= rows {
-                        let (x0, x1) = (
-                            &x[n * in_dim..(n + 1) * in_dim],
-                            &x[(n + 1) * in_dim..(n + 2) * in_dim],
-                        );
-                        let mut o = 0;
-                        while o + 2 <= o_dim {
-                            let (w0, w1) = (
-                                &weight[o * in_dim..(o + 1) * in_dim],
-                                &weight[(o + 1) * in_dim..(o + 2) * in_dim],
-                            );
-                            let [a, b, c, d] = dot_2x2(x0, x1, w0, w1);
-                            y[n * o_dim + o] = a;
-                            y[n * o_dim + o + 1] = b;
-                            y[(n + 1) * o_dim + o] = c;
-                            y[(n + 1) * o_dim + o + 1] = d;
-                            o += 2;
-                        }
-                        if o < o_dim {
-                            let w0 = &weight[o * in_dim..(o + 1) * in_dim];
-                            y[n * o_dim + o] = dot(x0, w0);
-                            y[(n + 1) * o_dim + o] = dot(x1, w0);
-                        }
-                        n += 2;
-                    }
-                    if n < rows {
-                        let x0 = &x[n * in_dim..(n + 1) * in_dim];
-                        for (o, yo) in y[n * o_dim..(n + 1) * o_dim].iter_mut().enumerate() {
-                            *yo = dot(x0, &weight[o * in_dim..(o + 1) * in_dim]);
-                        }
-                    }
-                },
-            )
+            let a = Lhs {
+                data: x,
+                rs: in_dim,
+                cs: 1,
+            };
+            let b = Rhs {
+                data: &wt,
+                ld: o_dim,
+            };
+            gemm_set(Out::rows_of(y, o_dim), a, b, in_dim);
         });
 }
 
-/// `dot` of (x0, w0), (x0, w1), (x1, w0), (x1, w1) at once: four sets of 8 partial sums,
-/// each accumulated and combined in `dot`'s order (the same bits as four `dot` calls), with
-/// each loaded chunk used twice.
-#[inline(always)]
-fn dot_2x2<F: Real>(x0: &[F], x1: &[F], w0: &[F], w1: &[F]) -> [F; 4] {
-    let mut acc = [[F::ZERO; 8]; 4];
-    let k8 = x0.len() / 8 * 8;
-    for k in (0..k8).step_by(8) {
-        let (a, b) = (&x0[k..k + 8], &x1[k..k + 8]);
-        let (u, v) = (&w0[k..k + 8], &w1[k..k + 8]);
-        for j in 0..8 {
-            acc[0][j] += a[j] * u[j];
-            acc[1][j] += a[j] * v[j];
-            acc[2][j] += b[j] * u[j];
-            acc[3][j] += b[j] * v[j];
+/// m (rows, cols) -> its transpose (cols, rows).
+fn transpose<F: Real>(m: &[F], rows: usize, cols: usize) -> Vec<F> {
+    let mut t = vec![F::ZERO; m.len()];
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            t[c * rows + r] = v;
         }
     }
-    let pairs = [(x0, w0), (x0, w1), (x1, w0), (x1, w1)];
-    let mut out = [F::ZERO; 4];
-    for (i, (a, (x, w))) in acc.iter().zip(pairs).enumerate() {
-        let mut tail = F::ZERO;
-        for (p, q) in x[k8..].iter().zip(&w[k8..]) {
-            tail += *p * *q;
-        }
-        out[i] = combine8(a, tail);
-    }
-    out
+    t
 }
 
 /// dinp (N,I) += dout (N,O) . weight (O,I);  dweight (O,I) += dout^T . inp.
-/// Each output element adds its terms in index order (o for dinp, n for dweight), starting
-/// from its current value, as a plain `axpy` loop would; the tiles (4 rows x 8 columns held
-/// in registers through the whole reduction) change the speed, not the bits. One task per 4
-/// rows of dinp, and per 4 rows of dweight.
+/// Each output element adds its terms in index order (o for dinp, n for dweight) onto its
+/// current value (`gemm::gemm_acc`). One task per 32 rows of dinp, and of dweight (so
+/// that each block of `inp` a task reads serves 4 row tiles while in cache).
 pub fn matmul_backward<F: Real>(
     dinp: &mut [F],
     dweight: &mut [F],
@@ -348,88 +327,37 @@ pub fn matmul_backward<F: Real>(
 ) {
     let o_dim = weight.len() / in_dim;
     // dinp[r][i] += sum_o dout[r][o] * weight[o][i]
-    dinp.par_chunks_mut(4 * in_dim)
-        .zip(dout.par_chunks(4 * o_dim))
+    dinp.par_chunks_mut(ROWS_PER_TASK * in_dim)
+        .zip(dout.par_chunks(ROWS_PER_TASK * o_dim))
         .for_each(|(dx, dy)| {
-            let rows = dx.len() / in_dim;
-            wide(
-                #[inline(always)]
-                || {
-                    outer_accumulate(
-                        dx,
-                        rows,
-                        in_dim,
-                        o_dim,
-                        |r, o| dy[r * o_dim + o],
-                        |o| &weight[o * in_dim..(o + 1) * in_dim],
-                    )
-                },
-            );
+            let a = Lhs {
+                data: dy,
+                rs: o_dim,
+                cs: 1,
+            };
+            let b = Rhs {
+                data: weight,
+                ld: in_dim,
+            };
+            gemm_acc(Out::rows_of(dx, in_dim), a, b, o_dim);
         });
     // dweight[o][i] += sum_r dout[r][o] * inp[r][i]
     let n = dout.len() / o_dim;
     dweight
-        .par_chunks_mut(4 * in_dim)
+        .par_chunks_mut(ROWS_PER_TASK * in_dim)
         .enumerate()
         .for_each(|(task, dw)| {
-            let o0 = 4 * task;
-            let rows = dw.len() / in_dim;
-            wide(
-                #[inline(always)]
-                || {
-                    outer_accumulate(
-                        dw,
-                        rows,
-                        in_dim,
-                        n,
-                        |oo, r| dout[r * o_dim + o0 + oo],
-                        |r| &inp[r * in_dim..(r + 1) * in_dim],
-                    )
-                },
-            );
+            let a = Lhs {
+                data: &dout[ROWS_PER_TASK * task..],
+                rs: 1,
+                cs: o_dim,
+            };
+            let b = Rhs {
+                data: inp,
+                ld: in_dim,
+            };
+            gemm_acc(Out::rows_of(dw, in_dim), a, b, n);
         });
-}
-
-/// acc (rows <= 4, cols) += sum over k in 0..depth, in order, of coef(row, k) * vec(k)[..]:
-/// per 8-column strip, the rows' partial values stay in registers through the k loop.
-#[inline(always)]
-fn outer_accumulate<'a, F: Real>(
-    acc: &mut [F],
-    rows: usize,
-    cols: usize,
-    depth: usize,
-    coef: impl Fn(usize, usize) -> F,
-    vec: impl Fn(usize) -> &'a [F],
-) {
-    let c8 = cols / 8 * 8;
-    if rows == 4 {
-        for i0 in (0..c8).step_by(8) {
-            let mut t = [[F::ZERO; 8]; 4];
-            for (r, tr) in t.iter_mut().enumerate() {
-                tr.copy_from_slice(&acc[r * cols + i0..r * cols + i0 + 8]);
-            }
-            for k in 0..depth {
-                let v = &vec(k)[i0..i0 + 8];
-                let c = [coef(0, k), coef(1, k), coef(2, k), coef(3, k)];
-                for (tr, &cr) in t.iter_mut().zip(&c) {
-                    for j in 0..8 {
-                        tr[j] += cr * v[j];
-                    }
-                }
-            }
-            for (r, tr) in t.iter().enumerate() {
-                acc[r * cols + i0..r * cols + i0 + 8].copy_from_slice(tr);
-            }
-        }
-    }
-    // The columns past the last full strip, and every column of a short task.
-    let from = if rows == 4 { c8 } else { 0 };
-    for r in 0..rows {
-        let row = &mut acc[r * cols + from..(r + 1) * cols];
-        for k in 0..depth {
-            axpy(row, coef(r, k), &vec(k)[from..]);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -534,8 +462,96 @@ impl AttnDims {
     }
 }
 
+/// Rows per causal block in attention's products: row block [i0, i0 + ATT_BLOCK) needs keys
+/// 0..i0 + ATT_BLOCK only. The skipped terms are exact zeros (probabilities and their
+/// gradients above the diagonal), so skipping them keeps every element's bits.
+const ATT_BLOCK: usize = 32;
+
+/// The causal row blocks of a T x T score matrix: (first row, rows, keys the rows can see).
+fn causal_blocks(t: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..t)
+        .step_by(ATT_BLOCK)
+        .map(move |i0| (i0, ATT_BLOCK.min(t - i0), t.min(i0 + ATT_BLOCK)))
+}
+
+/// The head slice (T, D) of rows b*T.. of x (N, width) at column `col`, transposed to (D, T).
+fn head_transposed<F: Real>(
+    x: &[F],
+    width: usize,
+    row0: usize,
+    col: usize,
+    t: usize,
+    d: usize,
+) -> Vec<F> {
+    let mut out = vec![F::ZERO; d * t];
+    for t2 in 0..t {
+        for (dd, &v) in x[(row0 + t2) * width + col..][..d].iter().enumerate() {
+            out[dd * t + t2] = v;
+        }
+    }
+    out
+}
+
+/// rows (T, T) of (b, h) = x_h (T, D) . y_h^T over the causal blocks (the entries right of
+/// each row block's last key are left as they are: callers overwrite them): x at (row0, xcol) in an (N, xw) matrix, y likewise.
+#[allow(clippy::too_many_arguments)]
+fn causal_scores<F: Real>(
+    rows: &mut [F],
+    x: &[F],
+    xw: usize,
+    xcol: usize,
+    y: &[F],
+    yw: usize,
+    ycol: usize,
+    row0: usize,
+    t: usize,
+    d: usize,
+) {
+    let yt = head_transposed(y, yw, row0, ycol, t, d);
+    for (i0, r, keys) in causal_blocks(t) {
+        let out = Out {
+            data: &mut rows[i0 * t..],
+            ld: t,
+            rows: r,
+            cols: keys,
+        };
+        let lhs = Lhs {
+            data: &x[(row0 + i0) * xw + xcol..],
+            rs: xw,
+            cs: 1,
+        };
+        gemm_set(out, lhs, Rhs { data: &yt, ld: t }, d);
+    }
+}
+
+/// Row `ti` of causal attention: scale the scores 0..=ti, softmax them, zero the rest. The
+/// exponentials in one loop (it vectorises), their sum in index order in another.
+#[inline(always)]
+fn softmax_causal_row<F: Real>(row: &mut [F], ti: usize, scale: F) {
+    let mut max = F::of(f64::NEG_INFINITY);
+    for s in row[..=ti].iter_mut() {
+        *s *= scale;
+        if *s > max {
+            max = *s;
+        }
+    }
+    for a in row[..=ti].iter_mut() {
+        *a = (*a - max).exp();
+    }
+    let mut sum = F::ZERO;
+    for &a in row[..=ti].iter() {
+        sum += a;
+    }
+    let inv = F::ONE / sum;
+    for a in row[..=ti].iter_mut() {
+        *a *= inv;
+    }
+    row[ti + 1..].fill(F::ZERO);
+}
+
 /// att[b,h,t,:] = softmax_{t2<=t}(q[b,t,h] . k[b,t2,h/G] / sqrt(D));
-/// out[b,t,h] = sum_t2 att[b,h,t,t2] v[b,t2,h/G]. One task per (b,h) for att, per row for out.
+/// out[b,t,h] = sum_t2 att[b,h,t,t2] v[b,t2,h/G]. Every dot product and every output adds
+/// its terms in order (`gemm::gemm_acc`). One task per (b,h) for att, per b for out.
 pub fn attention_forward<F: Real>(
     out: &mut [F],
     att: &mut [F],
@@ -555,62 +571,48 @@ pub fn attention_forward<F: Real>(
     let (qw, kw) = (heads * d, kv_heads * d);
     let scale = F::ONE / F::of(d as f64).sqrt();
     att.par_chunks_mut(t * t).enumerate().for_each(|(bh, a)| {
+        let (b, h) = (bh / heads, bh % heads);
+        causal_scores(a, q, qw, h * d, k, kw, (h / g) * d, b * t, t, d);
         wide(
             #[inline(always)]
             || {
-                let (b, h) = (bh / heads, bh % heads);
-                let kh = h / g;
                 for ti in 0..t {
-                    let qrow = &q[(b * t + ti) * qw + h * d..][..d];
-                    let arow = &mut a[ti * t..(ti + 1) * t];
-                    let mut max = F::of(f64::NEG_INFINITY);
-                    for t2 in 0..=ti {
-                        let s = dot(qrow, &k[(b * t + t2) * kw + kh * d..][..d]) * scale;
-                        arow[t2] = s;
-                        if s > max {
-                            max = s;
-                        }
-                    }
-                    let mut sum = F::ZERO;
-                    for a2 in arow[..=ti].iter_mut() {
-                        *a2 = (*a2 - max).exp();
-                        sum += *a2;
-                    }
-                    let inv = F::ONE / sum;
-                    for a2 in arow[..=ti].iter_mut() {
-                        *a2 *= inv;
-                    }
-                    for a2 in arow[ti + 1..].iter_mut() {
-                        *a2 = F::ZERO;
-                    }
+                    softmax_causal_row(&mut a[ti * t..(ti + 1) * t], ti, scale);
                 }
             },
-        )
+        );
     });
-    out.par_chunks_mut(qw).enumerate().for_each(|(n, o)| {
-        wide(
-            #[inline(always)]
-            || {
-                let (b, ti) = (n / t, n % t);
-                o.fill(F::ZERO);
-                for h in 0..heads {
-                    let kh = h / g;
-                    let arow = &att[((b * heads + h) * t + ti) * t..][..t];
-                    let oh = &mut o[h * d..(h + 1) * d];
-                    for (t2, &p) in arow[..=ti].iter().enumerate() {
-                        axpy(oh, p, &v[(b * t + t2) * kw + kh * d..][..d]);
-                    }
-                }
-            },
-        )
+    let att = &*att;
+    out.par_chunks_mut(t * qw).enumerate().for_each(|(b, o)| {
+        for h in 0..heads {
+            let base = (b * heads + h) * t * t;
+            let vh = Rhs {
+                data: &v[b * t * kw + (h / g) * d..],
+                ld: kw,
+            };
+            for (i0, r, keys) in causal_blocks(t) {
+                let oh = Out {
+                    data: &mut o[i0 * qw + h * d..],
+                    ld: qw,
+                    rows: r,
+                    cols: d,
+                };
+                let p = Lhs {
+                    data: &att[base + i0 * t..],
+                    rs: t,
+                    cs: 1,
+                };
+                gemm_set(oh, p, vh, keys);
+            }
+        }
     });
 }
 
 /// Backward of `attention_forward`, with datt a (B,H,T,T) scratch buffer:
 /// dp[t,t2] = dout[t] . v[t2]; ds = p * (dp - sum_t2 p*dp) (softmax), scaled by 1/sqrt(D);
 /// dq[t] += sum_t2 ds[t,t2] k[t2]; dk[t2] += sum_{h in group} sum_t ds[t,t2] q[t];
-/// dv[t2] += sum_{h in group} sum_t p[t,t2] dout[t]. One task per (b,h) for ds, per row for
-/// dq, dk and dv (the group's heads and the rows t in a fixed order).
+/// dv[t2] += sum_{h in group} sum_t p[t,t2] dout[t]. One task per (b,h) for ds, per b for
+/// dq, dk and dv (the group's heads, then the rows t, in a fixed order).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<F: Real>(
     dq: &mut [F],
@@ -635,70 +637,79 @@ pub fn attention_backward<F: Real>(
     let (qw, kw) = (heads * d, kv_heads * d);
     let scale = F::ONE / F::of(d as f64).sqrt();
     datt.par_chunks_mut(t * t).enumerate().for_each(|(bh, ds)| {
-        wide(
-            #[inline(always)]
-            || {
-                let (b, h) = (bh / heads, bh % heads);
-                let kh = h / g;
-                for ti in 0..t {
-                    let dorow = &dout[(b * t + ti) * qw + h * d..][..d];
-                    let prow = &att[(bh * t + ti) * t..][..t];
-                    let srow = &mut ds[ti * t..(ti + 1) * t];
-                    let mut pdp = F::ZERO;
-                    for t2 in 0..=ti {
-                        let dp = dot(dorow, &v[(b * t + t2) * kw + kh * d..][..d]);
-                        srow[t2] = dp;
-                        pdp += prow[t2] * dp;
-                    }
-                    for t2 in 0..=ti {
-                        srow[t2] = prow[t2] * (srow[t2] - pdp) * scale;
-                    }
-                    for s in srow[ti + 1..].iter_mut() {
-                        *s = F::ZERO;
-                    }
-                }
-            },
-        )
+        let (b, h) = (bh / heads, bh % heads);
+        causal_scores(ds, dout, qw, h * d, v, kw, (h / g) * d, b * t, t, d);
+        for ti in 0..t {
+            let prow = &att[(bh * t + ti) * t..][..t];
+            let srow = &mut ds[ti * t..(ti + 1) * t];
+            let mut pdp = F::ZERO;
+            for (&p, &dp) in prow[..=ti].iter().zip(&srow[..=ti]) {
+                pdp += p * dp;
+            }
+            for (s, &p) in srow[..=ti].iter_mut().zip(&prow[..=ti]) {
+                *s = p * (*s - pdp) * scale;
+            }
+            for s in srow[ti + 1..].iter_mut() {
+                *s = F::ZERO;
+            }
+        }
     });
     let datt = &*datt;
-    dq.par_chunks_mut(qw).enumerate().for_each(|(n, dqr)| {
-        wide(
-            #[inline(always)]
-            || {
-                let (b, ti) = (n / t, n % t);
-                for h in 0..heads {
-                    let kh = h / g;
-                    let srow = &datt[((b * heads + h) * t + ti) * t..][..t];
-                    let dqh = &mut dqr[h * d..(h + 1) * d];
-                    for (t2, &s) in srow[..=ti].iter().enumerate() {
-                        axpy(dqh, s, &k[(b * t + t2) * kw + kh * d..][..d]);
-                    }
-                }
-            },
-        )
+    dq.par_chunks_mut(t * qw).enumerate().for_each(|(b, dqb)| {
+        for h in 0..heads {
+            let base = (b * heads + h) * t * t;
+            let kh = Rhs {
+                data: &k[b * t * kw + (h / g) * d..],
+                ld: kw,
+            };
+            for (i0, r, keys) in causal_blocks(t) {
+                let out = Out {
+                    data: &mut dqb[i0 * qw + h * d..],
+                    ld: qw,
+                    rows: r,
+                    cols: d,
+                };
+                let s = Lhs {
+                    data: &datt[base + i0 * t..],
+                    rs: t,
+                    cs: 1,
+                };
+                gemm_acc(out, s, kh, keys);
+            }
+        }
     });
-    dk.par_chunks_mut(kw)
-        .zip(dv.par_chunks_mut(kw))
+    // Key/value row t2 gathers the query rows t >= t2: rows [i0, i0 + r) start at t = i0
+    // (the terms t < i0 are exact zeros for all of them).
+    dk.par_chunks_mut(t * kw)
+        .zip(dv.par_chunks_mut(t * kw))
         .enumerate()
-        .for_each(|(n, (dkr, dvr))| {
-            wide(
-                #[inline(always)]
-                || {
-                    let (b, t2) = (n / t, n % t);
-                    for kh in 0..kv_heads {
-                        let dkh = &mut dkr[kh * d..(kh + 1) * d];
-                        let dvh = &mut dvr[kh * d..(kh + 1) * d];
-                        for h in kh * g..(kh + 1) * g {
-                            for ti in t2..t {
-                                let idx = ((b * heads + h) * t + ti) * t + t2;
-                                let row = (b * t + ti) * qw + h * d;
-                                axpy(dkh, datt[idx], &q[row..row + d]);
-                                axpy(dvh, att[idx], &dout[row..row + d]);
-                            }
+        .for_each(|(b, (dkb, dvb))| {
+            for kh in 0..kv_heads {
+                for h in kh * g..(kh + 1) * g {
+                    let base = (b * heads + h) * t * t;
+                    for (i0, r, _) in causal_blocks(t) {
+                        // dk += ds^T . q, dv += p^T . dout, over the query rows t >= i0.
+                        for (dst, m, x) in [(&mut *dkb, datt, q), (&mut *dvb, att, dout)] {
+                            let out = Out {
+                                data: &mut dst[i0 * kw + kh * d..],
+                                ld: kw,
+                                rows: r,
+                                cols: d,
+                            };
+                            let transposed = Lhs {
+                                data: &m[base + i0 * t + i0..],
+                                rs: 1,
+                                cs: t,
+                            };
+                            let from_i0 = Rhs {
+                                data: &x[(b * t + i0) * qw + h * d..],
+                                ld: qw,
+                            };
+                            gemm_acc(out, transposed, from_i0, t - i0);
                         }
                     }
-                },
-            )
+                }
+            }
         });
 }
 
@@ -770,35 +781,48 @@ pub fn lm_head_xent_forward<F: Real>(
     c: usize,
 ) -> f64 {
     let v = head.len() / c;
+    let head_t = transpose(head, v, c);
     probs
-        .par_chunks_mut(v)
-        .zip(losses.par_iter_mut())
-        .zip(xf.par_chunks(c).zip(targets.par_iter()))
-        .for_each(|((p, loss), (x, &tgt))| {
-            wide(
-                #[inline(always)]
-                || {
-                    let mut max = F::of(f64::NEG_INFINITY);
-                    for (j, pj) in p.iter_mut().enumerate() {
-                        *pj = dot(x, &head[j * c..(j + 1) * c]);
-                        if *pj > max {
-                            max = *pj;
-                        }
+        .par_chunks_mut(ROWS_PER_TASK * v)
+        .zip(losses.par_chunks_mut(ROWS_PER_TASK))
+        .zip(
+            xf.par_chunks(ROWS_PER_TASK * c)
+                .zip(targets.par_chunks(ROWS_PER_TASK)),
+        )
+        .for_each(|((pb, lb), (xb, tb))| {
+            // The logits, each summed over the channels in order from zero.
+            let x = Lhs {
+                data: xb,
+                rs: c,
+                cs: 1,
+            };
+            let b = Rhs {
+                data: &head_t,
+                ld: v,
+            };
+            gemm_set(Out::rows_of(pb, v), x, b, c);
+            for ((p, loss), &tgt) in pb.chunks_exact_mut(v).zip(lb.iter_mut()).zip(tb) {
+                let mut max = F::of(f64::NEG_INFINITY);
+                for &pj in p.iter() {
+                    if pj > max {
+                        max = pj;
                     }
-                    // -log p[tgt] = log(sum_j exp(l_j - max)) - (l_tgt - max), exact for tiny p.
-                    let shifted_target = (p[tgt as usize] - max).to_f64();
-                    let mut sum = F::ZERO;
-                    for pj in p.iter_mut() {
-                        *pj = (*pj - max).exp();
-                        sum += *pj;
-                    }
-                    let inv = F::ONE / sum;
-                    for pj in p.iter_mut() {
-                        *pj *= inv;
-                    }
-                    *loss = F::of(libm::log(sum.to_f64()) - shifted_target);
-                },
-            )
+                }
+                // -log p[tgt] = log(sum_j exp(l_j - max)) - (l_tgt - max), exact for tiny p.
+                let shifted_target = (p[tgt as usize] - max).to_f64();
+                for pj in p.iter_mut() {
+                    *pj = (*pj - max).exp();
+                }
+                let mut sum = F::ZERO;
+                for &pj in p.iter() {
+                    sum += pj;
+                }
+                let inv = F::ONE / sum;
+                for pj in p.iter_mut() {
+                    *pj *= inv;
+                }
+                *loss = F::of(libm::log(sum.to_f64()) - shifted_target);
+            }
         });
     losses.iter().map(|l| l.to_f64()).sum::<f64>() / losses.len() as f64
 }
