@@ -129,8 +129,14 @@ impl Backend {
     /// line says why) and returns the notice the run reports once it has finished on the
     /// CPU; `during` says where, e.g. "in block 3".
     pub fn gpu_failed(&self, msg: &str, during: &str) -> String {
+        self.gpu_failed_then(msg, during, "the run finished on the CPU")
+    }
+
+    /// `gpu_failed` for a run that is not over yet: `then` says what happens next, e.g. "the
+    /// run went on on the CPU".
+    pub fn gpu_failed_then(&self, msg: &str, during: &str, then: &str) -> String {
         self.disable_gpu(format!("the GPU failed during a run: {msg}"));
-        format!("The GPU failed {during} ({msg}); the run finished on the CPU.")
+        format!("The GPU failed {during} ({msg}); {then}.")
     }
 
     pub fn info(&self) -> BackendInfo {

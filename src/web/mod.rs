@@ -879,10 +879,11 @@ impl Lab {
                     let at = trainer.steps_done();
                     let kept = trainer.fall_back().map_err(to_js_err)?;
                     // The backend's notice, worded for a run that goes on from a saved state.
-                    let notice = self
-                        .backend
-                        .gpu_failed(&msg, &format!("after step {at} of {}", opts.steps))
-                        .replace("the run finished on the CPU", "the run went on on the CPU");
+                    let notice = self.backend.gpu_failed_then(
+                        &msg,
+                        &format!("after step {at} of {}", opts.steps),
+                        "the run went on on the CPU",
+                    );
                     let notice = if kept == 0 {
                         format!(
                             "{notice} It started again from the initial weights (no evaluation \
