@@ -259,7 +259,7 @@ pub fn run(args: &SebraArgs) -> Result<()> {
         run = run.with_ce_engine(Box::new(GpuCeEngine::new(ctx, &opts)?));
     }
     eprintln!("backend: {}", run.backend());
-    while run.step(&StderrProgress)? {}
+    while pollster::block_on(run.step(&StderrProgress))? {}
     let result = run.finish()?;
     eprintln!("{}", summary(&result));
     if let Some(path) = &args.json {

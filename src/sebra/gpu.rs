@@ -18,8 +18,8 @@
 //! steps since the last call, e.g. once per epoch). Only when the log is full (`LOSS_LOG`
 //! steps without a `losses`) does a step read it back before going on.
 //!
-//! `GpuCeEngine` (native) is `run::CeEngine` over a `GpuCnnTrainer`, a fresh one per phase:
-//! `layerlab sebra --backend gpu` trains the batches of ERM, Stage 1 and the oracle with it and
+//! `GpuCeEngine` is `run::CeEngine` over a `GpuCnnTrainer`, a fresh one per phase:
+//! `layerlab sebra --backend gpu` (and the page's Bias tab on a GPU backend) trains the batches of ERM, Stage 1 and the oracle with it and
 //! the rest (Stage 1's per-epoch scoring pass, Stage 2, every test scoring) on the CPU, and
 //! the report's `backend` says so. Checked against the CPU path in tests/sebra_gpu.rs.
 
@@ -30,6 +30,7 @@ use crate::compute::recorder::RecorderStats;
 use crate::compute::sebra_kernels::CeWeighting;
 use crate::compute::{DType, GpuContext, GpuTensor, Recorder};
 use crate::train::ops::AdamConfig;
+use crate::train::EngineFuture;
 use crate::{LabError, Result};
 
 /// Steps whose losses the resident log holds before a step has to read it back.
@@ -320,17 +321,15 @@ impl<'a> GpuCnnTrainer<'a> {
     }
 }
 
-/// `run::CeEngine` on the GPU for the CLI (each call awaited with `pollster`): the training
-/// batches of ERM, Stage 1 and the oracle through a `GpuCnnTrainer`, a fresh one per phase
-/// (`begin`); everything else of the run on the CPU.
-#[cfg(not(target_arch = "wasm32"))]
+/// `run::CeEngine` on the GPU, for the CLI (awaited with `pollster`) and the page (awaited in
+/// its worker): the training batches of ERM, Stage 1 and the oracle through a
+/// `GpuCnnTrainer`, a fresh one per phase (`begin`); everything else of the run on the CPU.
 pub struct GpuCeEngine<'a> {
     ctx: &'a GpuContext,
     opts: SebraOptions,
     trainer: Option<GpuCnnTrainer<'a>>,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl<'a> GpuCeEngine<'a> {
     /// An engine for the run of `opts` (its CNN, optimizer, learning rate and momentum).
     pub fn new(ctx: &'a GpuContext, opts: &SebraOptions) -> Result<Self> {
@@ -353,30 +352,34 @@ impl<'a> GpuCeEngine<'a> {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
 impl super::run::CeEngine for GpuCeEngine<'_> {
     fn describe(&self) -> String {
         format!("gpu ({})", self.ctx.describe())
     }
 
-    fn begin(&mut self, params: &Params<f32>) -> Result<()> {
-        // The previous phase's trainer (and its pool buffers) goes first.
-        self.trainer = None;
-        self.trainer = Some(pollster::block_on(GpuCnnTrainer::new(
-            self.ctx, &self.opts, params,
-        ))?);
-        Ok(())
+    fn begin<'s>(&'s mut self, params: &'s Params<f32>) -> EngineFuture<'s, ()> {
+        Box::pin(async move {
+            // The previous phase's trainer (and its pool buffers) goes first.
+            self.trainer = None;
+            self.trainer = Some(GpuCnnTrainer::new(self.ctx, &self.opts, params).await?);
+            Ok(())
+        })
     }
 
-    fn step(&mut self, x: &[f32], labels: &[u32], weights: CeWeights) -> Result<()> {
-        pollster::block_on(self.trainer()?.step_weighted(x, labels, weights))
+    fn step<'s>(
+        &'s mut self,
+        x: &'s [f32],
+        labels: &'s [u32],
+        weights: CeWeights<'s>,
+    ) -> EngineFuture<'s, ()> {
+        Box::pin(async move { self.trainer()?.step_weighted(x, labels, weights).await })
     }
 
-    fn losses(&mut self) -> Result<Vec<f64>> {
-        pollster::block_on(self.trainer()?.losses())
+    fn losses(&mut self) -> EngineFuture<'_, Vec<f64>> {
+        Box::pin(async move { self.trainer()?.losses().await })
     }
 
-    fn params(&mut self) -> Result<Params<f32>> {
-        pollster::block_on(self.trainer()?.params())
+    fn params(&mut self) -> EngineFuture<'_, Params<f32>> {
+        Box::pin(async move { self.trainer()?.params().await })
     }
 }
