@@ -15,10 +15,12 @@
 mod common;
 
 use common::{check, exact, gpu, uniform};
+use layerlab::compute::sebra_kernels::CeWeighting;
 use layerlab::compute::{DType, GpuContext, GpuTensor, Recorder};
 use layerlab::sebra::cnn::{self, ConvDims};
 use layerlab::sebra::loss;
 use layerlab::sebra::model::{Net, NetConfig, Params};
+use layerlab::sebra::run::ce_step;
 use layerlab::sebra::ModelKind;
 
 fn run<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -343,6 +345,195 @@ fn whole_cnn_loss_and_gradients_match_cpu_model() {
         exact_unless_fused(&gpu, &format!("{what} features"), &got[1], &acts.features);
         check(&format!("{what} dlogits"), &got[2], &dlogits, 1e-5);
         for ((name, _, _), (g, want)) in specs.iter().zip(got[3..].iter().zip(&grads.tensors)) {
+            check(&format!("{what} d{name}"), g, want, 1e-5);
+        }
+    }
+}
+
+/// Logits (B, K) in [-8, 8], and in every seventh row the label's logit 120 below the
+/// others: p[label] underflows to 0 on both sides (w = 0 there, as pow(0, 1/beta) is).
+fn awkward_logits(seed: u64, b: usize, k: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut logits = uniform(seed, b * k, -8.0, 8.0);
+    let labels: Vec<u32> = (0..b).map(|r| ((r * 5 + r / 3) % k) as u32).collect();
+    if k > 1 {
+        for r in (3..b).step_by(7) {
+            let row = &mut logits[r * k..(r + 1) * k];
+            row.iter_mut().for_each(|v| *v = 40.0);
+            row[labels[r] as usize] = -80.0;
+        }
+    }
+    (logits, labels)
+}
+
+/// The weighted cross-entropy after the softmax (sebra_loss.wgsl, after xent.wgsl's softmax
+/// and with its loss_mean) against its twins in `sebra::loss` (`softmax`, `upweights`,
+/// `weighted_ce_forward`, `weighted_ce_backward`; themselves checked against PyTorch and
+/// finite differences in tests/sebra_model.rs), with fixed weights (the oracle's) and Stage
+/// 1's up-weights, on sizes that are not multiples of the workgroup (B 1, 7, 257, 300; K 1,
+/// 2, 3, 13), with rows whose p[label] underflows to 0.
+///
+/// Tolerances: the softmax's exp and the weights' pow are WGSL's (a few ulp from libm; the CPU
+/// takes the pow in f64), the mean is summed in f32 against the CPU's f64: weights and dlogits
+/// within 1e-5 of the tensor's largest value, the loss within 1e-5 relative. Fixed weights
+/// come back as given, bit for bit.
+#[test]
+fn weighted_cross_entropy_matches_twins() {
+    let gpu = gpu();
+    let beta_inv = 0.7;
+    for (i, &(b, k)) in [(1usize, 2usize), (7, 3), (257, 13), (300, 2), (5, 1)]
+        .iter()
+        .enumerate()
+    {
+        let s = 600 + 10 * i as u64;
+        let (logits, labels) = awkward_logits(s, b, k);
+        let fixed = uniform(s + 1, b, 0.1, 5.0);
+        let probs = loss::softmax(&logits, k);
+        for upweighted in [false, true] {
+            let w = if upweighted {
+                loss::upweights(&probs, &labels, beta_inv)
+            } else {
+                fixed.clone()
+            };
+            let want_loss = loss::weighted_ce_forward(&logits, &labels, &w);
+            let mut dlogits = vec![0f32; b * k];
+            loss::weighted_ce_backward(&mut dlogits, &probs, &labels, &w, 1.0);
+
+            let mut rec = Recorder::new(&gpu).unwrap();
+            let lg = up(&mut rec, &logits, &[b, k]);
+            let yg = rec.upload_u32(&labels, &[b]).unwrap();
+            let fg = up(&mut rec, &fixed, &[b]);
+            let ce = rec.xent_rows(&lg, &yg, false).unwrap();
+            let weighting = if upweighted {
+                CeWeighting::Up { beta_inv }
+            } else {
+                CeWeighting::Fixed(&fg)
+            };
+            let (wce, wg) = rec.weighted_xent_rows(&lg, &yg, &ce, weighting).unwrap();
+            let mean = rec.loss_mean(&wce).unwrap();
+            let got = read(&mut rec, &[&lg, &wg, &mean]);
+
+            let what = format!(
+                "B {b} K {k} {}",
+                if upweighted { "up-weighted" } else { "fixed" }
+            );
+            if upweighted {
+                check(&format!("{what} weights"), &got[1], &w, 1e-5);
+                let zeros = (3..b).step_by(7).filter(|_| k > 1).count();
+                let got_zeros = got[1].iter().filter(|&&v| v == 0.0).count();
+                assert_eq!(got_zeros, zeros, "{what}: weights of underflowed p[label]");
+            } else {
+                exact(&format!("{what} weights"), &got[1], &fixed);
+            }
+            check(&format!("{what} dlogits"), &got[0], &dlogits, 1e-5);
+            let d = (got[2][0] as f64 - want_loss).abs() / want_loss.abs().max(1e-30);
+            eprintln!(
+                "{what} loss: gpu {} cpu {want_loss} ({d:.2e}, tolerance 1e-5)",
+                got[2][0]
+            );
+            assert!(
+                d <= 1e-5 || (want_loss == 0.0 && got[2][0] == 0.0),
+                "{what} loss"
+            );
+        }
+    }
+}
+
+#[test]
+fn weighted_cross_entropy_rejects_bad_weights() {
+    let gpu = gpu();
+    let mut rec = Recorder::new(&gpu).unwrap();
+    let lg = rec.zeros(&[4, 3], DType::F32).unwrap();
+    let yg = rec.zeros(&[4], DType::U32).unwrap();
+    let ce = rec.zeros(&[4], DType::F32).unwrap();
+    let short = rec.zeros(&[3], DType::F32).unwrap();
+    let bad = |r: layerlab::Result<(GpuTensor, GpuTensor)>| r.err().unwrap().to_string();
+    let e = bad(rec.weighted_xent_rows(&lg, &yg, &ce, CeWeighting::Fixed(&short)));
+    assert!(e.contains("weights"), "{e}");
+    let e = bad(rec.weighted_xent_rows(&lg, &yg, &ce, CeWeighting::Up { beta_inv: 0.0 }));
+    assert!(e.contains("1/beta"), "{e}");
+    let e = bad(rec.weighted_xent_rows(&lg, &yg, &ce, CeWeighting::Ones));
+    assert!(e.contains("no weights"), "{e}");
+    let e = bad(rec.weighted_xent_rows(&lg, &ce, &ce, CeWeighting::Up { beta_inv: 0.7 }));
+    assert!(e.contains("labels"), "{e}");
+}
+
+/// The whole CNN with the oracle's fixed weights and with Stage 1's up-weights, forward and
+/// backward in one recording, against the CPU path `run::ce_step` (checked against PyTorch
+/// and finite differences in tests/sebra_model.rs) at an awkward size (S 21, W 5, K 3, B 7):
+/// the loss within 1e-5 relative, the weights and every gradient within 1e-5 of the tensor's
+/// largest value (the head's rounding, WGSL's exp and pow; see the plain loss's test above).
+#[test]
+fn whole_cnn_weighted_losses_match_cpu_model() {
+    let gpu = gpu();
+    let cfg = NetConfig {
+        kind: ModelKind::Cnn,
+        classes: 3,
+        image: 21,
+        width: 5,
+    };
+    let b = 7;
+    let s = 700;
+    let net = Net::<f32>::new(cfg, s);
+    let x = uniform(s + 1, b * cfg.input_len(), 0.0, 1.0);
+    let labels: Vec<u32> = (0..b).map(|r| ((r * 2 + 1) % cfg.classes) as u32).collect();
+    let fixed = uniform(s + 2, b, 0.1, 5.0);
+    let beta_inv = 0.7;
+    for upweighted in [false, true] {
+        let mut grads = Params::<f32>::zeros(&cfg);
+        let cpu_loss = if upweighted {
+            ce_step(&net, &mut grads, &x, &labels, None, Some(beta_inv))
+        } else {
+            ce_step(&net, &mut grads, &x, &labels, Some(&fixed), None)
+        };
+        let probs = loss::softmax(&net.head_forward(&net.backbone_forward(&x, b).features), 3);
+        let cpu_w = if upweighted {
+            loss::upweights(&probs, &labels, beta_inv)
+        } else {
+            fixed.clone()
+        };
+
+        let mut rec = Recorder::new(&gpu).unwrap();
+        let specs = cfg.specs();
+        let pg: Vec<GpuTensor> = net
+            .params
+            .tensors
+            .iter()
+            .zip(&specs)
+            .map(|(t, (_, shape, _))| up(&mut rec, t, shape))
+            .collect();
+        let gg: Vec<GpuTensor> = specs
+            .iter()
+            .map(|(_, shape, _)| rec.zeros(shape, DType::F32).unwrap())
+            .collect();
+        let xg = up(&mut rec, &x, &[b, 3, cfg.image, cfg.image]);
+        let lg = rec.upload_u32(&labels, &[b]).unwrap();
+        let fg = up(&mut rec, &fixed, &[b]);
+        let weighting = if upweighted {
+            CeWeighting::Up { beta_inv }
+        } else {
+            CeWeighting::Fixed(&fg)
+        };
+        let step = rec
+            .cnn_weighted_loss_backward(&cfg, &pg, &gg, &xg, &lg, weighting)
+            .unwrap();
+        let wg = step.weights.as_ref().expect("the step's weights");
+        let mut outs = vec![&step.loss, wg];
+        outs.extend(gg.iter());
+        let got = read(&mut rec, &outs);
+
+        let what = if upweighted {
+            "up-weighted"
+        } else {
+            "fixed weights"
+        };
+        let d = (got[0][0] as f64 - cpu_loss).abs() / cpu_loss.abs();
+        eprintln!(
+            "{what} loss: gpu {} cpu {cpu_loss} ({d:.2e}, tolerance 1e-5)",
+            got[0][0]
+        );
+        assert!(d <= 1e-5, "{what} loss");
+        check(&format!("{what} weights"), &got[1], &cpu_w, 1e-5);
+        for ((name, _, _), (g, want)) in specs.iter().zip(got[2..].iter().zip(&grads.tensors)) {
             check(&format!("{what} d{name}"), g, want, 1e-5);
         }
     }

@@ -569,7 +569,8 @@ async fn run_experiment(
         LabSpec::Prune(spec) => RunReport::Prune(run_prune(b, spec, files).await?),
         LabSpec::Compute(spec) => RunReport::Compute(run_compute(b, spec).await?),
         LabSpec::Train(spec) => RunReport::Train(run_train(spec, files)?),
-        // The bias lab trains on the CPU whatever the backend (its GPU path is not built yet).
+        // `layerlab run` trains the bias lab on the CPU whatever the backend: the reference the
+        // page's runs are checked against (`layerlab sebra --backend gpu` trains on the GPU).
         LabSpec::Sebra(spec) => RunReport::Sebra(layerlab::sebra::cli::run_spec(
             spec,
             &layerlab::sebra::cli::StderrProgress,

@@ -1,7 +1,8 @@
 //! The bias lab's CNN kernels on the GPU: the WGSL twins of `sebra::cnn`'s paired
 //! `*_forward` / `*_backward` functions, each a method of the one `Recorder` (so a whole
 //! Sebra step can be recorded into one submission, its tensors from the buffer pool).
-//! Kernel: shaders/sebra_cnn.wgsl.
+//! Kernels: shaders/sebra_cnn.wgsl; the weighted cross-entropy of Stage 1 and the oracle
+//! (`weighted_xent_rows`, after xent.wgsl's softmax): shaders/sebra_loss.wgsl.
 //!
 //! Shapes and conventions as the twins' (legend in `sebra::cnn`): maps (B, C, H, W) row-major,
 //! a convolution's weight (O, K = C 9), im2col's columns (B, K, P = H W); a backward *adds*
@@ -27,6 +28,33 @@ pub const SEBRA_CNN: Shader = Shader {
     name: "sebra_cnn.wgsl",
     source: include_str!("../../shaders/sebra_cnn.wgsl"),
 };
+pub const SEBRA_LOSS: Shader = Shader {
+    name: "sebra_loss.wgsl",
+    source: include_str!("../../shaders/sebra_loss.wgsl"),
+};
+
+/// The per-sample weights w_i of the CNN's loss L = (1/B) sum_i w_i CE_i (as `run::ce_step`'s:
+/// the mean divides by B, whatever the weights sum to; the weights are constants).
+#[derive(Clone, Copy)]
+pub enum CeWeighting<'t> {
+    /// 1 each: ERM's plain mean cross-entropy.
+    Ones,
+    /// Given, (B) f32: the oracle's group-balanced weights.
+    Fixed(&'t GpuTensor),
+    /// Stage 1's up-weights stopgrad(p_{i,y_i})^beta_inv from the step's own softmax.
+    Up { beta_inv: f64 },
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct WeightedXentParams {
+    rows: u32,
+    cols: u32,
+    inv_n: f32,
+    mode: u32,
+    beta_inv: f32,
+    _pad: [u32; 3],
+}
 
 /// Invocations per workgroup.
 const WG: usize = 256;
@@ -430,6 +458,67 @@ impl Recorder<'_> {
         )
     }
 
+    /// The weighted cross-entropy after the softmax (sebra_loss.wgsl; the twins
+    /// `sebra::loss::upweights`, `weighted_ce_forward`'s terms, `weighted_ce_backward`):
+    /// `probs` (B, K) = softmax (`xent_rows` without backward) becomes dlogits =
+    /// (w_i / B) (p - onehot); `ce` (B) = -log p[label]. `weighting`: `Fixed(w)` reads w, `Up`
+    /// computes w_i = p_{i,y_i}^beta_inv into a new tensor. Returns (w_i ce_i (B), the weights
+    /// (B)); the loss is `loss_mean` of the first.
+    pub fn weighted_xent_rows(
+        &mut self,
+        probs: &GpuTensor,
+        labels: &GpuTensor,
+        ce: &GpuTensor,
+        weighting: CeWeighting,
+    ) -> Result<(GpuTensor, GpuTensor)> {
+        let (b, k) = probs.shape();
+        if b == 0 || k == 0 {
+            return Err(LabError::invalid(format!(
+                "weighted cross-entropy: {b} rows of {k} probabilities"
+            )));
+        }
+        want_len("weighted cross-entropy labels", labels, b, DType::U32)?;
+        want_len("weighted cross-entropy losses", ce, b, DType::F32)?;
+        as_u32("weighted cross-entropy values", b * k)?;
+        let (weights, mode, beta_inv) = match weighting {
+            CeWeighting::Fixed(w) => {
+                want_len("weighted cross-entropy weights", w, b, DType::F32)?;
+                (w.clone(), 0, 0.0)
+            }
+            CeWeighting::Up { beta_inv } => {
+                if !(beta_inv.is_finite() && beta_inv > 0.0) {
+                    return Err(LabError::invalid(format!(
+                        "up-weighted cross-entropy: 1/beta must be positive, found {beta_inv}"
+                    )));
+                }
+                (self.output(&[b], DType::F32)?, 1, beta_inv as f32)
+            }
+            CeWeighting::Ones => {
+                return Err(LabError::invalid(
+                    "weighted cross-entropy: no weights given (plain cross-entropy is \
+                     xent_logits)",
+                ))
+            }
+        };
+        let wce = self.output(&[b], DType::F32)?;
+        let p = WeightedXentParams {
+            rows: b as u32,
+            cols: k as u32,
+            inv_n: (1.0 / b as f64) as f32,
+            mode,
+            beta_inv,
+            _pad: [0; 3],
+        };
+        self.dispatch(
+            &SEBRA_LOSS,
+            "weighted_xent_rows",
+            &[probs, labels, ce, &weights, &wce],
+            &p,
+            flat_grid(b, WG)?,
+        )?;
+        Ok((wce, weights))
+    }
+
     /// The CNN classifier (`sebra::model`, `ModelKind::Cnn`) on one batch, forward and
     /// backward in this one recording, with the plain (unweighted) mean cross-entropy:
     /// x (B, 3, S, S), labels (B) u32, `params` and `grads` in `NetConfig::specs` order
@@ -443,6 +532,21 @@ impl Recorder<'_> {
         grads: &[GpuTensor],
         x: &GpuTensor,
         labels: &GpuTensor,
+    ) -> Result<CnnStep> {
+        self.cnn_weighted_loss_backward(cfg, params, grads, x, labels, CeWeighting::Ones)
+    }
+
+    /// `cnn_loss_backward` with per-sample weights: L = (1/B) sum_i w_i CE_i, the twin of
+    /// `run::ce_step` with its weights (`Ones`: the plain mean, through xent.wgsl's fused
+    /// backward as before; `Fixed` / `Up`: the softmax, then `weighted_xent_rows`).
+    pub fn cnn_weighted_loss_backward(
+        &mut self,
+        cfg: &NetConfig,
+        params: &[GpuTensor],
+        grads: &[GpuTensor],
+        x: &GpuTensor,
+        labels: &GpuTensor,
+        weighting: CeWeighting,
     ) -> Result<CnnStep> {
         let specs = cfg.specs();
         if cfg.kind != ModelKind::Cnn || params.len() != specs.len() || grads.len() != specs.len() {
@@ -487,7 +591,17 @@ impl Recorder<'_> {
         let features = self.avgpool_forward(&cur, s3 * s3)?.reshape(&[b, dim])?;
         let head = params[6].reshape(&[k, dim])?;
         let logits = self.linear(&features, &head, Some(&params[7]))?;
-        let (losses, loss) = self.xent_logits(&logits, labels, true)?;
+        let (losses, loss, weights) = match weighting {
+            CeWeighting::Ones => {
+                let (losses, loss) = self.xent_logits(&logits, labels, true)?;
+                (losses, loss, None)
+            }
+            CeWeighting::Fixed(_) | CeWeighting::Up { .. } => {
+                let ce = self.xent_rows(&logits, labels, false)?;
+                let (wce, w) = self.weighted_xent_rows(&logits, labels, &ce, weighting)?;
+                (ce, self.loss_mean(&wce)?, Some(w))
+            }
+        };
 
         // Backward (logits now hold dlogits).
         let dfeatures = self.zeros(&[b, dim], DType::F32)?;
@@ -519,6 +633,7 @@ impl Recorder<'_> {
         Ok(CnnStep {
             loss,
             losses,
+            weights,
             dlogits: logits,
             features,
         })
@@ -527,11 +642,13 @@ impl Recorder<'_> {
 
 /// What `Recorder::cnn_loss_backward` leaves on the GPU besides the gradients.
 pub struct CnnStep {
-    /// [1]: the mean cross-entropy.
+    /// [1]: the (weighted) mean cross-entropy, (1/B) sum_i w_i CE_i.
     pub loss: GpuTensor,
-    /// (B): each image's -log p[label].
+    /// (B): each image's -log p[label], unweighted.
     pub losses: GpuTensor,
-    /// (B, K): dloss/dlogits = (p - onehot) / B.
+    /// (B): the weights w_i (the given ones, or Stage 1's up-weights); None for `Ones`.
+    pub weights: Option<GpuTensor>,
+    /// (B, K): dloss/dlogits = w_i (p - onehot) / B.
     pub dlogits: GpuTensor,
     /// (B, D): the backbone's features.
     pub features: GpuTensor,

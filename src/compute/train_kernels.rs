@@ -713,13 +713,26 @@ impl Recorder<'_> {
     /// Softmax cross-entropy of logits (N, V) already computed, against u32 targets (N):
     /// (losses (N) = -log p[target], mean [1]); the logits are overwritten with the
     /// probabilities, or with `backward` by dlogits = (p - onehot) / N. Kernel: xent.wgsl
-    /// (the part of `lm_head_xent` after the head's product).
+    /// (the part of `lm_head_xent` after the head's product): `xent_rows`, then `loss_mean`.
     pub fn xent_logits(
         &mut self,
         logits: &GpuTensor,
         targets: &GpuTensor,
         backward: bool,
     ) -> Result<(GpuTensor, GpuTensor)> {
+        let losses = self.xent_rows(logits, targets, backward)?;
+        let mean = self.loss_mean(&losses)?;
+        Ok((losses, mean))
+    }
+
+    /// `xent_logits` without the mean: losses (N) = -log p[target], the logits overwritten
+    /// with p, or with `backward` by (p - onehot) / N.
+    pub fn xent_rows(
+        &mut self,
+        logits: &GpuTensor,
+        targets: &GpuTensor,
+        backward: bool,
+    ) -> Result<GpuTensor> {
         let (n, v) = logits.shape();
         if targets.len() != n || targets.dtype() != DType::U32 || n == 0 || v == 0 {
             return Err(LabError::invalid(format!(
@@ -741,9 +754,28 @@ impl Recorder<'_> {
             &p,
             flat_grid(n, 1)?,
         )?;
+        Ok(losses)
+    }
+
+    /// [1] = (1/N) sum of losses (N), one workgroup adding in a fixed order (xent.wgsl
+    /// `loss_mean`).
+    pub fn loss_mean(&mut self, losses: &GpuTensor) -> Result<GpuTensor> {
+        let n = losses.len();
+        if n == 0 || losses.dtype() != DType::F32 {
+            return Err(LabError::invalid(format!(
+                "loss mean: {n} {:?} losses (expected at least one f32)",
+                losses.dtype()
+            )));
+        }
+        let p = XentParams {
+            rows: as_u32("loss mean rows", n)?,
+            cols: 1,
+            inv_n: (1.0 / n as f64) as f32,
+            mode: 0,
+        };
         let mean = self.output(&[1], DType::F32)?;
-        self.dispatch(&XENT, "loss_mean", &[&losses, &mean], &p, [1, 1, 1])?;
-        Ok((losses, mean))
+        self.dispatch(&XENT, "loss_mean", &[losses, &mean], &p, [1, 1, 1])?;
+        Ok(mean)
     }
 
     // -----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use super::gpu::GpuErm;
+use super::gpu::GpuCeEngine;
 use super::run::{run_sebra, EpochRecord, Phase, RankEpoch, SebraMonitor, SebraReport, SebraRun};
 use super::{data, ModelKind, OptimizerKind, SebraOptions};
 use crate::compute::GpuContext;
@@ -89,8 +89,9 @@ pub struct SebraArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto (the CPU, for now), gpu (ERM's training batches on the GPU, every other phase
-    /// and all scoring on the CPU; the report's `backend` says so) or cpu.
+    /// auto (the CPU, for now), gpu (the training batches of ERM, Stage 1 and the oracle on
+    /// the GPU; Stage 1's per-epoch scoring, Stage 2 and every test scoring on the CPU; the
+    /// report's `backend` says so) or cpu.
     #[arg(long, default_value = "auto")]
     pub backend: String,
     /// Write the generated splits here (safetensors).
@@ -226,8 +227,8 @@ pub fn run(args: &SebraArgs) -> Result<()> {
         "cpu" => None,
         "auto" => {
             eprintln!(
-                "backend: CPU (auto; --backend gpu trains ERM's batches on the GPU, the other \
-                 phases are CPU-only so far)"
+                "backend: CPU (auto; --backend gpu trains the batches of ERM, Stage 1 and the \
+                 oracle on the GPU; Stage 2 and the scoring passes are CPU-only so far)"
             );
             None
         }
@@ -255,10 +256,10 @@ pub fn run(args: &SebraArgs) -> Result<()> {
     }
     let mut run = SebraRun::new(&opts, &data, data_s)?;
     if let Some(ctx) = &gpu {
-        run = run.with_erm_engine(Box::new(GpuErm::new(ctx, &opts)?));
+        run = run.with_ce_engine(Box::new(GpuCeEngine::new(ctx, &opts)?));
     }
     eprintln!("backend: {}", run.backend());
-    while run.step(&StderrProgress)? {}
+    while pollster::block_on(run.step(&StderrProgress))? {}
     let result = run.finish()?;
     eprintln!("{}", summary(&result));
     if let Some(path) = &args.json {

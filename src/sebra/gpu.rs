@@ -1,9 +1,13 @@
-//! The bias lab's CNN trained on the GPU: ERM's step (zero the gradients, the CNN's forward,
-//! mean cross-entropy and backward, the optimizer's update) recorded through one `Recorder`
-//! into one submission, with the parameters, gradients and optimizer state resident in pool
-//! buffers for the whole run (one tensor each, in `NetConfig::specs` order).
+//! The bias lab's CNN trained on the GPU: a cross-entropy step (zero the gradients, the CNN's
+//! forward, the (weighted) mean cross-entropy and backward, the optimizer's update) recorded
+//! through one `Recorder` into one submission, with the parameters, gradients and optimizer
+//! state resident in pool buffers for a whole phase (one tensor each, in `NetConfig::specs`
+//! order). The loss is ERM's plain mean, the oracle's with fixed per-sample weights, or Stage
+//! 1's up-weighted loss with w_i = stopgrad(p_{i,y_i})^(1/beta) from the step's own softmax on
+//! the GPU (`run::CeWeights`, as `run::ce_step`: L = (1/B) sum_i w_i CE_i).
 //!
-//! The ops are `Recorder::cnn_loss_backward` (the WGSL twins of `sebra::model`'s CNN), then
+//! The ops are `Recorder::cnn_weighted_loss_backward` (the WGSL twins of `sebra::model`'s CNN
+//! and of `sebra::loss`'s weighted cross-entropy), then
 //! Adam through the training core's `Recorder::adamw` (the same f32 arithmetic as
 //! `train::ops::adamw_update`, which `run::Optimizer` calls for Adam: torch's bias correction,
 //! eps 1e-8, here with weight decay 0 and a clip scale of exactly 1) or SGD with momentum
@@ -14,16 +18,19 @@
 //! steps since the last call, e.g. once per epoch). Only when the log is full (`LOSS_LOG`
 //! steps without a `losses`) does a step read it back before going on.
 //!
-//! `GpuErm` (native) is `run::ErmEngine` over a `GpuCnnTrainer`: `layerlab sebra --backend
-//! gpu` trains ERM's batches with it and everything else (ERM's scoring, Stage 1, Stage 2,
-//! the oracle) on the CPU, and the report's `backend` says so. Checked against the CPU path
-//! in tests/sebra_gpu.rs.
+//! `GpuCeEngine` is `run::CeEngine` over a `GpuCnnTrainer`, a fresh one per phase:
+//! `layerlab sebra --backend gpu` (and the page's Bias tab on a GPU backend) trains the batches of ERM, Stage 1 and the oracle with it and
+//! the rest (Stage 1's per-epoch scoring pass, Stage 2, every test scoring) on the CPU, and
+//! the report's `backend` says so. Checked against the CPU path in tests/sebra_gpu.rs.
 
 use super::model::{NetConfig, Params};
+use super::run::CeWeights;
 use super::{ModelKind, OptimizerKind, SebraOptions};
 use crate::compute::recorder::RecorderStats;
+use crate::compute::sebra_kernels::CeWeighting;
 use crate::compute::{DType, GpuContext, GpuTensor, Recorder};
 use crate::train::ops::AdamConfig;
+use crate::train::EngineFuture;
 use crate::{LabError, Result};
 
 /// Steps whose losses the resident log holds before a step has to read it back.
@@ -54,6 +61,8 @@ pub struct GpuCnnTrainer<'a> {
     read: Vec<f64>,
     /// The last step's recorder counts, taken just before its one submission.
     last: RecorderStats,
+    /// The last step's per-sample weights (B), resident; None after an ERM step.
+    last_weights: Option<GpuTensor>,
 }
 
 fn upload_all(rec: &mut Recorder, cfg: &NetConfig, p: &Params<f32>) -> Result<Vec<GpuTensor>> {
@@ -135,6 +144,7 @@ impl<'a> GpuCnnTrainer<'a> {
             capacity,
             read: Vec::new(),
             last: RecorderStats::default(),
+            last_weights: None,
         })
     }
 
@@ -157,6 +167,17 @@ impl<'a> GpuCnnTrainer<'a> {
     /// cross-entropy's gradient, the optimizer's update, recorded into one submission that
     /// is not waited for (the loss goes to the log; see `losses`).
     pub async fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
+        self.step_weighted(x, labels, CeWeights::Ones).await
+    }
+
+    /// `step` with per-sample weights: `Fixed` (B values, uploaded with the batch) or Stage
+    /// 1's `Up`, computed on the GPU from the step's softmax (`last_weights` reads them).
+    pub async fn step_weighted(
+        &mut self,
+        x: &[f32],
+        labels: &[u32],
+        weights: CeWeights<'_>,
+    ) -> Result<()> {
         let b = labels.len();
         let (k, s) = (self.cfg.classes, self.cfg.image);
         if b == 0 || x.len() != b * self.cfg.input_len() {
@@ -171,6 +192,23 @@ impl<'a> GpuCnnTrainer<'a> {
                 "label {bad} is outside the {k} classes"
             )));
         }
+        match weights {
+            CeWeights::Fixed(w) if w.len() != b => {
+                return Err(LabError::invalid(format!(
+                    "a batch of {b} images with {} per-sample weights",
+                    w.len()
+                )))
+            }
+            CeWeights::Fixed(w) if w.iter().any(|v| !v.is_finite()) => {
+                return Err(LabError::invalid("a per-sample weight is not finite"))
+            }
+            CeWeights::Up { beta_inv } if !(beta_inv.is_finite() && beta_inv > 0.0) => {
+                return Err(LabError::invalid(format!(
+                    "1/beta must be a positive number; found {beta_inv}"
+                )))
+            }
+            _ => {}
+        }
         if self.logged == self.capacity {
             let mut rec = Recorder::new(self.ctx)?;
             let got = rec.read(&self.log).await?;
@@ -184,8 +222,25 @@ impl<'a> GpuCnnTrainer<'a> {
         for g in &self.grads {
             rec.zero(g)?;
         }
-        let out = rec.cnn_loss_backward(&self.cfg, &self.params, &self.grads, &xg, &yg)?;
+        let fixed = match weights {
+            CeWeights::Fixed(w) => Some(rec.upload_f32(w, &[b])?),
+            _ => None,
+        };
+        let weighting = match (weights, &fixed) {
+            (CeWeights::Up { beta_inv }, _) => CeWeighting::Up { beta_inv },
+            (_, Some(w)) => CeWeighting::Fixed(w),
+            _ => CeWeighting::Ones,
+        };
+        let out = rec.cnn_weighted_loss_backward(
+            &self.cfg,
+            &self.params,
+            &self.grads,
+            &xg,
+            &yg,
+            weighting,
+        )?;
         rec.copy_rows(&out.loss, 0, 1, &self.log, self.logged, 1, 1, 1)?;
+        self.last_weights = out.weights.clone();
         drop(out);
         self.steps += 1;
         let first = self.steps == 1;
@@ -226,6 +281,17 @@ impl<'a> GpuCnnTrainer<'a> {
         Ok(out)
     }
 
+    /// Reads the last step's per-sample weights back (None after an ERM step or before any).
+    pub async fn last_weights(&self) -> Result<Option<Vec<f32>>> {
+        let Some(w) = &self.last_weights else {
+            return Ok(None);
+        };
+        let mut rec = Recorder::new(self.ctx)?;
+        let got = rec.read(w).await?;
+        rec.finish().await?;
+        Ok(Some(got))
+    }
+
     /// Reads the parameters back.
     pub async fn params(&self) -> Result<Params<f32>> {
         self.read_all(&self.params).await
@@ -255,17 +321,16 @@ impl<'a> GpuCnnTrainer<'a> {
     }
 }
 
-/// `run::ErmEngine` on the GPU for the CLI (each call awaited with `pollster`): ERM's training
-/// batches through a `GpuCnnTrainer`, everything else of the run on the CPU.
-#[cfg(not(target_arch = "wasm32"))]
-pub struct GpuErm<'a> {
+/// `run::CeEngine` on the GPU, for the CLI (awaited with `pollster`) and the page (awaited in
+/// its worker): the training batches of ERM, Stage 1 and the oracle through a
+/// `GpuCnnTrainer`, a fresh one per phase (`begin`); everything else of the run on the CPU.
+pub struct GpuCeEngine<'a> {
     ctx: &'a GpuContext,
     opts: SebraOptions,
     trainer: Option<GpuCnnTrainer<'a>>,
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-impl<'a> GpuErm<'a> {
+impl<'a> GpuCeEngine<'a> {
     /// An engine for the run of `opts` (its CNN, optimizer, learning rate and momentum).
     pub fn new(ctx: &'a GpuContext, opts: &SebraOptions) -> Result<Self> {
         if opts.model != ModelKind::Cnn {
@@ -273,7 +338,7 @@ impl<'a> GpuErm<'a> {
                 "GPU training is built for the CNN only: use --model cnn or --backend cpu",
             ));
         }
-        Ok(GpuErm {
+        Ok(GpuCeEngine {
             ctx,
             opts: opts.clone(),
             trainer: None,
@@ -283,32 +348,38 @@ impl<'a> GpuErm<'a> {
     fn trainer(&mut self) -> Result<&mut GpuCnnTrainer<'a>> {
         self.trainer
             .as_mut()
-            .ok_or_else(|| LabError::invalid("a GPU ERM step before begin"))
+            .ok_or_else(|| LabError::invalid("a GPU training step before begin"))
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
-impl super::run::ErmEngine for GpuErm<'_> {
+impl super::run::CeEngine for GpuCeEngine<'_> {
     fn describe(&self) -> String {
         format!("gpu ({})", self.ctx.describe())
     }
 
-    fn begin(&mut self, params: &Params<f32>) -> Result<()> {
-        self.trainer = Some(pollster::block_on(GpuCnnTrainer::new(
-            self.ctx, &self.opts, params,
-        ))?);
-        Ok(())
+    fn begin<'s>(&'s mut self, params: &'s Params<f32>) -> EngineFuture<'s, ()> {
+        Box::pin(async move {
+            // The previous phase's trainer (and its pool buffers) goes first.
+            self.trainer = None;
+            self.trainer = Some(GpuCnnTrainer::new(self.ctx, &self.opts, params).await?);
+            Ok(())
+        })
     }
 
-    fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<()> {
-        pollster::block_on(self.trainer()?.step(x, labels))
+    fn step<'s>(
+        &'s mut self,
+        x: &'s [f32],
+        labels: &'s [u32],
+        weights: CeWeights<'s>,
+    ) -> EngineFuture<'s, ()> {
+        Box::pin(async move { self.trainer()?.step_weighted(x, labels, weights).await })
     }
 
-    fn losses(&mut self) -> Result<Vec<f64>> {
-        pollster::block_on(self.trainer()?.losses())
+    fn losses(&mut self) -> EngineFuture<'_, Vec<f64>> {
+        Box::pin(async move { self.trainer()?.losses().await })
     }
 
-    fn params(&mut self) -> Result<Params<f32>> {
-        pollster::block_on(self.trainer()?.params())
+    fn params(&mut self) -> EngineFuture<'_, Params<f32>> {
+        Box::pin(async move { self.trainer()?.params().await })
     }
 }

@@ -16,8 +16,9 @@
 //!   forward/backward;
 //! - `loss`: weighted cross-entropy (ERM, Stage 1's up-weighting, the oracle) and Stage 2's
 //!   batch contrastive loss;
-//! - `gpu`: ERM's training step of the CNN on the GPU (parameters, gradients and optimizer
-//!   state resident, one submission per step);
+//! - `gpu`: the CNN's cross-entropy training step on the GPU (ERM's plain loss, Stage 1's
+//!   up-weighted one, the oracle's weighted one; parameters, gradients and optimizer state
+//!   resident, one submission per step);
 //! - `run`: `run_sebra` (ERM, Stage 1, Stage 2, the oracle, the scores) and its report;
 //! - `cli`: `layerlab sebra`.
 //!

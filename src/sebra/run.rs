@@ -30,6 +30,7 @@ use super::tau::{ranking_tau, RankingTau};
 use super::{OptimizerKind, SebraOptions};
 use crate::error::Result;
 use crate::train::ops::{adamw_update, AdamConfig};
+use crate::train::EngineFuture;
 
 /// The phases of a run, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,26 +133,58 @@ pub struct SebraReport {
     /// Every epoch of every phase.
     pub epochs: Vec<EpochRecord>,
     pub timings: Timings,
-    /// Where each phase ran, e.g. "cpu" or "erm training: gpu (adapter); ERM scoring, rank,
-    /// mitigate, oracle: cpu".
+    /// Where each phase ran, e.g. "cpu" or "erm, rank, oracle training: gpu (adapter); rank's
+    /// per-epoch scoring, mitigate, every test scoring: cpu" (`SebraRun::backend`).
     #[serde(default)]
     pub backend: String,
 }
 
-/// Runs ERM's training batches somewhere other than `ce_step` on this thread (the GPU:
-/// `sebra::gpu`): the same batches, the same init, the same optimizer; its steps may finish
-/// later, the losses and the weights are read back at the epochs' ends.
-pub trait ErmEngine {
+/// The per-sample weights of one cross-entropy batch, L = (1/B) sum_i w_i CE_i (the mean
+/// divides by B whatever the weights sum to; the weights are constants: no gradient flows
+/// through them).
+#[derive(Clone, Copy, Debug)]
+pub enum CeWeights<'w> {
+    /// 1 each: ERM.
+    Ones,
+    /// The batch's own weights, one per sample: the oracle's group-balanced weights.
+    Fixed(&'w [f32]),
+    /// Stage 1's up-weights w_i = stopgrad(p_{i,y_i})^beta_inv, from the step's own softmax.
+    Up { beta_inv: f64 },
+}
+
+/// Runs the cross-entropy phases' training batches (ERM, Stage 1, the oracle) somewhere other
+/// than `ce_step` on this thread (the GPU: `sebra::gpu`): the same batches, the same init, the
+/// same optimizer; its steps may finish later, the losses and the weights are read back at
+/// the epochs' ends. Each phase starts it afresh with `begin`. Every call returns a future
+/// (`train::EngineFuture`, as the training lab's `StepEngine`): the CLI awaits it with
+/// `pollster`, the page inside its worker.
+pub trait CeEngine {
     /// Where it trains, for the report's backend line ("gpu (adapter)").
     fn describe(&self) -> String;
-    /// Takes the initial parameters (before the first step).
-    fn begin(&mut self, params: &Params<f32>) -> Result<()>;
-    /// One ERM step (plain mean cross-entropy, then the optimizer).
-    fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<()>;
+    /// Starts a phase: takes its initial parameters (before its first step) and a fresh
+    /// optimizer state.
+    fn begin<'s>(&'s mut self, params: &'s Params<f32>) -> EngineFuture<'s, ()>;
+    /// One step: the weighted cross-entropy's gradient (`ce_step`), then the optimizer.
+    fn step<'s>(
+        &'s mut self,
+        x: &'s [f32],
+        labels: &'s [u32],
+        weights: CeWeights<'s>,
+    ) -> EngineFuture<'s, ()>;
     /// The losses of the steps since the last call, in order.
-    fn losses(&mut self) -> Result<Vec<f64>>;
-    /// The trained parameters.
-    fn params(&mut self) -> Result<Params<f32>>;
+    fn losses(&mut self) -> EngineFuture<'_, Vec<f64>>;
+    /// The parameters as trained so far.
+    fn params(&mut self) -> EngineFuture<'_, Params<f32>>;
+}
+
+/// A phase's name in the report's backend line and the page's progress ("erm", "rank", ...).
+pub fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Erm => "erm",
+        Phase::Rank => "rank",
+        Phase::Mitigate => "mitigate",
+        Phase::Oracle => "oracle",
+    }
 }
 
 /// A seed per purpose from the run's seed (SplitMix64 of seed + tag).
@@ -276,6 +309,21 @@ pub fn ce_step(
     net.head_backward(grads, &mut dfeat, &dlogits, &acts.features);
     net.backbone_backward(grads, &acts, &dfeat);
     value
+}
+
+/// `ce_step` with the weights as `CeWeights`.
+pub fn ce_step_weighted(
+    net: &Net<f32>,
+    grads: &mut Params<f32>,
+    x: &[f32],
+    labels: &[u32],
+    weights: CeWeights,
+) -> f64 {
+    match weights {
+        CeWeights::Ones => ce_step(net, grads, x, labels, None, None),
+        CeWeights::Fixed(w) => ce_step(net, grads, x, labels, Some(w), None),
+        CeWeights::Up { beta_inv } => ce_step(net, grads, x, labels, None, Some(beta_inv)),
+    }
 }
 
 /// Stage 2's gradient for one batch of triples (anchors, positives, negatives, the
@@ -514,8 +562,15 @@ pub struct SebraRun<'a> {
     last: (Phase, bool),
     /// Seconds inside `step`, all of it.
     busy_s: f64,
-    /// ERM's training batches run here instead of on the CPU (`with_erm_engine`).
-    erm_engine: Option<Box<dyn ErmEngine + 'a>>,
+    /// The cross-entropy phases' training batches (ERM, Stage 1, the oracle) run here instead
+    /// of on the CPU (`with_ce_engine`).
+    engine: Option<Box<dyn CeEngine + 'a>>,
+    /// The engine's description, kept after `fall_back` dropped it.
+    engine_name: Option<String>,
+    /// The phase the engine failed in and its error, after `fall_back`.
+    failed: Option<(Phase, String)>,
+    /// `work_done` when the current cross-entropy phase began (for `fall_back`).
+    phase_work: f64,
 }
 
 impl<'a> SebraRun<'a> {
@@ -556,25 +611,95 @@ impl<'a> SebraRun<'a> {
             fraction: 0.0,
             last: (Phase::Erm, false),
             busy_s: 0.0,
-            erm_engine: None,
+            engine: None,
+            engine_name: None,
+            failed: None,
+            phase_work: 0.0,
         })
     }
 
-    /// ERM's training batches (not its scoring, nor any other phase) on `engine`.
-    pub fn with_erm_engine(mut self, engine: Box<dyn ErmEngine + 'a>) -> Self {
-        self.erm_engine = Some(engine);
+    /// The training batches of ERM, Stage 1 and the oracle on `engine` (each phase from its
+    /// own init and a fresh optimizer state, as on the CPU); Stage 1's per-epoch scoring
+    /// pass, Stage 2 and every test scoring stay on the CPU, with the weights read back.
+    pub fn with_ce_engine(mut self, engine: Box<dyn CeEngine + 'a>) -> Self {
+        self.engine_name = Some(engine.describe());
+        self.engine = Some(engine);
         self
     }
 
     /// Where each phase runs, for the report.
     pub fn backend(&self) -> String {
-        match &self.erm_engine {
-            None => "cpu".into(),
-            Some(e) => format!(
-                "erm training: {}; erm scoring, rank, mitigate, oracle: cpu",
-                e.describe()
-            ),
+        let Some(name) = &self.engine_name else {
+            return "cpu".into();
+        };
+        let Some((phase, msg)) = &self.failed else {
+            return format!(
+                "erm, rank, oracle training: {name}; rank's per-epoch scoring, mitigate, every \
+                 test scoring: cpu"
+            );
+        };
+        let p = phase_name(*phase);
+        let before: Vec<&str> = [Phase::Erm, Phase::Rank]
+            .into_iter()
+            .filter(|q| (*q as u8) < (*phase as u8))
+            .map(phase_name)
+            .collect();
+        if before.is_empty() {
+            format!(
+                "cpu: {name} failed in {p}'s training ({msg}); the run started again on the \
+                 CPU"
+            )
+        } else {
+            format!(
+                "{} training: {name}; then the GPU failed in {p}'s training ({msg}): {p} \
+                 started again on the CPU, and everything else ran on the CPU",
+                before.join(", ")
+            )
         }
+    }
+
+    /// After the engine failed in the middle of a step (`step`'s error, e.g. `GpuFailed`):
+    /// drops the engine and starts the cross-entropy phase it was training (ERM, Stage 1 or
+    /// the oracle) over on the CPU, from that phase's own seeded init and batch order, so that
+    /// it and every later phase compute what a CPU run computes; the phases before it keep
+    /// what the engine trained. The phase's epoch records (and Stage 1's deselections) so far
+    /// are dropped: the monitor hears them again. Returns the phase. An error if there is no
+    /// engine or the run was not in one of those phases.
+    pub fn fall_back(&mut self, error: &str) -> Result<Phase> {
+        let phase = self.last.0;
+        if self.engine.is_none() || self.last.1 || phase == Phase::Mitigate {
+            return Err(crate::LabError::invalid(
+                "nothing to fall back from: the run was not training on an engine",
+            ));
+        }
+        self.engine = None;
+        self.failed = Some((phase, error.to_string()));
+        self.epochs.retain(|r| r.phase != phase);
+        self.work_done = self.phase_work;
+        let opts = &self.opts;
+        self.stage = match phase {
+            Phase::Erm => {
+                self.timings.erm_s = 0.0;
+                Stage::Erm(Training::new(opts, SEED_ERM))
+            }
+            Phase::Rank => {
+                self.timings.rank_s = 0.0;
+                self.per_epoch.clear();
+                Stage::Rank {
+                    t: Training::new(opts, SEED_RANK),
+                    stage: Stage1::new(self.data.train.len()),
+                    eval: None,
+                }
+            }
+            _ => {
+                self.timings.oracle_s = 0.0;
+                Stage::Oracle {
+                    t: Training::new(opts, SEED_ORACLE),
+                    weights: group_balanced_weights(&self.data.train, opts.classes),
+                }
+            }
+        };
+        Ok(phase)
     }
 
     pub fn is_done(&self) -> bool {
@@ -584,7 +709,7 @@ impl<'a> SebraRun<'a> {
     /// One batch, or one evaluation chunk; the monitor hears every finished epoch (and
     /// Stage 1's deselections). Ok(true) while there is more to do. Cancelled (the monitor
     /// says so) before the step: an error, "the run was cancelled".
-    pub fn step(&mut self, monitor: &dyn SebraMonitor) -> Result<bool> {
+    pub async fn step(&mut self, monitor: &dyn SebraMonitor) -> Result<bool> {
         if self.is_done() {
             return Ok(false);
         }
@@ -600,7 +725,7 @@ impl<'a> SebraRun<'a> {
             _ => None,
         };
         let stage = std::mem::replace(&mut self.stage, Stage::Done);
-        let result = self.advance(stage, monitor, &clock);
+        let result = self.advance(stage, monitor, &clock).await;
         let dt = clock.elapsed().as_secs_f64();
         self.busy_s += dt;
         match phase {
@@ -615,7 +740,7 @@ impl<'a> SebraRun<'a> {
     }
 
     /// One step from `stage`; leaves the next stage in `self.stage`.
-    fn advance(
+    async fn advance(
         &mut self,
         stage: Stage,
         monitor: &dyn SebraMonitor,
@@ -628,25 +753,14 @@ impl<'a> SebraRun<'a> {
             Stage::Erm(mut t) => {
                 self.last = (Phase::Erm, false);
                 if !t.open {
-                    if t.epoch == 0 {
-                        if let Some(e) = self.erm_engine.as_mut() {
-                            e.begin(&t.net.params)?;
-                        }
-                    }
+                    self.begin_phase(&t).await?;
                     t.begin_epoch();
                     t.order = shuffled(train.len(), &mut t.rng);
                 }
-                if self.erm_engine.is_some() {
-                    self.engine_batch(&mut t)?;
-                } else {
-                    self.ce_batch(&mut t, None, None);
-                }
-                let last_batch = t.next >= t.order.len();
-                if let (true, Some(e)) = (last_batch, self.erm_engine.as_mut()) {
-                    t.loss_sum = e.losses()?.iter().sum();
-                    if t.epoch == epochs {
-                        t.net.params = e.params()?;
-                    }
+                self.ce_batch(&mut t, CeWeights::Ones).await?;
+                if t.next >= t.order.len() {
+                    let last = t.epoch == epochs;
+                    self.engine_epoch_end(&mut t, last).await?;
                 }
                 if self.end_ce_epoch(&mut t, Phase::Erm, monitor, clock) && t.epoch == epochs {
                     self.timings.erm_images_per_s =
@@ -663,14 +777,20 @@ impl<'a> SebraRun<'a> {
             } => {
                 self.last = (Phase::Rank, false);
                 if !t.open {
+                    self.begin_phase(&t).await?;
                     t.begin_epoch();
                     t.order = epoch_draws(&stage.weights, &mut t.rng);
                 }
                 if t.next < t.order.len() {
-                    self.ce_batch(&mut t, None, Some(self.opts.beta_inv));
+                    let beta_inv = self.opts.beta_inv;
+                    self.ce_batch(&mut t, CeWeights::Up { beta_inv }).await?;
+                }
+                let eval = (t.next >= t.order.len()).then(Evaluation::default);
+                if eval.is_some() {
+                    // The scoring pass after the epoch runs on the CPU, on the weights so far.
+                    self.engine_epoch_end(&mut t, true).await?;
                 }
                 t.seconds += clock.elapsed().as_secs_f64();
-                let eval = (t.next >= t.order.len()).then(Evaluation::default);
                 Stage::Rank { t, stage, eval }
             }
             Stage::Rank {
@@ -754,10 +874,15 @@ impl<'a> SebraRun<'a> {
             Stage::Oracle { mut t, weights } => {
                 self.last = (Phase::Oracle, false);
                 if !t.open {
+                    self.begin_phase(&t).await?;
                     t.begin_epoch();
                     t.order = shuffled(train.len(), &mut t.rng);
                 }
-                self.ce_batch(&mut t, Some(&weights), None);
+                self.ce_batch(&mut t, CeWeights::Fixed(&weights)).await?;
+                if t.next >= t.order.len() {
+                    let last = t.epoch == epochs;
+                    self.engine_epoch_end(&mut t, last).await?;
+                }
                 if self.end_ce_epoch(&mut t, Phase::Oracle, monitor, clock) && t.epoch == epochs {
                     self.score(Phase::Oracle, t)
                 } else {
@@ -820,32 +945,56 @@ impl<'a> SebraRun<'a> {
         }
     }
 
-    /// One cross-entropy batch of `t`'s epoch (per-sample `weights`, or Stage 1's
-    /// up-weighting with `beta_inv`).
-    fn ce_batch(&mut self, t: &mut Training, weights: Option<&[f32]>, beta_inv: Option<f64>) {
+    /// One cross-entropy batch of `t`'s epoch: `Fixed` weights are per training sample (the
+    /// batch's are picked out). On the engine when there is one (its loss is read at the
+    /// epoch's end, `engine_epoch_end`), else here with `ce_step`.
+    async fn ce_batch(&mut self, t: &mut Training, weights: CeWeights<'_>) -> Result<()> {
         let train = &self.data.train;
         let idx = t.next_samples(self.opts.batch);
         let x = gather(train, &idx);
         let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
-        let w: Option<Vec<f32>> = weights.map(|w| idx.iter().map(|&i| w[i]).collect());
-        t.grads.fill_zero();
-        t.loss_sum += ce_step(&t.net, &mut t.grads, &x, &labels, w.as_deref(), beta_inv);
-        t.batches += 1;
-        t.opt.step(&mut t.net.params, &t.grads);
-        self.work_done += TRAIN_COST * idx.len() as f64;
-    }
-
-    /// One ERM batch of `t`'s epoch on the engine (its loss is read at the epoch's end).
-    fn engine_batch(&mut self, t: &mut Training) -> Result<()> {
-        let train = &self.data.train;
-        let idx = t.next_samples(self.opts.batch);
-        let x = gather(train, &idx);
-        let labels: Vec<u32> = idx.iter().map(|&i| train.labels[i]).collect();
-        if let Some(e) = self.erm_engine.as_mut() {
-            e.step(&x, &labels)?;
+        let picked: Vec<f32>;
+        let weights = match weights {
+            CeWeights::Fixed(w) => {
+                picked = idx.iter().map(|&i| w[i]).collect();
+                CeWeights::Fixed(&picked)
+            }
+            other => other,
+        };
+        match self.engine.as_mut() {
+            Some(e) => e.step(&x, &labels, weights).await?,
+            None => {
+                t.grads.fill_zero();
+                t.loss_sum += ce_step_weighted(&t.net, &mut t.grads, &x, &labels, weights);
+                t.opt.step(&mut t.net.params, &t.grads);
+            }
         }
         t.batches += 1;
         self.work_done += TRAIN_COST * idx.len() as f64;
+        Ok(())
+    }
+
+    /// Before a cross-entropy phase's first epoch: the engine (if any) takes the phase's init
+    /// and starts a fresh optimizer state.
+    async fn begin_phase(&mut self, t: &Training) -> Result<()> {
+        if t.epoch == 0 {
+            self.phase_work = self.work_done;
+        }
+        if let (0, Some(e)) = (t.epoch, self.engine.as_mut()) {
+            e.begin(&t.net.params).await?;
+        }
+        Ok(())
+    }
+
+    /// After an epoch's last batch on the engine (nothing without one): the epoch's loss sum,
+    /// and with `read_params` the weights it has trained, for a scoring pass on the CPU.
+    async fn engine_epoch_end(&mut self, t: &mut Training, read_params: bool) -> Result<()> {
+        if let Some(e) = self.engine.as_mut() {
+            t.loss_sum = e.losses().await?.iter().sum();
+            if read_params {
+                t.net.params = e.params().await?;
+            }
+        }
         Ok(())
     }
 
@@ -1060,6 +1209,19 @@ pub fn run_sebra_on(
     data_s: f64,
 ) -> Result<SebraReport> {
     let mut run = SebraRun::new(opts, data, data_s)?;
-    while run.step(monitor)? {}
+    while ready_now(run.step(monitor))? {}
     run.finish()
+}
+
+/// The output of a future that is ready at its first poll: a run without an engine (every
+/// step on this thread) never waits on anything.
+fn ready_now<T>(fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let mut fut = std::pin::pin!(fut);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => Err(crate::LabError::invalid(
+            "a CPU step of the bias lab waited on something: run it with an executor",
+        )),
+    }
 }

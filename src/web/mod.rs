@@ -21,6 +21,7 @@ use crate::model::causal::{load_causal_lm, CausalLm};
 use crate::model::llama::to_vec;
 use crate::model::{describe, ModelDesc};
 use crate::prune::driver::{export_safetensors, hf_config, prune_model_reusing, PruneRun};
+use crate::sebra::gpu::GpuCeEngine;
 use crate::stats::model::{model_info, model_stats};
 use crate::stats::tensor_stats;
 use crate::stats::Histogram;
@@ -1141,10 +1142,15 @@ impl Lab {
         Ok(result.into())
     }
 
-    /// Runs the bias-lab experiment (JSON) on the CPU: the data from the seed, then ERM,
-    /// Sebra's Stage 1 (ranking) and Stage 2, the oracle, each scored on the test split, one
-    /// batch (or one 256-image evaluation chunk) per `SebraRun::step`, yielding to the worker
-    /// at least every ~30 ms. Progress: `on_progress(phase, done, 1000, {step, values})` with
+    /// Runs the bias-lab experiment (JSON): the data from the seed, then ERM, Sebra's Stage 1
+    /// (ranking) and Stage 2, the oracle, each scored on the test split, one batch (or one
+    /// 256-image evaluation chunk) per `SebraRun::step`, yielding to the worker at least every
+    /// ~30 ms. Where the page's backend is a GPU one (the training tab's rule: `Lab::create`),
+    /// the training batches of ERM, Stage 1 and the oracle run on it (`GpuCeEngine`, each
+    /// step awaited; the rest on the CPU); if the GPU fails mid-run, the phase it was training
+    /// starts over on the CPU (`SebraRun::fall_back`), a progress post `{step, values:
+    /// {restart: phase, notice}}` says so (the page drops that phase's points), and the
+    /// report's `backend` names where each phase ran. Progress: `on_progress(phase, done, 1000, {step, values})` with
     /// `done` the run's estimated fraction in thousandths (it never goes back; an ETA can be
     /// drawn from it), and `values`: `fraction`, `epoch`, `of`, `scoring` (0/1), and when an
     /// epoch ended `loss`; when a ranking epoch ended `rank_epoch`, `remaining` and
@@ -1192,11 +1198,40 @@ impl Lab {
             epoch: Default::default(),
             ranked: Default::default(),
         };
+        let gpu = self.backend.gpu();
         let mut run = SebraRun::new(&opts, &data, data_s).map_err(to_js_err)?;
+        if let Some(g) = &gpu {
+            run = run.with_ce_engine(Box::new(GpuCeEngine::new(g, &opts).map_err(to_js_err)?));
+        }
         let mut steps = 0usize;
         let mut last_yield = web_time::Instant::now();
         loop {
-            let more = run.step(&heard).map_err(to_js_err)?;
+            let more = match run.step(&heard).await {
+                Ok(more) => more,
+                Err(LabError::GpuFailed(msg)) if gpu.is_some() => {
+                    // Once only: after fall_back the run has no engine left to fail.
+                    let phase = run.fall_back(&msg).map_err(to_js_err)?;
+                    let name = crate::sebra::run::phase_name(phase);
+                    let notice = self
+                        .backend
+                        .gpu_failed(&msg, &format!("in {name}'s training"))
+                        .replace(
+                            "the run finished on the CPU",
+                            &format!("{name} started again on the CPU, and the run went on there"),
+                        );
+                    heard.epoch.borrow_mut().take();
+                    heard.ranked.borrow_mut().take();
+                    let p = run.progress();
+                    let metrics = serde_json::json!({
+                        "step": steps,
+                        "values": { "restart": name, "notice": notice, "fraction": p.fraction },
+                    });
+                    let done = (p.fraction * 1000.0).floor() as usize;
+                    post_progress(&on_progress, name, done, 1000, &metrics);
+                    continue;
+                }
+                Err(e) => return Err(to_js_err(e)),
+            };
             steps += 1;
             let epoch = heard.epoch.borrow_mut().take();
             let ranked = heard.ranked.borrow_mut().take();

@@ -101,6 +101,9 @@ function start(ready: Ready, loaded: { name: LabName; module: LabModule }[]): vo
     defaults: ready.defaults,
     models,
     publish,
+    refreshBackend: () => {
+      if (lastBackend) showBackend(lastBackend);
+    },
     linkView: (key) => view[key] ?? null,
     initial: (lab) => {
       const d = defaultsOf(ready.defaults, lab);

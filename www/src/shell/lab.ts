@@ -13,6 +13,8 @@ export interface LabContext {
   models: ModelService;
   /** The address bar follows this lab's controls now (when its tab is the one shown). */
   publish(lab: PageLab): void;
+  /** Draws the backend line again (a lab's `backendNote` changed, e.g. a run finished). */
+  refreshBackend(): void;
   /** A setting of the link beside the experiment (`view.stat`, `backend`). */
   linkView(key: string): string | null;
   /** The experiment a lab starts from: the link's, if it is that lab's, else the defaults. */

@@ -8,7 +8,7 @@ import { csvButton, download, fmt, multi, Plots, pngButton, tableRows, type Seri
 import { $, numberFrom, onEdit, show } from '../../shell/dom';
 import { defaultsOf, type LabContext, type PageLab } from '../../shell/lab';
 import { duration, RunStatus } from '../../shell/status';
-import type { Experiment, ExperimentOf, GroupAccuracy, SebraGroup, SebraImages, SebraReport, SebraSpec, StepMetrics } from '../../protocol';
+import type { BackendInfo, Experiment, ExperimentOf, GroupAccuracy, SebraGroup, SebraImages, SebraReport, SebraSpec, StepMetrics } from '../../protocol';
 
 /** The four groups in the true spuriosity order (Rust's Group::order). */
 const GROUPS: SebraGroup[] = ['both_aligned', 'colour_aligned', 'texture_aligned', 'none_aligned'];
@@ -75,8 +75,12 @@ class BiasLab implements PageLab {
     if (!this.status.busy) this.status.say('Ready: choose a preset and press Run.');
   }
 
-  backendNote(): string {
-    return 'the bias lab trains on the CPU (WebAssembly): its GPU path is not built yet';
+  /** Where the last run's phases ran (its report's backend), else where a run will. */
+  backendNote(b: BackendInfo): string {
+    if (this.report?.backend) return `the last bias run: ${this.report.backend}`;
+    return b.kind === 'gpu'
+      ? "the bias lab trains ERM's, Stage 1's and the oracle's batches on the GPU; Stage 1's scoring, Stage 2 and the test scores on the CPU"
+      : 'the bias lab trains on the CPU (WebAssembly)';
   }
 
   // ---- the form ----------------------------------------------------------------------------
@@ -232,12 +236,14 @@ class BiasLab implements PageLab {
     }
     this.setBusy(true);
     this.report = null;
+    this.ctx.refreshBackend();
     this.live = [];
     this.liveInfo = { epoch: 0, of: 0, scoring: 0, remaining: -1 };
     this.losses = [];
     $('sebra-result').hidden = true;
     this.drawRanking();
     this.drawLosses();
+    $('sebra-notice').hidden = true;
     try {
       this.status.say('Generating the data…');
       const track = this.status.tracker((stage) => this.label(stage));
@@ -246,6 +252,7 @@ class BiasLab implements PageLab {
         track(stage, done, total, metrics);
       });
       this.report = reply.report;
+      this.ctx.refreshBackend();
       this.drawResult();
       this.status.say('Drawing the images…');
       await this.drawGrid(experiment);
@@ -270,6 +277,20 @@ class BiasLab implements PageLab {
 
   private onMetrics(stage: string, m: StepMetrics): void {
     const v = m.values as unknown as Record<string, number | number[][]>;
+    if ('restart' in v) {
+      // The GPU failed: the phase starts over on the CPU; its points so far go.
+      this.losses = this.losses.filter((l) => l.phase !== stage);
+      if (stage === 'rank') {
+        this.live = [];
+        this.liveInfo.remaining = -1;
+        this.drawRanking();
+      }
+      this.drawLosses();
+      const notice = $('sebra-notice');
+      notice.textContent = (v as unknown as { notice: string }).notice;
+      notice.hidden = false;
+      return;
+    }
     if (v.loss !== undefined) {
       this.losses.push({ phase: stage, epoch: v.epoch as number, loss: v.loss as number });
       this.drawLosses();
