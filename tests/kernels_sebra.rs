@@ -43,6 +43,27 @@ fn up(rec: &mut Recorder, v: &[f32], shape: &[usize]) -> GpuTensor {
     rec.upload_f32(v, shape).unwrap()
 }
 
+/// The network's parameters on the GPU, and zeroed gradients of the same shapes.
+fn upload_params(
+    rec: &mut Recorder,
+    net: &Net<f32>,
+    cfg: &NetConfig,
+) -> (Vec<GpuTensor>, Vec<GpuTensor>) {
+    let specs = cfg.specs();
+    let pg = net
+        .params
+        .tensors
+        .iter()
+        .zip(&specs)
+        .map(|(t, (_, shape, _))| up(rec, t, shape))
+        .collect();
+    let gg = specs
+        .iter()
+        .map(|(_, shape, _)| rec.zeros(shape, DType::F32).unwrap())
+        .collect();
+    (pg, gg)
+}
+
 fn read(rec: &mut Recorder, ts: &[&GpuTensor]) -> Vec<Vec<f32>> {
     run(rec.read_many(ts)).unwrap()
 }
@@ -315,18 +336,7 @@ fn whole_cnn_loss_and_gradients_match_cpu_model() {
         net.backbone_backward(&mut grads, &acts, &dfeat);
 
         let mut rec = Recorder::new(&gpu).unwrap();
-        let specs = cfg.specs();
-        let pg: Vec<GpuTensor> = net
-            .params
-            .tensors
-            .iter()
-            .zip(&specs)
-            .map(|(t, (_, shape, _))| up(&mut rec, t, shape))
-            .collect();
-        let gg: Vec<GpuTensor> = specs
-            .iter()
-            .map(|(_, shape, _)| rec.zeros(shape, DType::F32).unwrap())
-            .collect();
+        let (pg, gg) = upload_params(&mut rec, &net, &cfg);
         let xg = up(&mut rec, &x, &[b, 3, cfg.image, cfg.image]);
         let lg = rec.upload_u32(&labels, &[b]).unwrap();
         let step = rec.cnn_loss_backward(&cfg, &pg, &gg, &xg, &lg).unwrap();
@@ -344,7 +354,8 @@ fn whole_cnn_loss_and_gradients_match_cpu_model() {
         eprintln!("{what} loss: {loss_diff:.2e} (tolerance 1e-5)");
         exact_unless_fused(&gpu, &format!("{what} features"), &got[1], &acts.features);
         check(&format!("{what} dlogits"), &got[2], &dlogits, 1e-5);
-        for ((name, _, _), (g, want)) in specs.iter().zip(got[3..].iter().zip(&grads.tensors)) {
+        for ((name, _, _), (g, want)) in cfg.specs().iter().zip(got[3..].iter().zip(&grads.tensors))
+        {
             check(&format!("{what} d{name}"), g, want, 1e-5);
         }
     }
@@ -493,18 +504,7 @@ fn whole_cnn_weighted_losses_match_cpu_model() {
         };
 
         let mut rec = Recorder::new(&gpu).unwrap();
-        let specs = cfg.specs();
-        let pg: Vec<GpuTensor> = net
-            .params
-            .tensors
-            .iter()
-            .zip(&specs)
-            .map(|(t, (_, shape, _))| up(&mut rec, t, shape))
-            .collect();
-        let gg: Vec<GpuTensor> = specs
-            .iter()
-            .map(|(_, shape, _)| rec.zeros(shape, DType::F32).unwrap())
-            .collect();
+        let (pg, gg) = upload_params(&mut rec, &net, &cfg);
         let xg = up(&mut rec, &x, &[b, 3, cfg.image, cfg.image]);
         let lg = rec.upload_u32(&labels, &[b]).unwrap();
         let fg = up(&mut rec, &fixed, &[b]);
@@ -533,7 +533,8 @@ fn whole_cnn_weighted_losses_match_cpu_model() {
         );
         assert!(d <= 1e-5, "{what} loss");
         check(&format!("{what} weights"), &got[1], &cpu_w, 1e-5);
-        for ((name, _, _), (g, want)) in specs.iter().zip(got[2..].iter().zip(&grads.tensors)) {
+        for ((name, _, _), (g, want)) in cfg.specs().iter().zip(got[2..].iter().zip(&grads.tensors))
+        {
             check(&format!("{what} d{name}"), g, want, 1e-5);
         }
     }

@@ -28,6 +28,27 @@ pub(crate) struct Lhs<'a, F> {
     pub cs: usize,
 }
 
+impl<'a, F> Lhs<'a, F> {
+    /// A row-major `rows x depth` matrix in `data`, or (`transposed`) the transpose of a
+    /// row-major `depth x rows` one.
+    #[cfg(test)]
+    fn dense(data: &'a [F], rows: usize, depth: usize, transposed: bool) -> Self {
+        if transposed {
+            Lhs {
+                data,
+                rs: 1,
+                cs: rows,
+            }
+        } else {
+            Lhs {
+                data,
+                rs: depth,
+                cs: 1,
+            }
+        }
+    }
+}
+
 /// The right operand: `b[k][j] = data[k * ld + j]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Rhs<'a, F> {
@@ -383,19 +404,7 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             let (data, bd, c0) = (gen(rows * depth), gen(depth * ld), gen(rows * ld));
-            let a = if transposed {
-                Lhs {
-                    data: &data,
-                    rs: 1,
-                    cs: rows,
-                }
-            } else {
-                Lhs {
-                    data: &data,
-                    rs: depth,
-                    cs: 1,
-                }
-            };
+            let a = Lhs::dense(&data, rows, depth, transposed);
             let b = Rhs { data: &bd, ld };
             let (mut want, mut got) = (c0.clone(), c0.clone());
             reference(&mut want, ld, cols, a, b, depth);
@@ -477,19 +486,7 @@ mod speed {
             let a = vec![0.5f32; rows * depth];
             let b = vec![0.25f32; depth * cols];
             let mut c = vec![0.0f32; rows * cols];
-            let lhs = if tr {
-                Lhs {
-                    data: &a,
-                    rs: 1,
-                    cs: rows,
-                }
-            } else {
-                Lhs {
-                    data: &a,
-                    rs: depth,
-                    cs: 1,
-                }
-            };
+            let lhs = Lhs::dense(&a, rows, depth, tr);
             let reps = (2e9 / (rows * cols * depth) as f64) as usize + 1;
             let t0 = std::time::Instant::now();
             for _ in 0..reps {
