@@ -133,10 +133,10 @@ fn conv_forward(
 // dweight[o, t] += sum_b dot(dout[b, o, :], cols[b, t, :]) and dbias[o] += sum_b
 // sum8(dout[b, o, :]), each image's term added in turn (the twin's order), in two passes so
 // that the images' terms are computed in parallel:
-// - conv_wgrad_terms: terms[(b O + o) (K + 1) + t] = dot(dout[b, o, :], cols[b, t, :]) for
-//   t < K, and sum8(dout[b, o, :]) at t = K, in train::ops::dot's order: 8 interleaved
-//   partial sums over the chunks of 8, a sequential tail, closed as
-//   ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail (sum8 the same without products);
+// - conv_wgrad_terms: terms[(b O + o) (K + 1) + t] = dout[b, o, :] . cols[b, t, :] for t < K,
+//   its pixels added in order from zero (the twin's gemm_set), and sum8(dout[b, o, :]) at
+//   t = K in train::ops::sum8's order: 8 interleaved partial sums over the chunks of 8, a
+//   sequential tail, closed as ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) + tail;
 // - conv_wgrad_reduce: dweight[o, t] (t < K) or dbias[o] (t = K) += the terms, b = 0, 1, ...
 
 @group(0) @binding(0) var<storage, read> wt_dout: array<f32>;
@@ -161,29 +161,25 @@ fn conv_wgrad_terms(
     let t = i % (k + 1u);
     let b = bo / pr.outs;
     let g = bo * p;
+    if (t < k) {
+        let x = (b * k + t) * p;
+        var acc = 0.0;
+        for (var j = 0u; j < p; j++) {
+            acc += wt_dout[g + j] * wt_cols[x + j];
+        }
+        wt_terms[i] = acc;
+        return;
+    }
     let full = p - p % 8u;
     var lo = vec4<f32>(0.0);
     var hi = vec4<f32>(0.0);
     var tail = 0.0;
-    if (t < k) {
-        let x = (b * k + t) * p;
-        for (var j = 0u; j < full; j += 8u) {
-            lo += vec4<f32>(wt_dout[g + j], wt_dout[g + j + 1u], wt_dout[g + j + 2u], wt_dout[g + j + 3u])
-                * vec4<f32>(wt_cols[x + j], wt_cols[x + j + 1u], wt_cols[x + j + 2u], wt_cols[x + j + 3u]);
-            hi += vec4<f32>(wt_dout[g + j + 4u], wt_dout[g + j + 5u], wt_dout[g + j + 6u], wt_dout[g + j + 7u])
-                * vec4<f32>(wt_cols[x + j + 4u], wt_cols[x + j + 5u], wt_cols[x + j + 6u], wt_cols[x + j + 7u]);
-        }
-        for (var j = full; j < p; j++) {
-            tail += wt_dout[g + j] * wt_cols[x + j];
-        }
-    } else {
-        for (var j = 0u; j < full; j += 8u) {
-            lo += vec4<f32>(wt_dout[g + j], wt_dout[g + j + 1u], wt_dout[g + j + 2u], wt_dout[g + j + 3u]);
-            hi += vec4<f32>(wt_dout[g + j + 4u], wt_dout[g + j + 5u], wt_dout[g + j + 6u], wt_dout[g + j + 7u]);
-        }
-        for (var j = full; j < p; j++) {
-            tail += wt_dout[g + j];
-        }
+    for (var j = 0u; j < full; j += 8u) {
+        lo += vec4<f32>(wt_dout[g + j], wt_dout[g + j + 1u], wt_dout[g + j + 2u], wt_dout[g + j + 3u]);
+        hi += vec4<f32>(wt_dout[g + j + 4u], wt_dout[g + j + 5u], wt_dout[g + j + 6u], wt_dout[g + j + 7u]);
+    }
+    for (var j = full; j < p; j++) {
+        tail += wt_dout[g + j];
     }
     let s = lo + hi;
     wt_terms[i] = ((s.x + s.y) + (s.z + s.w)) + tail;

@@ -8,9 +8,10 @@
 //! a convolution's weight (O, K = C 9), im2col's columns (B, K, P = H W); a backward *adds*
 //! into its gradients (the caller zeroes them once per step), except the convolution's dcols,
 //! overwritten scratch for `im2col_backward`, as the twin. Every output element is written by
-//! one invocation that adds its terms in the twin's order (the weight and bias gradients: each
-//! image's term in `train::ops::dot`'s eight-lane order, the images' terms computed in
-//! parallel into scratch, then added image by image), so the results are the twins' bits
+//! one invocation that adds its terms in the twin's order (the weight gradient: each image's
+//! term summed over its pixels in order, the bias gradient's in `train::ops::sum8`'s
+//! eight-lane order; the images' terms computed in parallel into scratch, then added image by
+//! image), so the results are the twins' bits
 //! wherever the shader compiler does not fuse a multiply and an add. On lavapipe it does not:
 //! tests/kernels_sebra.rs asserts every op bit for bit.
 

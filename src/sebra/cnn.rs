@@ -14,7 +14,7 @@
 use crate::train::gemm::{gemm_acc, gemm_set, Lhs, Out, Rhs};
 /// The float the ops run in: the training core's (f32 for the lab, f64 for the checks).
 pub use crate::train::ops::Real;
-use crate::train::ops::{dot, sum8, wide};
+use crate::train::ops::{sum8, transpose, wide};
 use rayon::prelude::*;
 
 /// The sizes of one 3x3 convolution (padding 1, stride 1: the map keeps its size).
@@ -112,7 +112,9 @@ pub fn conv3x3_forward<F: Real>(out: &mut [F], cols: &[F], weight: &[F], bias: &
 
 /// Given dout (B, O, P): dweight (O, K) += sum_b dout[b] . cols[b]^T, dbias (O) += sum_b,p
 /// dout, and dcols (B, K, P) = weight^T . dout[b] (overwritten: it is scratch for
-/// `im2col_backward`). One task per weight row, resp. per image.
+/// `im2col_backward`). Each image's weight-gradient term is its own product (its pixels
+/// added in order from zero, `gemm_set`, one task per image), then the terms are added to
+/// dweight image by image in order (one task per weight row), as the GPU twin does.
 pub fn conv3x3_backward<F: Real>(
     dcols: &mut [F],
     dweight: &mut [F],
@@ -123,24 +125,42 @@ pub fn conv3x3_backward<F: Real>(
     d: ConvDims,
 ) {
     let (p, k) = (d.pixels(), d.taps());
+    let mut terms = vec![F::ZERO; d.b * d.o * k];
+    terms
+        .par_chunks_mut(d.o * k)
+        .zip(dout.par_chunks(d.o * p).zip(cols.par_chunks(k * p)))
+        .for_each(|(term, (g, col))| {
+            // term (O, K) = dout[b] (O, P) . cols[b]^T, cols[b] transposed to (P, K).
+            let col_t = transpose(col, k, p);
+            let g = Lhs {
+                data: g,
+                rs: p,
+                cs: 1,
+            };
+            gemm_set(
+                Out::rows_of(term, k),
+                g,
+                Rhs {
+                    data: &col_t,
+                    ld: k,
+                },
+                p,
+            );
+        });
     dweight
         .par_chunks_mut(k)
         .zip(dbias.par_iter_mut())
         .enumerate()
         .for_each(|(o, (dw, db))| {
-            wide(
-                #[inline(always)]
-                || {
-                    for b in 0..d.b {
-                        let g = &dout[(b * d.o + o) * p..(b * d.o + o + 1) * p];
-                        let col = &cols[b * k * p..(b + 1) * k * p];
-                        for (t, dwt) in dw.iter_mut().enumerate() {
-                            *dwt += dot(g, &col[t * p..(t + 1) * p]);
-                        }
-                        *db += sum8(g);
-                    }
-                },
-            )
+            for b in 0..d.b {
+                for (v, &t) in dw.iter_mut().zip(&terms[(b * d.o + o) * k..][..k]) {
+                    *v += t;
+                }
+                *db += wide(
+                    #[inline(always)]
+                    || sum8(&dout[(b * d.o + o) * p..][..p]),
+                );
+            }
         });
     // dcols[b] (K, P) = weight^T (K, O) . dout[b] (O, P), each element adding its output
     // channels in order from zero (`gemm_acc`).

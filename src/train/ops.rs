@@ -303,7 +303,7 @@ pub fn matmul_forward<F: Real>(out: &mut [F], inp: &[F], weight: &[F], in_dim: u
 }
 
 /// m (rows, cols) -> its transpose (cols, rows).
-fn transpose<F: Real>(m: &[F], rows: usize, cols: usize) -> Vec<F> {
+pub(crate) fn transpose<F: Real>(m: &[F], rows: usize, cols: usize) -> Vec<F> {
     let mut t = vec![F::ZERO; m.len()];
     for (r, row) in m.chunks_exact(cols).enumerate() {
         for (c, &v) in row.iter().enumerate() {
