@@ -118,9 +118,9 @@ pub fn exp_f32(x: f32) -> f32 {
 
 /// Runs `f` inside a function compiled for AVX2 where the CPU has it (x86-64, detected once at
 /// run time), else as built (baseline SSE2; simd128 in wasm). Pass `f` as
-/// `#[inline(always)] || ...`: a closure left out of line compiles without AVX2. The loops `f` inlines (`dot`,
-/// `outer_accumulate`, the convolution's) then work on 8 lanes at a time instead of
-/// 4. The bits stay the same: the same operations in the same order, since Rust never fuses a
+/// `#[inline(always)] || ...`: a closure left out of line compiles without AVX2. The loops `f`
+/// inlines (attention's softmax, `sum8`) then work on 8 lanes at a time instead of 4; the
+/// matrix products choose their own tile in `gemm`. The bits stay the same: the same operations in the same order, since Rust never fuses a
 /// multiply and an add into an FMA on its own, so the page, the CLI and any CPU agree.
 #[inline(always)]
 pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
