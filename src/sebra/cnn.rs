@@ -124,8 +124,29 @@ pub fn conv3x3_backward<F: Real>(
     weight: &[F],
     d: ConvDims,
 ) {
+    let mut terms = Vec::new();
+    conv3x3_backward_in(&mut terms, dcols, dweight, dbias, dout, cols, weight, d);
+}
+
+/// `conv3x3_backward` with the images' weight-gradient terms in `terms` (resized as needed,
+/// every element overwritten), so that a training loop reuses one buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn conv3x3_backward_in<F: Real>(
+    terms: &mut Vec<F>,
+    dcols: &mut [F],
+    dweight: &mut [F],
+    dbias: &mut [F],
+    dout: &[F],
+    cols: &[F],
+    weight: &[F],
+    d: ConvDims,
+) {
     let (p, k) = (d.pixels(), d.taps());
-    let mut terms = vec![F::ZERO; d.b * d.o * k];
+    if terms.len() != d.b * d.o * k {
+        terms.clear();
+        terms.resize(d.b * d.o * k, F::ZERO);
+    }
+    let terms = &mut terms[..];
     terms
         .par_chunks_mut(d.o * k)
         .zip(dout.par_chunks(d.o * p).zip(cols.par_chunks(k * p)))

@@ -143,6 +143,7 @@ impl<F: Real> Params<F> {
 }
 
 /// What the backbone's forward keeps for its backward, for one batch.
+#[derive(Default)]
 pub struct Acts<F> {
     pub b: usize,
     /// Per layer: the layer's input (B, ...), kept for the weight gradient; for a
@@ -156,6 +157,36 @@ pub struct Acts<F> {
     last_pool_pixels: usize,
     /// f (B, D).
     pub features: Vec<F>,
+    /// Buffers a reused `Acts` keeps (`Net::backbone_forward_into`): per CNN layer the ReLU's
+    /// output and the pooled map, and the backward's temporaries.
+    post: Vec<Vec<F>>,
+    pooled: Vec<Vec<F>>,
+    back: std::cell::RefCell<BackScratch<F>>,
+}
+
+/// The backbone backward's temporaries (one of each, refitted per layer).
+#[derive(Default)]
+struct BackScratch<F> {
+    terms: Vec<F>,
+    dcur: Vec<F>,
+    dpost: Vec<F>,
+    dpre: Vec<F>,
+    dcols: Vec<F>,
+}
+
+/// `v` with length `n`, its contents left as they are (the caller overwrites every element).
+fn fit<T: Copy + Default>(v: &mut Vec<T>, n: usize) {
+    if v.len() != n {
+        v.clear();
+        v.resize(n, T::default());
+    }
+}
+
+/// `v` with length `n`, all zeros (a gradient a backward adds into).
+fn zeroed<T: Copy + Default>(v: &mut Vec<T>, n: usize) -> &mut [T] {
+    v.clear();
+    v.resize(n, T::default());
+    v
 }
 
 /// out (B,O) = inp (B,I) . weight (O,I)^T + bias (O).
@@ -211,19 +242,28 @@ impl<F: Real> Net<F> {
 
     /// The backbone on x (B, 3, S, S): the feature vectors and what the backward needs.
     pub fn backbone_forward(&self, x: &[F], b: usize) -> Acts<F> {
+        let mut acts = Acts::default();
+        self.backbone_forward_into(x, b, &mut acts);
+        acts
+    }
+
+    /// `backbone_forward` into `acts`, reusing its buffers (a training loop's every step).
+    pub fn backbone_forward_into(&self, x: &[F], b: usize, acts: &mut Acts<F>) {
         let t = &self.params.tensors;
-        let mut acts = Acts {
-            b,
-            inputs: Vec::new(),
-            pre: Vec::new(),
-            argmax: Vec::new(),
-            last_pool_pixels: 0,
-            features: Vec::new(),
-        };
+        acts.b = b;
         match self.cfg.kind {
             ModelKind::Cnn => {
-                let mut cur = x.to_vec();
-                for (l, (c, o, s)) in self.cfg.convs().into_iter().enumerate() {
+                let convs = self.cfg.convs();
+                for v in [
+                    &mut acts.inputs,
+                    &mut acts.pre,
+                    &mut acts.post,
+                    &mut acts.pooled,
+                ] {
+                    v.resize_with(convs.len(), Vec::new);
+                }
+                acts.argmax.resize_with(convs.len(), Vec::new);
+                for (l, (c, o, s)) in convs.into_iter().enumerate() {
                     let d = ConvDims {
                         b,
                         c,
@@ -231,30 +271,33 @@ impl<F: Real> Net<F> {
                         h: s,
                         w: s,
                     };
-                    let mut cols = vec![F::ZERO; b * d.taps() * d.pixels()];
-                    cnn::im2col_forward(&mut cols, &cur, d);
-                    let mut pre = vec![F::ZERO; b * o * d.pixels()];
-                    cnn::conv3x3_forward(&mut pre, &cols, &t[2 * l], &t[2 * l + 1], d);
-                    let mut post = vec![F::ZERO; pre.len()];
-                    cnn::relu_forward(&mut post, &pre);
+                    let (done, rest) = acts.pooled.split_at_mut(l);
+                    let cur: &[F] = if l == 0 { x } else { &done[l - 1] };
+                    let cols = &mut acts.inputs[l];
+                    fit(cols, b * d.taps() * d.pixels());
+                    cnn::im2col_forward(cols, cur, d);
+                    let pre = &mut acts.pre[l];
+                    fit(pre, b * o * d.pixels());
+                    cnn::conv3x3_forward(pre, cols, &t[2 * l], &t[2 * l + 1], d);
+                    let post = &mut acts.post[l];
+                    fit(post, pre.len());
+                    cnn::relu_forward(post, pre);
                     let so = s / 2;
-                    let mut pooled = vec![F::ZERO; b * o * so * so];
-                    let mut am = vec![0u32; pooled.len()];
-                    cnn::maxpool2_forward(&mut pooled, &mut am, &post, s, s);
-                    acts.inputs.push(cols);
-                    acts.pre.push(pre);
-                    acts.argmax.push(am);
-                    cur = pooled;
+                    let pooled = &mut rest[0];
+                    fit(pooled, b * o * so * so);
+                    fit(&mut acts.argmax[l], pooled.len());
+                    cnn::maxpool2_forward(pooled, &mut acts.argmax[l], post, s, s);
                 }
                 let s3 = self.cfg.image / 8;
                 acts.last_pool_pixels = s3 * s3;
-                let mut f = vec![F::ZERO; b * self.cfg.feature_dim()];
-                cnn::avgpool_forward(&mut f, &cur, s3 * s3);
-                acts.features = f;
+                fit(&mut acts.features, b * self.cfg.feature_dim());
+                let last = acts.pooled.last().expect("three convolutions");
+                cnn::avgpool_forward(&mut acts.features, last, s3 * s3);
             }
             ModelKind::Mlp => {
                 let h = 8 * self.cfg.width;
                 let mut cur = x.to_vec();
+                (acts.inputs, acts.pre) = (Vec::new(), Vec::new());
                 for l in 0..2 {
                     let mut pre = vec![F::ZERO; b * h];
                     linear_forward(&mut pre, &cur, &t[2 * l], &t[2 * l + 1]);
@@ -267,7 +310,6 @@ impl<F: Real> Net<F> {
                 acts.features = cur;
             }
         }
-        acts
     }
 
     /// logits (B,K) = head(f).
@@ -308,8 +350,15 @@ impl<F: Real> Net<F> {
             ModelKind::Cnn => {
                 let convs = self.cfg.convs();
                 let p3 = acts.last_pool_pixels;
-                let mut dcur = vec![F::ZERO; b * convs[2].1 * p3];
-                cnn::avgpool_backward(&mut dcur, dfeatures, p3);
+                let mut guard = acts.back.borrow_mut();
+                let BackScratch {
+                    terms,
+                    dcur,
+                    dpost,
+                    dpre,
+                    dcols,
+                } = &mut *guard;
+                cnn::avgpool_backward(zeroed(dcur, b * convs[2].1 * p3), dfeatures, p3);
                 for l in (0..3).rev() {
                     let (c, o, s) = convs[l];
                     let d = ConvDims {
@@ -319,24 +368,25 @@ impl<F: Real> Net<F> {
                         h: s,
                         w: s,
                     };
-                    let mut dpost = vec![F::ZERO; b * o * s * s];
-                    cnn::maxpool2_backward(&mut dpost, &dcur, &acts.argmax[l], s, s);
-                    let mut dpre = vec![F::ZERO; dpost.len()];
-                    cnn::relu_backward(&mut dpre, &dpost, &acts.pre[l]);
-                    let mut dcols = vec![F::ZERO; b * d.taps() * d.pixels()];
+                    let dpost = zeroed(dpost, b * o * s * s);
+                    cnn::maxpool2_backward(dpost, dcur, &acts.argmax[l], s, s);
+                    let dpre = zeroed(dpre, dpost.len());
+                    cnn::relu_backward(dpre, dpost, &acts.pre[l]);
+                    // Overwritten by the convolution's backward (scratch for im2col's).
+                    fit(dcols, b * d.taps() * d.pixels());
                     let (gw, gb) = grads.tensors[2 * l..].split_at_mut(1);
-                    cnn::conv3x3_backward(
-                        &mut dcols,
+                    cnn::conv3x3_backward_in(
+                        terms,
+                        dcols,
                         &mut gw[0],
                         &mut gb[0],
-                        &dpre,
+                        dpre,
                         &acts.inputs[l],
                         &t[2 * l],
                         d,
                     );
                     if l > 0 {
-                        dcur = vec![F::ZERO; b * c * s * s];
-                        cnn::im2col_backward(&mut dcur, &dcols, d);
+                        cnn::im2col_backward(zeroed(dcur, b * c * s * s), dcols, d);
                     }
                 }
             }
@@ -375,9 +425,10 @@ impl<F: Real> Net<F> {
         let k = self.cfg.classes;
         let mut pred = Vec::with_capacity(n);
         let mut p_true = Vec::new();
+        let mut acts = Acts::default();
         for start in (0..n).step_by(chunk.max(1)) {
             let b = chunk.min(n - start);
-            let acts = self.backbone_forward(&x[start * per..(start + b) * per], b);
+            self.backbone_forward_into(&x[start * per..(start + b) * per], b, &mut acts);
             let logits = self.head_forward(&acts.features);
             for (r, row) in logits.chunks(k).enumerate() {
                 let mut best = 0;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::data::{self, Group, SebraData, Split};
 use super::loss;
 use super::metrics::{group_accuracy, GroupAccuracy};
-use super::model::{Net, NetConfig, Params};
+use super::model::{Acts, Net, NetConfig, Params};
 use super::ranking::{deselected_counts, epoch_draws, uniform_below, Pair, PairTable, Stage1};
 use super::tau::{ranking_tau, RankingTau};
 use super::{OptimizerKind, SebraOptions};
@@ -292,9 +292,31 @@ pub fn ce_step(
     weights: Option<&[f32]>,
     beta_inv: Option<f64>,
 ) -> f64 {
+    ce_step_in(
+        &mut Acts::default(),
+        net,
+        grads,
+        x,
+        labels,
+        weights,
+        beta_inv,
+    )
+}
+
+/// `ce_step` with the activations' buffers of `acts` (the last step's) reused.
+fn ce_step_in(
+    acts: &mut Acts<f32>,
+    net: &Net<f32>,
+    grads: &mut Params<f32>,
+    x: &[f32],
+    labels: &[u32],
+    weights: Option<&[f32]>,
+    beta_inv: Option<f64>,
+) -> f64 {
     let b = labels.len();
     let k = net.cfg.classes;
-    let acts = net.backbone_forward(x, b);
+    net.backbone_forward_into(x, b, acts);
+    let acts = &*acts;
     let logits = net.head_forward(&acts.features);
     let probs = loss::softmax(&logits, k);
     let w: Vec<f32> = match (weights, beta_inv) {
@@ -307,7 +329,7 @@ pub fn ce_step(
     loss::weighted_ce_backward(&mut dlogits, &probs, labels, &w, 1.0);
     let mut dfeat = vec![0f32; acts.features.len()];
     net.head_backward(grads, &mut dfeat, &dlogits, &acts.features);
-    net.backbone_backward(grads, &acts, &dfeat);
+    net.backbone_backward(grads, acts, &dfeat);
     value
 }
 
@@ -319,11 +341,24 @@ pub fn ce_step_weighted(
     labels: &[u32],
     weights: CeWeights,
 ) -> f64 {
-    match weights {
-        CeWeights::Ones => ce_step(net, grads, x, labels, None, None),
-        CeWeights::Fixed(w) => ce_step(net, grads, x, labels, Some(w), None),
-        CeWeights::Up { beta_inv } => ce_step(net, grads, x, labels, None, Some(beta_inv)),
-    }
+    ce_step_weighted_in(&mut Acts::default(), net, grads, x, labels, weights)
+}
+
+/// `ce_step_weighted` reusing `acts`' buffers.
+fn ce_step_weighted_in(
+    acts: &mut Acts<f32>,
+    net: &Net<f32>,
+    grads: &mut Params<f32>,
+    x: &[f32],
+    labels: &[u32],
+    weights: CeWeights,
+) -> f64 {
+    let (w, bi) = match weights {
+        CeWeights::Ones => (None, None),
+        CeWeights::Fixed(w) => (Some(w), None),
+        CeWeights::Up { beta_inv } => (None, Some(beta_inv)),
+    };
+    ce_step_in(acts, net, grads, x, labels, w, bi)
 }
 
 /// Stage 2's gradient for one batch of triples (anchors, positives, negatives, the
@@ -413,6 +448,8 @@ struct Training {
     batches: usize,
     /// Seconds spent inside `SebraRun::step` on this epoch.
     seconds: f64,
+    /// The CPU steps' activations, whose buffers the next step reuses.
+    acts: Acts<f32>,
 }
 
 impl Training {
@@ -431,6 +468,7 @@ impl Training {
             loss_sum: 0.0,
             batches: 0,
             seconds: 0.0,
+            acts: Acts::default(),
         })
     }
 
@@ -965,7 +1003,8 @@ impl<'a> SebraRun<'a> {
             Some(e) => e.step(&x, &labels, weights).await?,
             None => {
                 t.grads.fill_zero();
-                t.loss_sum += ce_step_weighted(&t.net, &mut t.grads, &x, &labels, weights);
+                t.loss_sum +=
+                    ce_step_weighted_in(&mut t.acts, &t.net, &mut t.grads, &x, &labels, weights);
                 t.opt.step(&mut t.net.params, &t.grads);
             }
         }
