@@ -292,45 +292,12 @@ pub fn ce_step(
     weights: Option<&[f32]>,
     beta_inv: Option<f64>,
 ) -> f64 {
-    ce_step_in(
-        &mut Acts::default(),
-        net,
-        grads,
-        x,
-        labels,
-        weights,
-        beta_inv,
-    )
-}
-
-/// `ce_step` with the activations' buffers of `acts` (the last step's) reused.
-fn ce_step_in(
-    acts: &mut Acts<f32>,
-    net: &Net<f32>,
-    grads: &mut Params<f32>,
-    x: &[f32],
-    labels: &[u32],
-    weights: Option<&[f32]>,
-    beta_inv: Option<f64>,
-) -> f64 {
-    let b = labels.len();
-    let k = net.cfg.classes;
-    net.backbone_forward_into(x, b, acts);
-    let acts = &*acts;
-    let logits = net.head_forward(&acts.features);
-    let probs = loss::softmax(&logits, k);
-    let w: Vec<f32> = match (weights, beta_inv) {
-        (_, Some(bi)) => loss::upweights(&probs, labels, bi),
-        (Some(w), None) => w.to_vec(),
-        (None, None) => vec![1.0; b],
+    let weights = match (weights, beta_inv) {
+        (_, Some(beta_inv)) => CeWeights::Up { beta_inv },
+        (Some(w), None) => CeWeights::Fixed(w),
+        (None, None) => CeWeights::Ones,
     };
-    let value = loss::weighted_ce_forward(&logits, labels, &w);
-    let mut dlogits = vec![0f32; b * k];
-    loss::weighted_ce_backward(&mut dlogits, &probs, labels, &w, 1.0);
-    let mut dfeat = vec![0f32; acts.features.len()];
-    net.head_backward(grads, &mut dfeat, &dlogits, &acts.features);
-    net.backbone_backward(grads, acts, &dfeat);
-    value
+    ce_step_weighted(net, grads, x, labels, weights)
 }
 
 /// `ce_step` with the weights as `CeWeights`.
@@ -341,11 +308,11 @@ pub fn ce_step_weighted(
     labels: &[u32],
     weights: CeWeights,
 ) -> f64 {
-    ce_step_weighted_in(&mut Acts::default(), net, grads, x, labels, weights)
+    ce_step_in(&mut Acts::default(), net, grads, x, labels, weights)
 }
 
-/// `ce_step_weighted` reusing `acts`' buffers.
-fn ce_step_weighted_in(
+/// `ce_step_weighted` with the buffers of `acts` (the last step's) reused.
+fn ce_step_in(
     acts: &mut Acts<f32>,
     net: &Net<f32>,
     grads: &mut Params<f32>,
@@ -353,12 +320,24 @@ fn ce_step_weighted_in(
     labels: &[u32],
     weights: CeWeights,
 ) -> f64 {
-    let (w, bi) = match weights {
-        CeWeights::Ones => (None, None),
-        CeWeights::Fixed(w) => (Some(w), None),
-        CeWeights::Up { beta_inv } => (None, Some(beta_inv)),
+    let b = labels.len();
+    let k = net.cfg.classes;
+    net.backbone_forward_into(x, b, acts);
+    let acts = &*acts;
+    let logits = net.head_forward(&acts.features);
+    let probs = loss::softmax(&logits, k);
+    let w: Vec<f32> = match weights {
+        CeWeights::Up { beta_inv } => loss::upweights(&probs, labels, beta_inv),
+        CeWeights::Fixed(w) => w.to_vec(),
+        CeWeights::Ones => vec![1.0; b],
     };
-    ce_step_in(acts, net, grads, x, labels, w, bi)
+    let value = loss::weighted_ce_forward(&logits, labels, &w);
+    let mut dlogits = vec![0f32; b * k];
+    loss::weighted_ce_backward(&mut dlogits, &probs, labels, &w, 1.0);
+    let mut dfeat = vec![0f32; acts.features.len()];
+    net.head_backward(grads, &mut dfeat, &dlogits, &acts.features);
+    net.backbone_backward(grads, acts, &dfeat);
+    value
 }
 
 /// Stage 2's gradient for one batch of triples (anchors, positives, negatives, the
@@ -1003,8 +982,7 @@ impl<'a> SebraRun<'a> {
             Some(e) => e.step(&x, &labels, weights).await?,
             None => {
                 t.grads.fill_zero();
-                t.loss_sum +=
-                    ce_step_weighted_in(&mut t.acts, &t.net, &mut t.grads, &x, &labels, weights);
+                t.loss_sum += ce_step_in(&mut t.acts, &t.net, &mut t.grads, &x, &labels, weights);
                 t.opt.step(&mut t.net.params, &t.grads);
             }
         }
