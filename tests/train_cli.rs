@@ -133,11 +133,18 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
     let vocab = Tokenizer::char_level(&text()).unwrap().vocab_size();
     let mut jobs = Vec::new();
     let mut cases = Vec::new();
-    for (norm, tied) in [
-        (NormPlacement::Pre, true),
-        (NormPlacement::Post, false),
-        (NormPlacement::Mix, true),
-    ] {
+    // The last case trains with --fma (fused multiply-adds in the CPU's matrix products): a
+    // different rounding, the same tolerances against PyTorch (where the CPU has FMA; without
+    // it --fma is refused).
+    for (norm, tied, fma) in [
+        (NormPlacement::Pre, true, false),
+        (NormPlacement::Post, false, false),
+        (NormPlacement::Mix, true, false),
+        (NormPlacement::Mix, true, true),
+    ]
+    .into_iter()
+    .filter(|&(_, _, fma)| !fma || layerlab::train::fma_available())
+    {
         let opts = TrainOptions {
             layers: 3,
             width: 16,
@@ -154,7 +161,7 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
             tied_head: tied,
             ..TrainOptions::default()
         };
-        let tag = format!("{norm:?}");
+        let tag = format!("{norm:?}{}", if fma { "-fma" } else { "" });
         let init = dir.join(format!("{tag}-init.safetensors"));
         let grads = dir.join(format!("{tag}-grads.safetensors"));
         let batches = dir.join(format!("{tag}-batches.safetensors"));
@@ -162,7 +169,7 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
         let ref_grads = dir.join(format!("{tag}-ref.safetensors"));
         let ref_losses = dir.join(format!("{tag}-ref.json"));
         write_init(&init, &opts, vocab, 11);
-        let norm_name = tag.to_lowercase();
+        let norm_name = format!("{norm:?}").to_lowercase();
         let mut args: Vec<String> = vec![
             "train".into(),
             "--norm".into(),
@@ -185,6 +192,9 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
             text_path.display().to_string(),
         ];
         args.extend(size_args(&opts));
+        if fma {
+            args.push("--fma".into());
+        }
         for (flag, p) in [
             ("--init", &init),
             ("--grads", &grads),
@@ -263,6 +273,12 @@ fn gradients_and_adam_steps_match_pytorch_for_every_placement() {
             serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         assert_eq!(r["experiment"]["lab"], "train");
         assert_eq!(r["runs"].as_array().unwrap().len(), 1);
+        let backend = r["backend"]["name"].as_str().unwrap();
+        assert_eq!(
+            backend.contains("fused multiply-add"),
+            tag.ends_with("-fma"),
+            "{tag}: {backend}"
+        );
         let r: TrainReport = serde_json::from_value(r["runs"][0].clone()).unwrap();
         let refl: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&ref_losses).unwrap()).unwrap();
@@ -716,4 +732,82 @@ fn gpu_backend_trains_like_the_cpu() {
     assert!(worst[1] <= 1e-3, "grad norm / hidden rms {:.3e}", worst[1]);
     assert!(worst[2] <= 1e-4, "val loss {:.3e}", worst[2]);
     assert!(worst[3] <= 1e-4, "layer removal {:.3e}", worst[3]);
+}
+
+#[test]
+fn fma_gives_the_same_bits_on_one_and_two_threads_and_is_close_to_the_exact_run() {
+    if !layerlab::train::fma_available() {
+        let (code, err) = layerlab(&["train", "--fma", "--steps", "1"]);
+        assert!(code != 0 && err.contains("no fused multiply-add"), "{err}");
+        return;
+    }
+    let dir = scratch("fma");
+    let text_path = dir.join("text.txt");
+    std::fs::write(&text_path, text()).unwrap();
+    // 3 x 20 = 60 rows: two row tasks of the matrix products, so two threads split them.
+    let run = |threads: &str, fma: bool| {
+        let json = dir.join(format!("fma-{threads}-{fma}.json"));
+        let mut args = vec![
+            "train",
+            "--layers",
+            "2",
+            "--width",
+            "32",
+            "--heads",
+            "4",
+            "--kv-heads",
+            "2",
+            "--ffn",
+            "40",
+            "--ctx",
+            "20",
+            "--batch",
+            "3",
+            "--steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--backend",
+            "cpu",
+            "--text",
+        ];
+        let (t, j) = (text_path.display().to_string(), json.display().to_string());
+        args.extend([t.as_str(), "--json", j.as_str()]);
+        if fma {
+            args.push("--fma");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_layerlab"))
+            .args(&args)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .expect("run layerlab");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let r: TrainReport = serde_json::from_value(r["runs"][0].clone()).unwrap();
+        r.steps
+    };
+    let (one, two, exact) = (run("1", true), run("2", true), run("2", false));
+    let bits = |s: &[layerlab::train::StepRecord]| {
+        serde_json::to_string(
+            &s.iter()
+                .map(|s| (s.loss, s.val_loss, &s.grad_norm, &s.hidden_rms))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    };
+    assert_eq!(bits(&one), bits(&two), "--fma: one thread against two");
+    assert_ne!(bits(&one), bits(&exact), "--fma changed no bit");
+    for (f, e) in one.iter().zip(&exact) {
+        assert!(
+            (f.loss - e.loss).abs() < 1e-4 * e.loss,
+            "step {}: --fma loss {} against {}",
+            f.step,
+            f.loss,
+            e.loss
+        );
+    }
 }

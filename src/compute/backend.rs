@@ -66,6 +66,8 @@ pub fn cpu_name() -> String {
         )
     } else if cfg!(target_arch = "wasm32") {
         "CPU (WebAssembly)".into()
+    } else if crate::train::fma_in_use() {
+        "CPU (native, fused multiply-add: --fma, not the page's bits)".into()
     } else {
         "CPU (native)".into()
     }

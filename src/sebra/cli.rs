@@ -94,6 +94,11 @@ pub struct SebraArgs {
     /// report's `backend` says so) or cpu.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Fuse each multiply-add of the CPU's matrix products (the convolutions) into one FMA:
+    /// faster on FMA CPUs, the same numbers on any thread count, but no longer the page's (nor
+    /// a run without --fma's) bit for bit; the report's backend says so.
+    #[arg(long)]
+    pub fma: bool,
     /// Write the generated splits here (safetensors).
     #[arg(long)]
     pub save_data: Option<PathBuf>,
@@ -223,6 +228,7 @@ pub fn run_spec(spec: SebraSpec, monitor: &dyn SebraMonitor) -> Result<Report<Se
 /// `layerlab sebra`.
 pub fn run(args: &SebraArgs) -> Result<()> {
     let opts = args.options()?;
+    crate::train::use_fma(args.fma)?;
     let gpu = match args.backend.as_str() {
         "cpu" => None,
         "auto" => {
@@ -260,7 +266,11 @@ pub fn run(args: &SebraArgs) -> Result<()> {
     }
     eprintln!("backend: {}", run.backend());
     while pollster::block_on(run.step(&StderrProgress))? {}
-    let result = run.finish()?;
+    let mut result = run.finish()?;
+    if args.fma {
+        result.backend += "; CPU matrix products with fused multiply-add (--fma: not the page's \
+                           bits)";
+    }
     eprintln!("{}", summary(&result));
     if let Some(path) = &args.json {
         let report = Report {

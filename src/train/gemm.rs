@@ -10,6 +10,12 @@
 //! AVX-512, the page in WebAssembly and an old CPU agree bit for bit, which the browser tests
 //! check (the page against `layerlab run`), and `tests` below checks against a plain loop.
 //!
+//! One opt-in exception, for the CLI only: `use_fma(true)` (`--fma`) fuses each multiply and
+//! add into one FMA (the same order, one rounding per term instead of two). It is the same
+//! bits on any thread count again, but no longer the page's bits, and the reports say so
+//! (`backend::cpu_name`). On Intel cores a multiply and an add each take an FMA unit, so the
+//! fused tile does twice the work per cycle.
+//!
 //! The speed comes from the tile: per step of `k`, one row of `b` (two or four vectors) and a
 //! broadcast per row of `a` feed 8 x 2 (or 4 x 2) independent multiply-adds held in
 //! registers through the whole depth block, so the loop is bound by the multiply and add
@@ -18,6 +24,44 @@
 use super::ops::Real;
 #[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the f32 products fuse their multiply-adds (`use_fma`). Off by default: the page's
+/// bits.
+static FUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this CPU can run the fused tiles (AVX-512F, or AVX2 with FMA).
+pub fn fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            || (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Turns fused multiply-adds in every f32 matrix product of this process on or off (the
+/// CLI's `--fma`: faster, but the numbers are no longer the page's bit for bit). Refused on a
+/// CPU without FMA, where it would change nothing. (f64 products, the tests' reference, are
+/// never fused.)
+pub fn use_fma(on: bool) -> crate::Result<()> {
+    if on && !fma_available() {
+        return Err(crate::LabError::invalid(
+            "--fma: this CPU has no fused multiply-add (AVX-512F, or AVX2 with FMA)",
+        ));
+    }
+    FUSED.store(on, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether `use_fma` is on.
+pub fn fma_in_use() -> bool {
+    FUSED.load(Ordering::Relaxed)
+}
 
 /// The left operand: `a(i, k) = data[i * rs + k * cs]` (a row-major matrix has `cs = 1`, its
 /// transpose `rs = 1`).
@@ -87,16 +131,18 @@ const KC: usize = 256;
 /// among threads). Every element's terms are added in `k` order onto its current value, so the
 /// tiling below changes the speed, not the bits.
 pub(crate) fn gemm_acc<F: Real>(c: Out<F>, a: Lhs<F>, b: Rhs<F>, depth: usize) {
-    gemm(c, a, b, depth, false)
+    gemm(c, a, b, depth, false, fma_in_use())
 }
 
 /// `c (rows x cols) = a (rows x depth) . b (depth x cols)`: `gemm_acc` onto zeros, without
 /// reading what `c` held (the same bits as zeroing `c` first).
 pub(crate) fn gemm_set<F: Real>(c: Out<F>, a: Lhs<F>, b: Rhs<F>, depth: usize) {
-    gemm(c, a, b, depth, true)
+    gemm(c, a, b, depth, true, fma_in_use())
 }
 
-fn gemm<F: Real>(c: Out<F>, a: Lhs<F>, b: Rhs<F>, depth: usize, fresh: bool) {
+/// `fused` takes effect only where `use_fma` would accept it (f32 on an FMA CPU).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn gemm<F: Real>(c: Out<F>, a: Lhs<F>, b: Rhs<F>, depth: usize, fresh: bool, fused: bool) {
     let (rows, cols) = (c.rows, c.cols);
     if fresh && depth == 0 {
         for r in 0..rows {
@@ -146,8 +192,22 @@ fn gemm<F: Real>(c: Out<F>, a: Lhs<F>, b: Rhs<F>, depth: usize, fresh: bool) {
             },
         );
         if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F; the bounds were asserted above.
-            unsafe { x86::gemm_avx512(c32, a32, b32, depth, fresh) };
+            // SAFETY: the CPU has AVX-512F (which implies FMA); the bounds were asserted above.
+            unsafe {
+                if fused {
+                    x86::gemm_avx512_fma(c32, a32, b32, depth, fresh)
+                } else {
+                    x86::gemm_avx512(c32, a32, b32, depth, fresh)
+                }
+            };
+            return;
+        }
+        if fused
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; the bounds were asserted above.
+            unsafe { x86::gemm_avx2_fma(c32, a32, b32, depth, fresh) };
             return;
         }
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -227,7 +287,7 @@ mod x86 {
     /// nor written), and the last rows take a shorter tile, so no element needs another path.
     macro_rules! gemm_simd {
         ($name:ident, $tile:ident, $feat:literal, $vec:ty, $mask:ty, $lanes:expr, $mr:expr,
-         $mask_of:expr, $load:expr, $store:expr, $set1:ident, $mul:ident, $add:ident) => {
+         $mask_of:expr, $load:expr, $store:expr, $set1:ident, $madd:expr) => {
             /// # Safety
             /// The CPU has the target feature; the operands satisfy `gemm_acc`'s asserts.
             #[target_feature(enable = $feat)]
@@ -306,8 +366,8 @@ mod x86 {
                     let arow = ap.add(i * a.rs + kk * a.cs);
                     for (r, t) in acc.iter_mut().enumerate() {
                         let ar = $set1(*arow.add(r * a.rs));
-                        t[0] = $add(t[0], $mul(ar, b0));
-                        t[1] = $add(t[1], $mul(ar, b1));
+                        t[0] = $madd(t[0], ar, b0);
+                        t[1] = $madd(t[1], ar, b1);
                     }
                 }
                 for (r, t) in acc.iter().enumerate() {
@@ -344,8 +404,21 @@ mod x86 {
         |p, m| _mm512_maskz_loadu_ps(m, p),
         |p, m, v| _mm512_mask_storeu_ps(p, m, v),
         _mm512_set1_ps,
-        _mm512_mul_ps,
-        _mm512_add_ps
+        |t, a, b| _mm512_add_ps(t, _mm512_mul_ps(a, b))
+    );
+    gemm_simd!(
+        gemm_avx512_fma,
+        tile_avx512_fma,
+        "avx512f,fma",
+        __m512,
+        __mmask16,
+        16,
+        8,
+        mask16,
+        |p, m| _mm512_maskz_loadu_ps(m, p),
+        |p, m, v| _mm512_mask_storeu_ps(p, m, v),
+        _mm512_set1_ps,
+        |t, a, b| _mm512_fmadd_ps(a, b, t)
     );
     gemm_simd!(
         gemm_avx2,
@@ -359,8 +432,21 @@ mod x86 {
         |p, m| _mm256_maskload_ps(p, m),
         |p, m, v| _mm256_maskstore_ps(p, m, v),
         _mm256_set1_ps,
-        _mm256_mul_ps,
-        _mm256_add_ps
+        |t, a, b| _mm256_add_ps(t, _mm256_mul_ps(a, b))
+    );
+    gemm_simd!(
+        gemm_avx2_fma,
+        tile_avx2_fma,
+        "avx2,fma",
+        __m256,
+        __m256i,
+        8,
+        4,
+        mask8,
+        |p, m| _mm256_maskload_ps(p, m),
+        |p, m, v| _mm256_maskstore_ps(p, m, v),
+        _mm256_set1_ps,
+        |t, a, b| _mm256_fmadd_ps(a, b, t)
     );
 }
 
@@ -370,16 +456,142 @@ mod tests {
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// The plain loop the tiles must equal bit for bit.
-    fn reference(c: &mut [f32], ldc: usize, cols: usize, a: Lhs<f32>, b: Rhs<f32>, depth: usize) {
+    /// The plain loop the tiles must equal bit for bit (`fused`: each term added with one
+    /// rounding, `f32::mul_add`, which is IEEE fusedMultiplyAdd, not the FMA instruction).
+    fn reference(
+        c: &mut [f32],
+        ldc: usize,
+        cols: usize,
+        a: Lhs<f32>,
+        b: Rhs<f32>,
+        depth: usize,
+        fused: bool,
+    ) {
         let rows = (c.len() + ldc - cols) / ldc;
         for i in 0..rows {
             for j in 0..cols {
                 let mut v = c[i * ldc + j];
                 for k in 0..depth {
-                    v += a.data[i * a.rs + k * a.cs] * b.data[k * b.ld + j];
+                    let (x, y) = (a.data[i * a.rs + k * a.cs], b.data[k * b.ld + j]);
+                    v = if fused { x.mul_add(y, v) } else { v + x * y };
                 }
                 c[i * ldc + j] = v;
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    type Kernel = unsafe fn(Out<f32>, Lhs<f32>, Rhs<f32>, usize, bool);
+
+    /// Every x86 kernel this CPU can run, by name, with whether it fuses (the dispatch in
+    /// `gemm` picks one, so the others are called here directly).
+    #[cfg(target_arch = "x86_64")]
+    fn x86_kernels() -> Vec<(&'static str, bool, Kernel)> {
+        let mut v: Vec<(&str, bool, Kernel)> = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push(("avx512", false, x86::gemm_avx512));
+            v.push(("avx512 fma", true, x86::gemm_avx512_fma));
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.push(("avx2", false, x86::gemm_avx2));
+            if std::arch::is_x86_feature_detected!("fma") {
+                v.push(("avx2 fma", true, x86::gemm_avx2_fma));
+            }
+        }
+        v
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn every_x86_kernel_fused_or_not_gives_its_plain_loops_bits() {
+        let kernels = x86_kernels();
+        assert!(
+            kernels.iter().any(|k| k.1),
+            "this x86 CPU has no FMA kernel to test"
+        );
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for &(rows, cols, depth, extra, transposed) in &[
+            (1, 1, 1, 0, false),
+            (9, 33, 257, 2, false),
+            (13, 37, 300, 3, true),
+            (5, 7, 3, 0, false),
+        ] {
+            let ld = cols + extra;
+            let mut gen = |n: usize| {
+                (0..n)
+                    .map(|_| (rng.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+                    .collect::<Vec<_>>()
+            };
+            let (data, bd, c0) = (gen(rows * depth), gen(depth * ld), gen(rows * ld));
+            let a = Lhs::dense(&data, rows, depth, transposed);
+            let b = Rhs { data: &bd, ld };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut plain = c0.clone();
+            reference(&mut plain, ld, cols, a, b, depth, false);
+            let mut fused = c0.clone();
+            reference(&mut fused, ld, cols, a, b, depth, true);
+            // The two differ at these depths (else this would not tell a fused kernel from a
+            // plain one).
+            if depth > 100 {
+                assert_ne!(
+                    bits(&plain),
+                    bits(&fused),
+                    "rows {rows} cols {cols} depth {depth}"
+                );
+            }
+            for &(name, fma, kernel) in &kernels {
+                for fresh in [false, true] {
+                    let mut got = if fresh {
+                        vec![f32::NAN; c0.len()]
+                    } else {
+                        c0.clone()
+                    };
+                    let mut want = if fresh {
+                        vec![0.0; c0.len()]
+                    } else {
+                        c0.clone()
+                    };
+                    reference(&mut want, ld, cols, a, b, depth, fma);
+                    if fresh {
+                        // Only the rows x cols elements are written.
+                        for r in 0..rows {
+                            for j in cols..ld {
+                                want[r * ld + j] = f32::NAN;
+                            }
+                        }
+                    }
+                    let out = Out {
+                        data: &mut got,
+                        ld,
+                        rows,
+                        cols,
+                    };
+                    // SAFETY: x86_kernels lists only what this CPU runs; sizes as asserted.
+                    unsafe { kernel(out, a, b, depth, fresh) };
+                    assert_eq!(
+                        bits(&want),
+                        bits(&got),
+                        "{name}, fresh {fresh}, rows {rows} cols {cols} depth {depth}"
+                    );
+                }
+            }
+            // And the dispatch with `fused` picks a fused kernel.
+            if fma_available() {
+                let mut got = c0.clone();
+                gemm(
+                    Out {
+                        data: &mut got,
+                        ld,
+                        rows,
+                        cols,
+                    },
+                    a,
+                    b,
+                    depth,
+                    false,
+                    true,
+                );
+                assert_eq!(bits(&fused), bits(&got), "dispatch, fused");
             }
         }
     }
@@ -407,7 +619,7 @@ mod tests {
             let a = Lhs::dense(&data, rows, depth, transposed);
             let b = Rhs { data: &bd, ld };
             let (mut want, mut got) = (c0.clone(), c0.clone());
-            reference(&mut want, ld, cols, a, b, depth);
+            reference(&mut want, ld, cols, a, b, depth, false);
             let out = Out {
                 data: &mut got,
                 ld,
@@ -488,21 +700,20 @@ mod speed {
             let mut c = vec![0.0f32; rows * cols];
             let lhs = Lhs::dense(&a, rows, depth, tr);
             let reps = (2e9 / (rows * cols * depth) as f64) as usize + 1;
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                gemm_acc(
-                    Out::rows_of(&mut c, cols),
-                    lhs,
-                    Rhs { data: &b, ld: cols },
-                    depth,
+            for fused in [false, fma_available()] {
+                let t0 = std::time::Instant::now();
+                for _ in 0..reps {
+                    let out = Out::rows_of(&mut c, cols);
+                    gemm(out, lhs, Rhs { data: &b, ld: cols }, depth, false, fused);
+                }
+                let s = t0.elapsed().as_secs_f64();
+                println!(
+                    "rows {rows:4} cols {cols:4} depth {depth:5} {}{}: {:.1} G multiply-adds/s",
+                    if tr { "a^T" } else { "a  " },
+                    if fused { " fma" } else { "    " },
+                    (reps * rows * cols * depth) as f64 / s / 1e9
                 );
             }
-            let s = t0.elapsed().as_secs_f64();
-            println!(
-                "rows {rows:4} cols {cols:4} depth {depth:5} {}: {:.1} G multiply-adds/s",
-                if tr { "a^T" } else { "a  " },
-                (reps * rows * cols * depth) as f64 / s / 1e9
-            );
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod data;
 pub mod export;
 pub(crate) mod gemm;
+pub use gemm::{fma_available, fma_in_use, use_fma};
 pub mod gpu;
 pub mod model;
 pub mod ops;
